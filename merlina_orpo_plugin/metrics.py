@@ -1,0 +1,85 @@
+"""ORPO metrics under TRL's names, accumulated per step and averaged across processes at log time."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .forward import ORPOForwardOutput
+
+#: Logged names, TRL's (`rl: orpo` dashboards are built on them) plus `or_loss`.
+METRIC_NAMES = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "nll_loss",
+    "log_odds_ratio",
+    "log_odds_chosen",
+    "or_loss",
+)
+
+
+def batch_metrics(
+    forward: ORPOForwardOutput,
+    or_losses: torch.Tensor,
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    ratio: torch.Tensor,
+    log_odds: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Batch means of every logged metric, detached scalars, in `METRIC_NAMES` order.
+
+    ``or_loss`` is the odds-ratio term as it enters the loss, ``-beta * mean(logsigmoid(log_odds))``,
+    so ``loss == nll_loss + or_loss`` (plus the router loss for MoE models).
+    """
+    values = {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "logps/chosen": forward.chosen_logps,
+        "logps/rejected": forward.rejected_logps,
+        "logits/chosen": forward.chosen_logits_mean,
+        "logits/rejected": forward.rejected_logits_mean,
+        "nll_loss": forward.nll_loss,
+        "log_odds_ratio": ratio,
+        "log_odds_chosen": log_odds,
+        "or_loss": -or_losses,
+    }
+    return {name: values[name].detach().float().mean() for name in METRIC_NAMES}
+
+
+class MetricStore:
+    """Sums of per-step metric means by mode ("train"/"eval"), kept on the device until logged.
+
+    TRL calls ``.item()`` on every metric of every step (a device sync each); here the values stay
+    tensors and one all-reduce per log averages them across processes.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+        self._steps: dict[str, int] = defaultdict(int)
+
+    def add(self, mode: str, metrics: dict[str, torch.Tensor]) -> None:
+        sums = self._sums[mode]
+        for name, value in metrics.items():
+            value = value.detach().float()
+            sums[name] = sums[name] + value if name in sums else value
+        self._steps[mode] += 1
+
+    def pop(self, mode: str, accelerator=None) -> dict[str, float]:
+        """Mean of each metric over the steps since the last pop, averaged across processes."""
+        sums, steps = self._sums.pop(mode, {}), self._steps.pop(mode, 0)
+        if not steps:
+            return {}
+        names = list(sums)
+        means = torch.stack([sums[name] for name in names]) / steps
+        if accelerator is not None and accelerator.num_processes > 1:
+            means = accelerator.reduce(means, reduction="mean")
+        return dict(zip(names, means.tolist()))

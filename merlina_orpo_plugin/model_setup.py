@@ -1,0 +1,68 @@
+"""Turn what the user passed as `model` into the module the trainer optimises (PEFT, k-bit, dropout)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+
+def is_peft_model(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is a dependency, but keep the trainer usable without it
+        return False
+    return isinstance(model, PeftModel)
+
+
+def is_quantized(model: Any) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def disable_dropout_in_model(model: torch.nn.Module) -> None:
+    """ORPO has no reference model, but dropout still makes chosen and rejected log-probs noisy."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def prepare_model(model: PreTrainedModel | str, args, peft_config=None) -> torch.nn.Module:
+    """Load ``model`` if it is a name or path, wrap it with ``peft_config``, apply ``args.disable_dropout``.
+
+    A 4-/8-bit model gets `peft.prepare_model_for_kbit_training` first (frozen base, float32 norms,
+    input grads for checkpointing), as TRL and Axolotl do for QLoRA.
+    """
+    init_kwargs = dict(args.model_init_kwargs or {})
+    if isinstance(model, str):
+        model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
+    elif init_kwargs:
+        raise ValueError("`model_init_kwargs` only applies when `model` is a string; the model is already loaded")
+    if model is None:
+        raise ValueError("`model` is required: a PreTrainedModel, a PeftModel, or a name/path to load")
+
+    if peft_config is not None:
+        from peft import PeftConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if not isinstance(peft_config, PeftConfig):
+            raise TypeError(f"`peft_config` must be a peft.PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}")
+        if is_peft_model(model):
+            raise ValueError(
+                "`model` is already a PeftModel and a `peft_config` was passed too: pass one or the other "
+                "(merge and unload the existing adapter first to stack a new one)"
+            )
+        if is_quantized(model):
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=args.gradient_checkpointing,
+                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+            )
+        model = get_peft_model(model, peft_config)
+
+    if args.gradient_checkpointing and is_peft_model(model) and hasattr(model, "enable_input_require_grads"):
+        # With a frozen embedding nothing before the first checkpointed block requires grad, so
+        # reentrant checkpointing would return no gradient for the adapters.
+        model.enable_input_require_grads()
+    if args.disable_dropout:
+        disable_dropout_in_model(model)
+    return model

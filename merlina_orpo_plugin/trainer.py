@@ -1,0 +1,253 @@
+"""The ORPO trainer: a thin `transformers.Trainer` over `forward.py`, `losses.py` and `metrics.py`.
+
+`ORPOTrainerMixin` holds all ORPO behaviour and only assumes a `transformers.Trainer` underneath,
+so the Axolotl plugin puts the same logic on Axolotl's own trainer base. Method names, signatures and
+return conventions follow TRL's `trl.experimental.orpo.ORPOTrainer` so subclasses written for it port.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from . import losses as L
+from .collator import ORPODataCollator
+from .config import ORPOConfig
+from .data import prepare_preference_dataset
+from .forward import ORPOForwardOutput, concatenated_forward, nll_target_mask
+from .metrics import MetricStore, batch_metrics
+from .model_setup import prepare_model
+
+logger = logging.getLogger(__name__)
+
+
+class ORPOTrainerMixin:
+    """ORPO loss, metrics and exact gradient accumulation for any `transformers.Trainer` subclass.
+
+    Call `_setup_orpo` at the end of ``__init__``. ``self.beta`` is read on every step, so a
+    subclass may change it (a beta schedule) before calling ``super().compute_loss``.
+    """
+
+    _tag_names = ["orpo", "merlina-orpo"]
+
+    def _setup_orpo(self, beta: float, nll_include_prompt: bool = True) -> None:
+        self.beta = beta
+        self.nll_include_prompt = nll_include_prompt
+        config = getattr(self.model, "config", None)
+        self.aux_loss_enabled = bool(getattr(config, "output_router_logits", False))
+        self.aux_loss_coef = float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
+        self._orpo_metrics = MetricStore()
+        self._orpo_mode = "train"
+        self._orpo_window: tuple[torch.Tensor, float] | None = None
+        # The loss is ours, not the model's: let Trainer divide it by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+
+    # --- TRL-compatible building blocks -------------------------------------------------------
+
+    @staticmethod
+    def get_batch_logps(
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        average_log_prob: bool = True,
+        is_encoder_decoder: bool = False,
+    ) -> torch.Tensor:
+        """``[B]`` mean (or sum) log-prob of the tokens of ``labels`` that are not ``-100``."""
+        if is_encoder_decoder:
+            raise ValueError("MerlinaORPOTrainer supports decoder-only (causal LM) models only")
+        return L.sequence_logps(logits, labels, average_log_prob=average_log_prob)
+
+    def odds_ratio_loss(self, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor):
+        """TRL's convention: ``(losses [B], chosen_rewards [B], rejected_rewards [B], mean ratio, mean log_odds)``.
+
+        ``losses = beta * logsigmoid(log_odds)`` is <= 0; the total loss subtracts its mean.
+        """
+        losses, chosen_rewards, rejected_rewards, ratio, log_odds = L.odds_ratio_loss(
+            policy_chosen_logps, policy_rejected_logps, self.beta
+        )
+        return losses, chosen_rewards, rejected_rewards, ratio.mean(), log_odds.mean()
+
+    def concatenated_forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ORPOForwardOutput:
+        """One forward over chosen and rejected rows: ``(chosen_logps, rejected_logps, nll_loss, ...)``."""
+        return concatenated_forward(
+            model, batch, nll_include_prompt=self.nll_include_prompt, output_router_logits=self.aux_loss_enabled
+        )
+
+    # --- Trainer hooks ------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """ORPO loss ``nll - mean(beta * logsigmoid(log_odds))`` (+ router loss for MoE models).
+
+        With ``return_outputs=True`` returns ``(loss, outputs)`` where ``outputs`` holds tensors:
+        per pair ``chosen_rewards``, ``rejected_rewards``, ``reward_margin``, ``log_odds``; per batch
+        ``nll_loss``, ``or_loss`` (the odds-ratio term as added to the loss) and ``log_odds_ratio``
+        (mean logsigmoid of the log odds).
+        """
+        forward = self.concatenated_forward(model, inputs)
+        or_losses, chosen_rewards, rejected_rewards, ratio, log_odds = L.odds_ratio_loss(
+            forward.chosen_logps, forward.rejected_logps, self.beta
+        )
+        loss = self._scaled_loss(forward, or_losses, num_items_in_batch)
+        if self.aux_loss_enabled and forward.aux_loss is not None:
+            loss = loss + self.aux_loss_coef * forward.aux_loss.to(loss.device)
+        self._orpo_metrics.add(
+            self._orpo_mode, batch_metrics(forward, or_losses, chosen_rewards, rejected_rewards, ratio, log_odds)
+        )
+        if not return_outputs:
+            return loss
+        outputs = {
+            "chosen_rewards": chosen_rewards,
+            "rejected_rewards": rejected_rewards,
+            "reward_margin": chosen_rewards - rejected_rewards,
+            "nll_loss": forward.nll_loss.detach(),
+            "or_loss": -or_losses.detach().mean(),
+            "log_odds_ratio": ratio.detach().mean(),
+            "log_odds": log_odds.detach(),
+        }
+        return loss, outputs
+
+    def _scaled_loss(self, forward: ORPOForwardOutput, or_losses: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """Per-batch means, or, in training, this micro-batch's share of the whole accumulation window.
+
+        Trainer divides each micro-batch loss by the number of micro-batches. Normalising the NLL
+        sum by the window's token count (and the odds-ratio sum by its pair count) and multiplying
+        back makes ``k x b`` accumulation give the gradient of one batch of ``k * b`` pairs, where a
+        mean of per-micro-batch token means (TRL) weights short sequences up.
+        """
+        window = self._orpo_window
+        if window is None or num_items_in_batch is None or self._orpo_mode != "train":
+            return forward.nll_loss - or_losses.mean()
+        (window_tokens, window_pairs), factor = window
+        steps = getattr(self, "current_gradient_accumulation_steps", 1) * factor
+        return (forward.nll_sum / window_tokens.clamp(min=1) - or_losses.sum() / window_pairs) * steps
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batch_samples:
+            self._orpo_window = None
+            return batch_samples, None
+        totals = torch.zeros(2, dtype=torch.float64)
+        for batch in batch_samples:
+            totals[0] += nll_target_mask(batch, self.nll_include_prompt).sum().item()
+            totals[1] += batch["input_ids"].shape[0] // 2
+        totals, factor = totals.to(device), 1.0
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+            factor = float(self.args.world_size)  # DDP averages gradients over ranks
+        self._orpo_window = (totals.float(), factor)
+        return batch_samples, totals[0]
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager(), self._mode("eval"):
+            loss = self.compute_loss(model, inputs)
+        # TRL returns two logits means as "predictions"; they carry nothing a compute_metrics could
+        # use, so only the loss is returned and the ORPO metrics reach the eval logs directly.
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        for name, value in self._orpo_metrics.pop("eval", self.accelerator).items():
+            output.metrics[f"{metric_key_prefix}_{name}"] = value
+        return output
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:  # a training log: add the ORPO metrics accumulated since the last one
+            logs.update(self._orpo_metrics.pop("train", self.accelerator))
+        return super().log(logs, *args, **kwargs)
+
+    def store_metrics(self, metrics: dict[str, torch.Tensor], train_eval: str = "train") -> None:
+        """Add metric tensors to be averaged into the next log (TRL's name for this hook)."""
+        self._orpo_metrics.add(train_eval, {k: torch.as_tensor(v) for k, v in metrics.items()})
+
+    @contextmanager
+    def _mode(self, mode: str):
+        previous, self._orpo_mode = self._orpo_mode, mode
+        try:
+            yield
+        finally:
+            self._orpo_mode = previous
+
+
+class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
+    """ORPO (arXiv:2403.07691) on `transformers.Trainer`, no TRL import.
+
+    Takes TRL's ``ORPOTrainer`` arguments. Datasets may be in any layout `prepare_preference_dataset`
+    accepts (standard, conversational, implicit prompt, tokenised); they are validated and tokenised
+    here, before training starts. ``peft_config`` wraps the model with PEFT (k-bit models are prepared
+    for QLoRA first).
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: ORPOConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        model_init=None,
+        callbacks=None,
+        optimizers=(None, None),
+        preprocess_logits_for_metrics=None,
+        peft_config=None,
+        compute_metrics=None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            args = ORPOConfig(output_dir="orpo_output")
+        if not isinstance(args, ORPOConfig):
+            raise TypeError(f"`args` must be a merlina_orpo_plugin.ORPOConfig, got {type(args).__name__}")
+        if processing_class is None:
+            raise ValueError("`processing_class` (the tokenizer) is required to tokenise the preference pairs")
+        model = prepare_model(model, args, peft_config)
+        train_dataset = self._tokenise(train_dataset, processing_class, args, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: self._tokenise(ds, processing_class, args, f"eval_dataset[{name!r}]")
+                for name, ds in eval_dataset.items()
+            }
+        else:
+            eval_dataset = self._tokenise(eval_dataset, processing_class, args, "eval_dataset")
+        if data_collator is None:
+            data_collator = ORPODataCollator(processing_class, pad_token_id=args.padding_value)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            **kwargs,
+        )
+        self._setup_orpo(beta=args.beta, nll_include_prompt=args.nll_include_prompt)
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
+
+    @staticmethod
+    def _tokenise(dataset, tokenizer, args: ORPOConfig, source: str):
+        if dataset is None:
+            return None
+        from accelerate import PartialState
+
+        # The main process tokenises first and fills the datasets cache; the others read it.
+        with PartialState().main_process_first():
+            tokenised, _stats = prepare_preference_dataset(
+                dataset,
+                tokenizer,
+                max_length=args.max_length,
+                max_prompt_length=args.max_prompt_length,
+                max_completion_length=args.max_completion_length,
+                num_proc=args.dataset_num_proc,
+                source=source,
+            )
+        return tokenised

@@ -1,0 +1,176 @@
+"""MerlinaORPOTrainer against TRL 1.9's `trl.experimental.orpo.ORPOTrainer`, the oracle for the math.
+
+Same tiny Llama (copied weights), same real pairs (LLaMA-Factory demo rows, single turn, as plain
+prompt/chosen/rejected strings short enough that TRL's broken truncation never triggers), same
+arguments: tokens, `evaluate()` metrics, gradients and a few training steps must agree in float32.
+Only the tests import TRL; `merlina_orpo_plugin` never does (checked at the end).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from datasets import Dataset
+
+from conftest import shared_path, tiny_llama
+from merlina_orpo_plugin import MerlinaORPOTrainer, ORPOConfig
+
+trl_orpo = pytest.importorskip("trl.experimental.orpo", reason="TRL is the test oracle (installed with axolotl)")
+
+PARITY_METRICS = (
+    "loss",
+    "nll_loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "log_odds_ratio",
+    "log_odds_chosen",
+)
+
+
+def llamafactory_pairs(n: int) -> list[dict[str, str]]:
+    """The first ``n`` single-turn pairs, cut to a few hundred characters to keep the test fast."""
+    rows = json.loads(shared_path("llamafactory-dpo-demo", "dpo_en_demo.json").read_text())
+    pairs = []
+    for row in rows:
+        turns = row["conversations"]
+        if len(turns) != 1 or turns[0]["from"] != "human":
+            continue
+        pairs.append(
+            {
+                "prompt": turns[0]["value"][:240].strip() + "\n",
+                "chosen": row["chosen"]["value"][: 120 + 40 * (len(pairs) % 4)].strip(),
+                "rejected": row["rejected"]["value"][: 100 + 50 * (len(pairs) % 3)].strip(),
+            }
+        )
+        if len(pairs) == n:
+            return pairs
+    raise AssertionError("not enough single-turn pairs in the LLaMA-Factory sample")
+
+
+COMMON_ARGS = dict(
+    beta=0.2,
+    max_length=1024,
+    per_device_train_batch_size=2,
+    per_device_eval_batch_size=3,
+    learning_rate=1e-3,
+    lr_scheduler_type="constant",
+    max_steps=3,
+    logging_steps=1,
+    seed=0,
+    report_to="none",
+    bf16=False,
+    gradient_checkpointing=False,
+    use_cpu=True,
+    save_strategy="no",
+    dataloader_num_workers=0,
+)
+
+
+@pytest.fixture(scope="module")
+def trainers(tmp_path_factory, tokenizer):
+    """(ours, TRL's), each on its own copy of one tiny model, same data, same arguments."""
+    train = Dataset.from_list(llamafactory_pairs(14)[:8])
+    evaluation = Dataset.from_list(llamafactory_pairs(14)[8:])
+    model = tiny_llama(seed=0)
+    ours = MerlinaORPOTrainer(
+        model=copy.deepcopy(model),
+        args=ORPOConfig(output_dir=str(tmp_path_factory.mktemp("ours")), **COMMON_ARGS),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+    )
+    theirs = trl_orpo.ORPOTrainer(
+        model=copy.deepcopy(model),
+        args=trl_orpo.ORPOConfig(output_dir=str(tmp_path_factory.mktemp("trl")), **COMMON_ARGS),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+    )
+    return ours, theirs
+
+
+def test_tokens_match_trl(trainers):
+    """Short rows, no truncation: both give the same prompt + completion ids, BOS and EOS included."""
+    ours, theirs = trainers
+    for mine, trl_row in zip(ours.eval_dataset, theirs.eval_dataset):
+        assert mine["prompt_input_ids"] + mine["chosen_input_ids"] == trl_row["chosen_input_ids"]
+        assert mine["prompt_input_ids"] + mine["rejected_input_ids"] == trl_row["rejected_input_ids"]
+
+
+def test_evaluate_matches_trl(trainers):
+    ours, theirs = trainers
+    mine, reference = ours.evaluate(), theirs.evaluate()
+    for name in PARITY_METRICS:
+        key = f"eval_{name}"
+        assert mine[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
+    assert "eval_or_loss" in mine
+    assert mine["eval_loss"] == pytest.approx(mine["eval_nll_loss"] + mine["eval_or_loss"], rel=1e-6)
+
+
+def _gradients(trainer, batch) -> dict[str, torch.Tensor]:
+    model = trainer.model
+    model.zero_grad()
+    model.train()
+    trainer.compute_loss(model, trainer._prepare_inputs(batch)).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return grads
+
+
+def test_gradients_match_trl(trainers):
+    ours, theirs = trainers
+    mine = _gradients(ours, next(iter(ours.get_eval_dataloader())))
+    reference = _gradients(theirs, next(iter(theirs.get_eval_dataloader())))
+    assert mine.keys() == reference.keys() and len(mine) > 0
+    for name in mine:
+        torch.testing.assert_close(mine[name], reference[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_training_steps_match_trl(trainers):
+    """Three AdamW steps from the same seed (same shuffling): the same loss at every step."""
+    ours, theirs = trainers
+    ours.train()
+    theirs.train()
+    mine = [log for log in ours.state.log_history if "loss" in log]
+    reference = [log for log in theirs.state.log_history if "loss" in log]
+    assert len(mine) == len(reference) == 3
+    for step, (a, b) in enumerate(zip(mine, reference)):
+        for name in ("loss", "nll_loss", "log_odds_ratio", "rewards/chosen", "rewards/rejected"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4), (step, name)
+    assert mine[-1]["loss"] != pytest.approx(mine[0]["loss"], rel=1e-6), "the model did not train"
+
+
+def test_trl_log1mexp_gradient_is_nan_ours_is_not():
+    """TRL's log1mexp differentiates the unused log1p(-exp(x)) branch: NaN gradient near x = 0."""
+    from trl.experimental.orpo.orpo_trainer import log1mexp as trl_log1mexp
+
+    from merlina_orpo_plugin.losses import log1mexp
+
+    for fn, finite in ((trl_log1mexp, False), (log1mexp, True)):
+        x = torch.tensor([-1e-8], requires_grad=True)
+        fn(x).sum().backward()
+        assert bool(torch.isfinite(x.grad).all()) is finite
+    x = torch.tensor([-1e-8], requires_grad=True)
+    log1mexp(x).sum().backward()
+    assert x.grad.item() == pytest.approx(-1 / math.expm1(1e-8), rel=1e-3)
+
+
+def test_package_never_imports_trl():
+    code = (
+        "import sys, merlina_orpo_plugin as m\n"
+        "import merlina_orpo_plugin.trainer, merlina_orpo_plugin.factory, merlina_orpo_plugin.data\n"
+        "m.MerlinaORPOTrainer, m.ORPOConfig, m.create_orpo_trainer\n"
+        "bad = sorted(k for k in sys.modules if k == 'trl' or k.startswith('trl.'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
