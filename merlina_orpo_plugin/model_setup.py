@@ -21,10 +21,16 @@ def is_quantized(model: Any) -> bool:
 
 
 def disable_dropout_in_model(model: torch.nn.Module) -> None:
-    """ORPO has no reference model, but dropout still makes chosen and rejected log-probs noisy."""
+    """Dropout makes the chosen and rejected log-probs of one pair noisy in different ways.
+
+    Besides `nn.Dropout` modules, attention layers of Llama-like models keep a float
+    ``attention_dropout`` that they pass to the attention kernel in training mode.
+    """
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def prepare_model(model: PreTrainedModel | str, args, peft_config=None) -> torch.nn.Module:

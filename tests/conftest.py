@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -65,3 +66,43 @@ def tiny_llama(seed: int = 0, dtype=torch.float32, **overrides):
 @pytest.fixture
 def tiny_model():
     return tiny_llama()
+
+
+def llamafactory_pairs(n: int) -> list[dict[str, str]]:
+    """The first ``n`` single-turn LLaMA-Factory pairs as plain strings, cut short to keep tests fast."""
+    rows = json.loads(shared_path("llamafactory-dpo-demo", "dpo_en_demo.json").read_text())
+    pairs = []
+    for row in rows:
+        turns = row["conversations"]
+        if len(turns) != 1 or turns[0]["from"] != "human":
+            continue
+        pairs.append(
+            {
+                "prompt": turns[0]["value"][:240].strip() + "\n",
+                "chosen": row["chosen"]["value"][: 120 + 40 * (len(pairs) % 4)].strip(),
+                "rejected": row["rejected"]["value"][: 100 + 50 * (len(pairs) % 3)].strip(),
+            }
+        )
+        if len(pairs) == n:
+            return pairs
+    raise AssertionError("not enough single-turn pairs in the LLaMA-Factory sample")
+
+
+def orpo_args(tmp_path, **overrides):
+    """ORPOConfig for fast CPU tests: no saving, no reporting, float32, a few steps."""
+    from merlina_orpo_plugin import ORPOConfig
+
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        learning_rate=1e-3,
+        max_steps=2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return ORPOConfig(**kwargs)

@@ -9,7 +9,6 @@ Only the tests import TRL; `merlina_orpo_plugin` never does (checked at the end)
 from __future__ import annotations
 
 import copy
-import json
 import math
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from conftest import shared_path, tiny_llama
+from conftest import llamafactory_pairs, tiny_llama
 from merlina_orpo_plugin import MerlinaORPOTrainer, ORPOConfig
 
 trl_orpo = pytest.importorskip("trl.experimental.orpo", reason="TRL is the test oracle (installed with axolotl)")
@@ -35,26 +34,6 @@ PARITY_METRICS = (
     "log_odds_ratio",
     "log_odds_chosen",
 )
-
-
-def llamafactory_pairs(n: int) -> list[dict[str, str]]:
-    """The first ``n`` single-turn pairs, cut to a few hundred characters to keep the test fast."""
-    rows = json.loads(shared_path("llamafactory-dpo-demo", "dpo_en_demo.json").read_text())
-    pairs = []
-    for row in rows:
-        turns = row["conversations"]
-        if len(turns) != 1 or turns[0]["from"] != "human":
-            continue
-        pairs.append(
-            {
-                "prompt": turns[0]["value"][:240].strip() + "\n",
-                "chosen": row["chosen"]["value"][: 120 + 40 * (len(pairs) % 4)].strip(),
-                "rejected": row["rejected"]["value"][: 100 + 50 * (len(pairs) % 3)].strip(),
-            }
-        )
-        if len(pairs) == n:
-            return pairs
-    raise AssertionError("not enough single-turn pairs in the LLaMA-Factory sample")
 
 
 COMMON_ARGS = dict(
