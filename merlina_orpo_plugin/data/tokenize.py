@@ -1,0 +1,181 @@
+"""Batched tokenisation of preference pairs: token-prefix prompt split, BOS/EOS, truncation.
+
+Each row becomes ``prompt_input_ids`` and the COMPLETION ids ``chosen_input_ids`` /
+``rejected_input_ids`` (without the prompt). The pure functions here do one step each and are
+tested on their own; ``tokenize_batch`` strings them together for ``Dataset.map(batched=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .formats import Layout, render_batch
+from .validation import where
+
+
+def check_length_limits(max_length: int | None, max_prompt_length: int | None, max_completion_length: int | None):
+    """ValueError naming the key when the limits contradict each other."""
+    for key, value in (("max_length", max_length), ("max_completion_length", max_completion_length)):
+        if value is not None and value < 1:
+            raise ValueError(f"`{key}` must be >= 1 or None, got {value}")
+    if max_prompt_length is not None and max_prompt_length < 0:
+        raise ValueError(f"`max_prompt_length` must be >= 0 or None, got {max_prompt_length}")
+    if max_length is not None and max_prompt_length is not None and max_prompt_length >= max_length:
+        raise ValueError(
+            f"`max_prompt_length` ({max_prompt_length}) must be smaller than `max_length` ({max_length}), "
+            "so that a prompt cut to `max_prompt_length` leaves room for the completions"
+        )
+
+
+def common_prefix_length(*sequences: Sequence[int]) -> int:
+    """Length of the longest prefix shared by all ``sequences``."""
+    first, rest = sequences[0], sequences[1:]
+    n = min(len(s) for s in sequences)
+    if all(s[:n] == first[:n] for s in rest):  # the usual case, compared at C speed
+        return n
+    for i in range(n):
+        token = first[i]
+        if any(s[i] != token for s in rest):
+            return i
+    return n
+
+
+def split_prompt_ids(
+    prompt_ids: list[int], chosen_full: list[int], rejected_full: list[int]
+) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen completion, rejected completion) by the longest common TOKEN prefix.
+
+    The prompt is the prefix shared by the prompt's own tokens and both full sequences, so
+    ``prompt + completion`` is always exactly the tokenisation of the full text, and chosen and
+    rejected share the same prompt ids. A BPE merge across the boundary (prompt "...: " + "blue"
+    tokenising to ": " "blue" alone but ":" " blue" in full) moves the merged tokens into the
+    completions. TRL's ``build_tokenized_answer`` moves the boundary back by at most ONE token per
+    answer, so its chosen and rejected prompts can differ in their last token, and it raises when a
+    chat template re-renders earlier turns differently; a common prefix handles both.
+    """
+    n = common_prefix_length(prompt_ids, chosen_full, rejected_full)
+    return chosen_full[:n], chosen_full[n:], rejected_full[n:]
+
+
+class BlankTokens:
+    """``is_blank(token_id)``: whether a token decodes to whitespace only (cached per id)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._cache: dict[int, bool] = {}
+
+    def __call__(self, token_id: int) -> bool:
+        if token_id not in self._cache:
+            text = self._tokenizer.decode([token_id])
+            self._cache[token_id] = bool(text) and not text.strip()
+        return self._cache[token_id]
+
+
+def ensure_eos(completion: list[int], eos_token_id: int | None, is_blank: Callable[[int], bool]) -> list[int]:
+    """``completion`` ending in EOS: appended only when the last non-whitespace token is not EOS.
+
+    ChatML renders an answer as ``...<|im_end|>\\n``: TRL looks only at the very last token ("\\n"),
+    appends ``<|im_end|>`` and trains a double end token. Trailing whitespace tokens after the end
+    token are kept, as the template wrote them.
+    """
+    if eos_token_id is None:
+        return completion
+    i = len(completion) - 1
+    while i >= 0 and completion[i] != eos_token_id and is_blank(completion[i]):
+        i -= 1
+    if i >= 0 and completion[i] == eos_token_id:
+        return completion
+    return completion + [eos_token_id]
+
+
+def add_bos(prompt: list[int], bos_token_id: int | None) -> list[int]:
+    """``prompt`` starting with BOS when the tokenizer has one (TRL's rule: only when missing)."""
+    if bos_token_id is None or prompt[:1] == [bos_token_id]:
+        return prompt
+    return [bos_token_id] + prompt
+
+
+def truncate_pair(
+    prompt_ids: list[int],
+    chosen_ids: list[int],
+    rejected_ids: list[int],
+    *,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    max_completion_length: int | None,
+    bos_token_id: int | None = None,
+) -> tuple[list[int], list[int], list[int], bool, bool]:
+    """Cut a pair so that ``prompt + chosen`` and ``prompt + rejected`` fit ``max_length``.
+
+    1. Completions longer than ``max_completion_length`` (when set) are cut from the right.
+    2. Only when ``len(prompt) + max(len(chosen), len(rejected)) > max_length``: the prompt is cut
+       from the LEFT (its end, next to the answer, matters most; a leading BOS is kept) by as many
+       tokens as needed, but not below ``max_prompt_length`` tokens (None: never cut); then both
+       completions are cut from the right to ``max_length - len(prompt)``.
+
+    ``max_prompt_length`` is a floor for cutting, not a cap: a long prompt whose pair fits is kept.
+    Returns ``(prompt, chosen, rejected, prompt_was_cut, completion_was_cut)``. Raises ValueError
+    when no completion token would fit (only possible with ``max_prompt_length=None``).
+    """
+    chosen, rejected = chosen_ids, rejected_ids
+    if max_completion_length is not None:
+        chosen, rejected = chosen[:max_completion_length], rejected[:max_completion_length]
+    prompt = prompt_ids
+    longest = max(len(chosen), len(rejected))
+    if max_length is not None and len(prompt) + longest > max_length:
+        keep_bos = bos_token_id is not None and prompt[:1] == [bos_token_id]
+        floor = len(prompt) if max_prompt_length is None else min(len(prompt), max(max_prompt_length, int(keep_bos)))
+        keep = max(max_length - longest, floor)  # what the longest answer leaves, but never below the floor
+        if keep < len(prompt):
+            head, body = (prompt[:1], prompt[1:]) if keep_bos else ([], prompt)
+            prompt = head + body[len(body) - (keep - len(head)) :]
+        room = max_length - len(prompt)
+        if room < 1:
+            raise ValueError(
+                f"the prompt has {len(prompt)} tokens and `max_length` is {max_length}, so no completion token "
+                "fits; set `max_prompt_length` to let long prompts be cut"
+            )
+        chosen, rejected = chosen[:room], rejected[:room]
+    completion_cut = len(chosen) < len(chosen_ids) or len(rejected) < len(rejected_ids)
+    return prompt, chosen, rejected, len(prompt) < len(prompt_ids), completion_cut
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    # One call for the whole batch: the fast tokenizer encodes it in Rust. `verbose=False` mutes
+    # the "longer than model_max_length" warning: truncation is ours to do.
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+
+
+def tokenize_batch(
+    batch: dict[str, list],
+    indices: list[int],
+    *,
+    layout: Layout,
+    tokenizer,
+    is_blank: Callable[[int], bool],
+    limits: dict[str, int | None],
+    source: str | None = None,
+) -> dict[str, list[Any]]:
+    """The ``Dataset.map(batched=True, with_indices=True)`` function: ids plus per-row cut flags."""
+    if layout is Layout.TOKENIZED:
+        rows = zip(*(batch[c] for c in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")), strict=True)
+    else:
+        prompts, fulls_chosen, fulls_rejected = render_batch(batch, layout, tokenizer)
+        size = len(prompts)
+        ids = _encode(tokenizer, [*prompts, *fulls_chosen, *fulls_rejected])
+        rows = (split_prompt_ids(ids[i], ids[size + i], ids[2 * size + i]) for i in range(size))
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    out: dict[str, list[Any]] = {k: [] for k in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")}
+    out.update(_prompt_cut=[], _completion_cut=[])
+    for index, (prompt, chosen, rejected) in zip(indices, rows, strict=True):
+        if layout is not Layout.TOKENIZED:  # token ids given by the user are theirs: no BOS/EOS edits
+            prompt = add_bos(prompt, bos)
+            chosen, rejected = ensure_eos(chosen, eos, is_blank), ensure_eos(rejected, eos, is_blank)
+        try:
+            cut = truncate_pair(prompt, chosen, rejected, bos_token_id=bos, **limits)
+        except ValueError as error:
+            raise ValueError(f"{where(index, source)}: {error}") from error
+        for key, value in zip(out, cut, strict=True):
+            out[key].append(value)
+    return out
