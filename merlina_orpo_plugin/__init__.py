@@ -3,7 +3,7 @@
     from merlina_orpo_plugin import ORPOConfig, MerlinaORPOTrainer, create_orpo_trainer
 
 No TRL import anywhere in this package. Names are imported on first use, so importing the package
-(as Axolotl does to find the plugin) does not load transformers.
+does not load transformers, and only `MerlinaORPOPlugin` (what Axolotl's `plugins:` names) loads Axolotl.
 """
 
 from importlib import import_module
@@ -17,6 +17,7 @@ _EXPORTS = {
     "ORPODataCollator": ".collator",
     "create_orpo_trainer": ".factory",
     "prepare_preference_dataset": ".data",
+    "MerlinaORPOPlugin": ".integration.plugin",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -1,0 +1,113 @@
+"""`MerlinaORPOPlugin`: `rl: orpo_standalone` in Axolotl through its plugin hooks.
+
+Axolotl's `rl` enum and RL builder cannot take a new trainer, so `register()` rewrites the raw
+config before validation: `rl` becomes unset (the causal builder runs, passing the model, LoRA
+already applied), the raw `datasets` entries are kept in `merlina_datasets` (the SFT schema would
+drop their `field_*` keys), and the hooks below hand Axolotl the ORPO trainer, collator, datasets
+and training arguments. See `../shared/notes/axolotl-integration.md` for why this route.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+from axolotl.integrations.base import BasePlugin
+
+from .args import resolve_beta
+
+LOG = logging.getLogger("merlina_orpo_plugin.integration")
+RL_NAME = "orpo_standalone"
+#: Keys of a `datasets:` entry that Axolotl's SFT schema understands and that do no SFT work.
+_LOADER_KEYS = ("path", "name", "split", "data_files", "ds_type", "revision", "trust_remote_code")
+
+
+class MerlinaORPOPlugin(BasePlugin):
+    """Enable with `plugins: [merlina_orpo_plugin.MerlinaORPOPlugin]` and `rl: orpo_standalone`."""
+
+    def get_input_args(self) -> str:
+        return "merlina_orpo_plugin.integration.args.MerlinaORPOArgs"
+
+    def get_training_args_mixin(self) -> str:
+        return "merlina_orpo_plugin.integration.trainer.MerlinaTrainingArgsMixin"
+
+    def register(self, cfg: dict) -> None:
+        """Rewrite the raw config; runs per `load_cfg` and per rank, so it must be idempotent."""
+        if cfg.get("rl") != RL_NAME:
+            return
+        for key in ("datasets", "test_datasets"):
+            entries = cfg.get(key)
+            if entries is not None and not isinstance(entries, list):
+                raise ValueError(f"`{key}` must be a list of dataset entries, got {type(entries).__name__}")
+        if not cfg.get("datasets"):
+            raise ValueError("`rl: orpo_standalone` needs `datasets:` with at least one preference dataset")
+        cfg["rl"] = None
+        cfg["merlina_enabled"] = True
+        cfg["merlina_datasets"] = copy.deepcopy(cfg["datasets"])
+        cfg["datasets"] = [_loader_only(entry) for entry in cfg["datasets"]]
+        if cfg.get("test_datasets"):
+            cfg["merlina_test_datasets"] = copy.deepcopy(cfg["test_datasets"])
+            cfg["test_datasets"] = [_loader_only(entry) for entry in cfg["test_datasets"]]
+        if cfg.get("remove_unused_columns") is None:
+            cfg["remove_unused_columns"] = False  # the causal builder's True would strip the rejected ids
+
+    def load_datasets(self, cfg, preprocess: bool = False):
+        if not cfg.get("merlina_enabled"):
+            return None
+        from axolotl.common.datasets import TrainDatasetMeta
+        from axolotl.loaders import load_tokenizer
+
+        from .datasets import load_orpo_datasets, total_num_steps
+
+        tokenizer = load_tokenizer(cfg)
+        train, evaluation, summary = load_orpo_datasets(cfg, tokenizer)
+        LOG.info(
+            "ORPO datasets: %d train pairs, %d eval pairs, %d truncated, %d skipped",
+            summary["train_pairs"], summary["eval_pairs"],
+            sum(d["truncated_pairs"] for d in summary["datasets"]), sum(d["skipped"] for d in summary["datasets"]),
+        )
+        return TrainDatasetMeta(
+            train_dataset=train, eval_dataset=evaluation, total_num_steps=total_num_steps(cfg, len(train))
+        )
+
+    def pre_model_load(self, cfg) -> None:
+        if not cfg.get("merlina_enabled"):
+            return
+        import torch
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            # Several CPU processes (torchrun + gloo): an integer-rank device map would send
+            # from_pretrained looking for an accelerator that is not there.
+            cfg.device_map = "cpu"
+
+    def get_trainer_cls(self, cfg):
+        if not cfg.get("merlina_enabled"):
+            return None
+        from .trainer import AxolotlMerlinaORPOTrainer
+
+        return AxolotlMerlinaORPOTrainer
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
+        if not cfg.get("merlina_enabled"):
+            return None
+        from ..collator import ORPODataCollator
+
+        return ORPODataCollator, {}
+
+    def get_training_args(self, cfg):
+        if not cfg.get("merlina_enabled"):
+            return None
+        return {
+            "merlina_beta": resolve_beta(cfg),
+            "merlina_nll_include_prompt": bool(cfg.get("merlina_nll_include_prompt", True)),
+            "merlina_disable_dropout": bool(cfg.get("merlina_disable_dropout", True)),
+            "remove_unused_columns": False,
+        }
+
+
+def _loader_only(entry) -> dict:
+    """What Axolotl's SFT schema may see of a preference dataset entry: where to load it from."""
+    if not isinstance(entry, dict) or not entry.get("path"):
+        raise ValueError(f"each dataset entry needs a `path`, got {entry!r}")
+    return {key: entry[key] for key in _LOADER_KEYS if key in entry}

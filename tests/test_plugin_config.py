@@ -1,0 +1,86 @@
+"""The plugin's config handling through Axolotl's real `load_cfg` (YAML -> validated cfg), no training.
+
+Checks the raw-config rewrite (`rl: orpo_standalone` -> causal builder + kept dataset entries),
+its idempotence, beta resolution, and that options which cannot work are refused with a reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("axolotl", reason="the plugin tests need axolotl (installed by make test)")
+
+from e2e_helpers import llamafactory_file, tiny_model_dir, write_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("model"))
+
+
+def _sharegpt():
+    return [{"path": str(llamafactory_file()), "ds_type": "json", "type": "sharegpt", "split": "train"}]
+
+
+def _load(tmp_path, model_dir, datasets=None, **overrides):
+    from axolotl.cli.config import load_cfg
+
+    return load_cfg(str(write_config(tmp_path, model_dir, datasets or _sharegpt(), **overrides)))
+
+
+def test_register_rewrites_rl_and_keeps_raw_dataset_entries(tmp_path, model_dir):
+    entry = {**_sharegpt()[0], "field_chosen": "chosen", "field_rejected": "rejected"}
+    cfg = _load(tmp_path, model_dir, [entry])
+    assert cfg.rl is None and cfg.merlina_enabled is True
+    assert cfg.merlina_datasets[0]["field_chosen"] == "chosen"  # SFT schema would have dropped it
+    assert cfg.merlina_datasets[0]["type"] == "sharegpt"
+    assert cfg.remove_unused_columns is False
+    assert cfg.orpo_alpha == 0.1
+
+
+def test_register_is_idempotent():
+    from merlina_orpo_plugin.integration.plugin import MerlinaORPOPlugin
+
+    raw = {"rl": "orpo_standalone", "datasets": [{"path": "x.json", "type": "prompt_pairs", "field_prompt": "q"}]}
+    plugin = MerlinaORPOPlugin()
+    plugin.register(raw)
+    once = {k: (list(v) if isinstance(v, list) else v) for k, v in raw.items()}
+    plugin.register(raw)
+    assert raw == once
+    assert raw["merlina_datasets"][0]["field_prompt"] == "q" and "field_prompt" not in raw["datasets"][0]
+
+
+def test_plugin_listed_without_orpo_standalone_changes_nothing():
+    from merlina_orpo_plugin.integration.plugin import MerlinaORPOPlugin
+
+    raw = {"rl": "dpo", "datasets": [{"path": "x.json", "type": "chatml.intel"}]}
+    MerlinaORPOPlugin().register(raw)
+    assert raw == {"rl": "dpo", "datasets": [{"path": "x.json", "type": "chatml.intel"}]}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"sample_packing": True}, r"`sample_packing` does not work with `rl: orpo_standalone`"),
+        ({"eval_table_size": 5}, r"`eval_table_size` does not work"),
+        ({"orpo_alpha": 0.1, "rl_beta": 0.2}, r"conflicting ORPO beta: `orpo_alpha: 0.1`, `rl_beta: 0.2`"),
+        ({"merlina_max_prompt_length": 512}, r"`merlina_max_prompt_length` \(512\) must be smaller than `sequence_len` \(256\)"),
+        ({"merlina_max_completion_length": 0}, r"`merlina_max_completion_length` must be a positive number"),
+    ],
+)
+def test_bad_options_fail_validation_with_the_key_and_fix(tmp_path, model_dir, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _load(tmp_path, model_dir, **overrides)
+
+
+def test_unknown_dataset_type_lists_available(tmp_path, model_dir):
+    entry = {**_sharegpt()[0], "type": "chat_template.nope"}
+    with pytest.raises(ValueError, match=r"chat_template\.nope.*chat_template\.argilla.*sharegpt"):
+        _load(tmp_path, model_dir, [entry])
+
+
+def test_rl_beta_is_accepted_as_beta(tmp_path, model_dir):
+    from merlina_orpo_plugin.integration.args import resolve_beta
+
+    cfg = _load(tmp_path, model_dir, orpo_alpha=None, rl_beta=0.25)
+    assert resolve_beta(cfg) == 0.25
