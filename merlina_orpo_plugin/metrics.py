@@ -27,7 +27,8 @@ METRIC_NAMES = (
 
 def batch_metrics(
     forward: ORPOForwardOutput,
-    or_losses: torch.Tensor,
+    nll_term: torch.Tensor,
+    or_term: torch.Tensor,
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
     ratio: torch.Tensor,
@@ -35,8 +36,10 @@ def batch_metrics(
 ) -> dict[str, torch.Tensor]:
     """Batch means of every logged metric, detached scalars, in `METRIC_NAMES` order.
 
-    ``or_loss`` is the odds-ratio term as it enters the loss, ``-beta * mean(logsigmoid(log_odds))``,
-    so ``loss == nll_loss + or_loss`` (plus the router loss for MoE models).
+    ``nll_loss`` and ``or_loss`` are the two terms as they enter the loss (``or_loss`` is
+    ``-beta * mean(logsigmoid(log_odds))``), so ``loss == nll_loss + or_loss`` (plus the router
+    loss for MoE models); under gradient accumulation or several processes they are each
+    micro-batch's share of the window, so their average over the window is the window's value.
     """
     values = {
         "rewards/chosen": chosen_rewards,
@@ -47,10 +50,10 @@ def batch_metrics(
         "logps/rejected": forward.rejected_logps,
         "logits/chosen": forward.chosen_logits_mean,
         "logits/rejected": forward.rejected_logits_mean,
-        "nll_loss": forward.nll_loss,
+        "nll_loss": nll_term,
         "log_odds_ratio": ratio,
         "log_odds_chosen": log_odds,
-        "or_loss": -or_losses,
+        "or_loss": or_term,
     }
     return {name: values[name].detach().float().mean() for name in METRIC_NAMES}
 

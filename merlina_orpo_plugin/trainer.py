@@ -91,11 +91,13 @@ class ORPOTrainerMixin:
         or_losses, chosen_rewards, rejected_rewards, ratio, log_odds = L.odds_ratio_loss(
             forward.chosen_logps, forward.rejected_logps, self.beta
         )
-        loss = self._scaled_loss(forward, or_losses, num_items_in_batch)
+        nll_term, or_term = self._loss_terms(forward, or_losses, num_items_in_batch)
+        loss = nll_term + or_term
         if self.aux_loss_enabled and forward.aux_loss is not None:
             loss = loss + self.aux_loss_coef * forward.aux_loss.to(loss.device)
         self._orpo_metrics.add(
-            self._orpo_mode, batch_metrics(forward, or_losses, chosen_rewards, rejected_rewards, ratio, log_odds)
+            self._orpo_mode,
+            batch_metrics(forward, nll_term, or_term, chosen_rewards, rejected_rewards, ratio, log_odds),
         )
         if not return_outputs:
             return loss
@@ -110,8 +112,8 @@ class ORPOTrainerMixin:
         }
         return loss, outputs
 
-    def _scaled_loss(self, forward: ORPOForwardOutput, or_losses: torch.Tensor, num_items_in_batch) -> torch.Tensor:
-        """Per-batch means, or, in training, this micro-batch's share of the whole accumulation window.
+    def _loss_terms(self, forward: ORPOForwardOutput, or_losses: torch.Tensor, num_items_in_batch):
+        """``(nll_term, or_term)``: per-batch means, or in training this micro-batch's share of the window.
 
         Trainer divides each micro-batch loss by the number of micro-batches. Normalising the NLL
         sum by the window's token count (and the odds-ratio sum by its pair count) and multiplying
@@ -120,10 +122,10 @@ class ORPOTrainerMixin:
         """
         window = self._orpo_window
         if window is None or num_items_in_batch is None or self._orpo_mode != "train":
-            return forward.nll_loss - or_losses.mean()
+            return forward.nll_loss, -or_losses.mean()
         (window_tokens, window_pairs), factor = window
         steps = getattr(self, "current_gradient_accumulation_steps", 1) * factor
-        return (forward.nll_sum / window_tokens.clamp(min=1) - or_losses.sum() / window_pairs) * steps
+        return forward.nll_sum / window_tokens.clamp(min=1) * steps, -or_losses.sum() / window_pairs * steps
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -135,9 +137,10 @@ class ORPOTrainerMixin:
             totals[0] += nll_target_mask(batch, self.nll_include_prompt).sum().item()
             totals[1] += batch["input_ids"].shape[0] // 2
         totals, factor = totals.to(device), 1.0
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+        processes = self.accelerator.num_processes
+        if self.args.average_tokens_across_devices and processes > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
-            factor = float(self.args.world_size)  # DDP averages gradients over ranks
+            factor = float(processes)  # DDP averages gradients over ranks
         self._orpo_window = (totals.float(), factor)
         return batch_samples, totals[0]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ from ..data import prepare_preference_dataset
 from ..data.formats import Layout
 from ..data.validation import check_row
 from ..strategies import RowError, get_strategy
+from . import LOG
 from .args import max_prompt_length
 
-LOG = logging.getLogger("merlina_orpo_plugin.integration")
 DEFAULT_PREPARED_PATH = "last_run_prepared"
 _COMPLETE = "merlina_orpo_complete.json"
 _LAYOUTS = {"conversational": Layout.CONVERSATIONAL, "text": Layout.STANDARD}

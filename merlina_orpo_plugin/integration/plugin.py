@@ -10,14 +10,13 @@ and training arguments. See `../shared/notes/axolotl-integration.md` for why thi
 from __future__ import annotations
 
 import copy
-import logging
 import os
 
 from axolotl.integrations.base import BasePlugin
 
+from . import LOG
 from .args import resolve_beta
 
-LOG = logging.getLogger("merlina_orpo_plugin.integration")
 RL_NAME = "orpo_standalone"
 #: Keys of a `datasets:` entry that Axolotl's SFT schema understands and that do no SFT work.
 _LOADER_KEYS = ("path", "name", "split", "data_files", "ds_type", "revision", "trust_remote_code")
@@ -60,6 +59,7 @@ class MerlinaORPOPlugin(BasePlugin):
 
         from .datasets import load_orpo_datasets, total_num_steps
 
+        _configure_cpu_ranks(cfg)
         tokenizer = load_tokenizer(cfg)
         train, evaluation, summary = load_orpo_datasets(cfg, tokenizer)
         LOG.info(
@@ -70,16 +70,6 @@ class MerlinaORPOPlugin(BasePlugin):
         return TrainDatasetMeta(
             train_dataset=train, eval_dataset=evaluation, total_num_steps=total_num_steps(cfg, len(train))
         )
-
-    def pre_model_load(self, cfg) -> None:
-        if not cfg.get("merlina_enabled"):
-            return
-        import torch
-
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-            # Several CPU processes (torchrun + gloo): an integer-rank device map would send
-            # from_pretrained looking for an accelerator that is not there.
-            cfg.device_map = "cpu"
 
     def get_trainer_cls(self, cfg):
         if not cfg.get("merlina_enabled"):
@@ -98,12 +88,37 @@ class MerlinaORPOPlugin(BasePlugin):
     def get_training_args(self, cfg):
         if not cfg.get("merlina_enabled"):
             return None
-        return {
+        args = {
             "merlina_beta": resolve_beta(cfg),
             "merlina_nll_include_prompt": bool(cfg.get("merlina_nll_include_prompt", True)),
             "merlina_disable_dropout": bool(cfg.get("merlina_disable_dropout", True)),
             "remove_unused_columns": False,
+            # Axolotl turns this off; ORPO needs it so the NLL is one token mean over all ranks.
+            "average_tokens_across_devices": True,
         }
+        if _is_multi_process_cpu():
+            args.update(use_cpu=True, ddp_backend="gloo")  # see _configure_cpu_ranks
+        return args
+
+
+def _configure_cpu_ranks(cfg) -> None:
+    """Make several CPU processes (torchrun + gloo) one data-parallel run.
+
+    Axolotl sets `device_map: {"": LOCAL_RANK}`, which `from_pretrained` reads as an accelerator
+    index; and `AxolotlTrainer` resets accelerate's state before building its `Accelerator`, which
+    then only knows it is on CPU from `ACCELERATE_USE_CPU` (without it every rank trains alone).
+    The model loader reads `device_map` before `pre_model_load`, so this runs from `load_datasets`,
+    the last plugin hook before the model is loaded.
+    """
+    if _is_multi_process_cpu():
+        cfg.device_map = {"": "cpu"}
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
+def _is_multi_process_cpu() -> bool:
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _loader_only(entry) -> dict:

@@ -1,0 +1,202 @@
+"""The plugin end to end through the real `axolotl` CLI: preprocess, train, merge-lora, resume, QLoRA.
+
+Each test runs real Axolotl commands in a subprocess on a tiny local Llama with the real SmolLM2
+tokenizer and real preference samples from ../shared/data, offline on CPU, and checks what the
+commands left on disk (prepared data, adapters, checkpoints, W&B and TensorBoard logs) and printed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+pytest.importorskip("axolotl", reason="end-to-end tests drive the axolotl CLI (installed by make test)")
+
+from e2e_helpers import llamafactory_file, run_cli, tiny_model_dir, write_config  # noqa: E402
+from conftest import shared_path  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+HH_RLHF_ROWS = [
+    {
+        "chosen": "\n\nHuman: What is a good way to keep basil fresh?\n\nAssistant: Trim the stems and keep it in a "
+        "glass of water on the counter, loosely covered with a bag.",
+        "rejected": "\n\nHuman: What is a good way to keep basil fresh?\n\nAssistant: Put it in the freezer.",
+    },
+    {
+        "chosen": "\n\nHuman: Can you help me write a haiku about rain?\n\nAssistant: Sure. Do you want it calm or "
+        "stormy?\n\nHuman: Calm, please.\n\nAssistant: Soft rain on the roof / the kettle hums beside me / "
+        "gray light, slow and warm",
+        "rejected": "\n\nHuman: Can you help me write a haiku about rain?\n\nAssistant: Sure. Do you want it calm or "
+        "stormy?\n\nHuman: Calm, please.\n\nAssistant: Rain rain rain rain rain.",
+    },
+]
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _stack_exchange_rows():
+    return json.loads(shared_path("stack-exchange-paired-sample", "stack_exchange_paired_tiny.json").read_text())
+
+
+def _every_type(tmp_path) -> list[dict]:
+    """One dataset entry per built-in type, each on real or realistic rows."""
+    h4 = str(shared_path("ultrafeedback-h4-sample", "dummy_dpo.jsonl"))
+    stack = _stack_exchange_rows()
+    intel = _jsonl(tmp_path / "intel.jsonl", [
+        {"system": "You are a careful programming assistant.", "question": r["question"],
+         "chosen": r["response_j"], "rejected": r["response_k"]} for r in stack[:6]
+    ])
+    return [
+        {"path": h4, "ds_type": "json", "type": "chat_template.argilla"},
+        {"path": h4, "ds_type": "json", "type": "chat_template"},
+        {"path": str(llamafactory_file()), "ds_type": "json", "type": "sharegpt"},
+        {"path": str(intel), "ds_type": "json", "type": "chat_template.intel"},
+        {"path": str(_jsonl(tmp_path / "hh.jsonl", HH_RLHF_ROWS)), "ds_type": "json", "type": "hh_rlhf"},
+        {"path": str(shared_path("stack-exchange-paired-sample", "stack_exchange_paired_tiny.json")),
+         "ds_type": "json", "type": "prompt_pairs", "field_prompt": "question",
+         "field_chosen": "response_j", "field_rejected": "response_k"},
+    ]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def _summary(prepared_dir) -> dict:
+    (path,) = prepared_dir.glob("merlina-orpo-*/merlina_orpo_complete.json")
+    return json.loads(path.read_text())
+
+
+def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_then_merge(tmp_path, model_dir):
+    """preprocess tokenises all six types once; train reuses that cache, logs ORPO metrics to W&B
+    (offline) and TensorBoard, evaluates on val_set_size; merge-lora gives a loadable model."""
+    entries = _every_type(tmp_path)
+    config = write_config(
+        tmp_path, model_dir, entries, val_set_size=0.05, max_steps=2, eval_strategy="steps", eval_steps=2,
+        wandb_project="merlina-e2e", wandb_mode="offline", use_tensorboard=True,
+    )
+    preprocess = run_cli(["axolotl", "preprocess", str(config)], cwd=tmp_path)
+    summary = _summary(tmp_path / "prepared")
+    assert [d["type"] for d in summary["datasets"]] == [e["type"] for e in entries]
+    assert [d["pairs"] for d in summary["datasets"]] == [16, 16, 300, 6, 2, 25]
+    assert all(d["skipped"] == 0 for d in summary["datasets"])
+    assert summary["train_pairs"] + summary["eval_pairs"] == 365 and summary["eval_pairs"] > 0
+    assert "prepared and saved" in preprocess.stdout + preprocess.stderr
+
+    train = run_cli(["axolotl", "train", str(config)], cwd=tmp_path, WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
+    output = train.stdout + train.stderr
+    assert "loading the prepared copy" in output and "prepared and saved" not in output
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert re.search(r"'eval_rewards/accuracies': '[0-9.]+'", output)
+
+    # An offline W&B run is one protobuf record log; its history records carry the metric keys verbatim.
+    (wandb_run,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_run.read_bytes()
+    for name in ("train/rewards/accuracies", "train/log_odds_ratio", "train/nll_loss", "train/or_loss",
+                 "eval/rewards/margins", "eval/loss"):
+        assert name.encode() in records, name
+    _assert_tensorboard_has(tmp_path / "out", "train/rewards/chosen", "eval/log_odds_chosen")
+
+    run_cli(["axolotl", "merge-lora", str(config), "--lora-model-dir", str(tmp_path / "out")], cwd=tmp_path)
+    _assert_merged_model_loads(tmp_path / "out" / "merged", model_dir)
+
+
+def _assert_tensorboard_has(output_dir, *tags):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list(output_dir.rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard events under {output_dir}"
+    found = set()
+    for event_file in events:
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        found |= set(accumulator.Tags().get("scalars", []))
+    assert set(tags) <= found, sorted(found)
+
+
+def _assert_merged_model_loads(merged_dir, base_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    ids = torch.tensor([[1, 422, 314, 2]])
+    with torch.no_grad():
+        assert torch.isfinite(merged(ids).logits).all()
+    changed = [n for n, p in merged.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert any("q_proj" in n or "v_proj" in n for n in changed), "merging the adapter changed no weight"
+
+
+def test_bad_rows_are_refused_with_the_row_then_skipped_on_request(tmp_path, model_dir):
+    rows = json.loads(llamafactory_file().read_text())[:12]
+    rows[4] = {**rows[4], "rejected": {"from": "gpt", "value": ""}}
+    rows[9] = {**rows[9], "chosen": None}
+    bad = tmp_path / "pairs.json"
+    bad.write_text(json.dumps(rows))
+    entry = [{"path": str(bad), "ds_type": "json", "type": "sharegpt"}]
+
+    refused = run_cli(["axolotl", "preprocess", str(write_config(tmp_path, model_dir, entry))], cwd=tmp_path,
+                      check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert re.search(rf"row 4 of {re.escape(str(bad))}: `rejected`.*empty", output), output[-3000:]
+    assert "1 more bad rows" in output
+
+    config = write_config(tmp_path, model_dir, entry, merlina_skip_bad_rows=True)
+    skipped = run_cli(["axolotl", "preprocess", str(config)], cwd=tmp_path)
+    assert re.search(r"skipped 2 of 12 rows", skipped.stdout + skipped.stderr)
+    assert _summary(tmp_path / "prepared")["datasets"][0]["pairs"] == 10
+
+
+def test_qlora_with_python_launcher_then_resume(tmp_path, model_dir):
+    """4-bit QLoRA trains on CPU; a second run resumes from the step-2 checkpoint and reaches step 3."""
+    pytest.importorskip("bitsandbytes")
+    entry = [{"path": str(llamafactory_file()), "ds_type": "json", "type": "sharegpt"}]
+    common = dict(adapter="qlora", load_in_4bit=True, save_strategy="steps", save_steps=2)
+    first = write_config(tmp_path, model_dir, entry, max_steps=2, **common)
+    run_cli(["axolotl", "train", str(first), "--launcher", "python"], cwd=tmp_path)
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").exists()
+
+    second = write_config(tmp_path, model_dir, entry, max_steps=3, resume_from_checkpoint=str(checkpoint), **common)
+    resumed = run_cli(["axolotl", "train", str(second)], cwd=tmp_path)
+    state = json.loads((tmp_path / "out" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    steps = [log["step"] for log in state["log_history"] if "loss" in log]
+    assert steps == [1, 2, 3], steps  # steps 1-2 carried over from the checkpoint, 3 trained now
+    assert "rewards/accuracies" in state["log_history"][-1] or "rewards/accuracies" in state["log_history"][-2]
+    trained_now = re.findall(r"\{'loss': ", resumed.stdout + resumed.stderr)
+    assert len(trained_now) == 1, "the resumed run should train step 3 only"
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, model_dir):
+    """torchrun, 2 CPU processes (gloo) x 1 pair = 1 process x 2 pairs: the same losses and gradient
+    norms at every step. A full fine-tune, so no random adapter init differs between the runs."""
+    entry = [{"path": str(llamafactory_file()), "ds_type": "json", "type": "sharegpt"}]
+    losses = {}
+    for name, procs, micro in (("one", 1, 2), ("two", 2, 1)):
+        directory = tmp_path / name
+        directory.mkdir()
+        config = write_config(directory, model_dir, entry, micro_batch_size=micro, max_steps=3, adapter=None, learning_rate=1e-4,
+                              save_strategy="steps", save_steps=3, curriculum_sampling=True, dataset_prepared_path=str(tmp_path / "prepared"))
+        run_cli(["torchrun", "--nproc_per_node", str(procs), "-m", "axolotl.cli.train", str(config)],
+                cwd=directory)
+        state = _final_state(directory / "out")
+        losses[name] = [(log["loss"], log["nll_loss"], log["or_loss"], log["grad_norm"]) for log in state if "loss" in log]
+    assert len(losses["one"]) == len(losses["two"]) == 3
+    for one, two in zip(losses["one"], losses["two"]):
+        assert two == pytest.approx(one, rel=1e-5)
+
+
+def _final_state(output_dir) -> list[dict]:
+    """The trainer's log history, from the last checkpoint or the final trainer_state.json."""
+    candidates = sorted(output_dir.rglob("trainer_state.json"))
+    assert candidates, f"no trainer_state.json under {output_dir}"
+    return json.loads(candidates[-1].read_text())["log_history"]
