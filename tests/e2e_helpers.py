@@ -51,13 +51,21 @@ CPU_BASE = {
 }
 
 
-def tiny_model_dir(path: Path, **overrides) -> Path:
-    """A saved 2-layer Llama with the real SmolLM2 tokenizer files beside it."""
+def tiny_model_dir(path: Path, architecture: str = "llama", **overrides) -> Path:
+    """A saved 2-layer Llama (or Mistral) with the real SmolLM2 tokenizer files beside it."""
     shared_path("tokenizers", "smollm2")
     if not (path / "config.json").exists():
         params = dict(hidden_size=64, intermediate_size=128, tie_word_embeddings=True)
         params.update(overrides)
-        tiny_llama(seed=0, **params).save_pretrained(path)
+        if architecture == "mistral":
+            import torch
+            from transformers import MistralConfig, MistralForCausalLM
+
+            config = MistralConfig(**{**tiny_llama().config.to_dict(), **params, "model_type": "mistral"})
+            torch.manual_seed(0)
+            MistralForCausalLM(config).save_pretrained(path)
+        else:
+            tiny_llama(seed=0, **params).save_pretrained(path)
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             shutil.copy(TOKENIZER_DIR / name, path / name)
     return path
