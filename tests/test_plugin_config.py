@@ -84,3 +84,24 @@ def test_rl_beta_is_accepted_as_beta(tmp_path, model_dir):
 
     cfg = _load(tmp_path, model_dir, orpo_alpha=None, rl_beta=0.25)
     assert resolve_beta(cfg) == 0.25
+
+
+def test_prepared_data_cache_key_covers_what_changes_the_tokens(tmp_path, tokenizer):
+    """Same inputs, same key; any option that changes the tokens, or an edited data file, a new key."""
+    import os
+
+    from merlina_orpo_plugin.integration.datasets import dataset_hash
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    cfg = {"merlina_datasets": [{"path": str(data), "type": "prompt_pairs"}], "sequence_len": 256, "seed": 1}
+    key = dataset_hash(cfg, tokenizer)
+    assert dataset_hash(dict(cfg), tokenizer) == key
+    for change in ({"sequence_len": 512}, {"merlina_max_prompt_length": 64}, {"merlina_skip_bad_rows": True},
+                   {"merlina_max_completion_length": 32}, {"val_set_size": 0.1}, {"seed": 2},
+                   {"merlina_datasets": [{"path": str(data), "type": "prompt_pairs", "field_prompt": "q"}]}):
+        assert dataset_hash({**cfg, **change}, tokenizer) != key, change
+    stat = data.stat()
+    data.write_text('{"prompt": "a", "chosen": "b", "rejected": "d"}\n')
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert dataset_hash(cfg, tokenizer) != key

@@ -109,6 +109,19 @@ def _unknown_layout_message(column_names: Sequence[str]) -> str:
     return f"unrecognised preference data layout: columns found: {found}.{hint} Accepted layouts: {ACCEPTED_LAYOUTS}"
 
 
+def common_prefix_length(*sequences: Sequence) -> int:
+    """Length of the longest prefix shared by all ``sequences`` (token ids, strings or message lists)."""
+    first, rest = sequences[0], sequences[1:]
+    n = min(len(s) for s in sequences)
+    if all(s[:n] == first[:n] for s in rest):  # the usual case, compared at C speed
+        return n
+    for i in range(n):
+        token = first[i]
+        if any(s[i] != token for s in rest):
+            return i
+    return n
+
+
 def split_text_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
     """Split two strings into (shared prompt, chosen rest, rejected rest).
 
@@ -119,11 +132,7 @@ def split_text_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
     """
     if chosen == rejected:
         raise ValueError("`chosen` and `rejected` are identical, so no completion is left after the shared prompt")
-    n = 0
-    for a, b in zip(chosen, rejected):  # noqa: B905 - stops at the shorter on purpose
-        if a != b:
-            break
-        n += 1
+    n = common_prefix_length(chosen, rejected)
 
     def inside_word(i: int) -> bool:
         after = chosen[i : i + 1].isalnum() or rejected[i : i + 1].isalnum()
@@ -153,11 +162,7 @@ def split_message_prompt(chosen: list[dict], rejected: list[dict]) -> tuple[list
     """
     if chosen == rejected:
         raise ValueError("`chosen` and `rejected` are identical, so no completion is left after the shared prompt")
-    n = 0
-    for a, b in zip(chosen, rejected):  # noqa: B905 - stops at the shorter on purpose
-        if a != b:
-            break
-        n += 1
+    n = common_prefix_length(chosen, rejected)
     n = min(n, len(chosen) - 1, len(rejected) - 1)
     return chosen[:n], chosen[n:], rejected[n:]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .formats import Layout, render_batch
+from .formats import Layout, common_prefix_length, render_batch
 from .validation import where
 
 
@@ -26,19 +26,6 @@ def check_length_limits(max_length: int | None, max_prompt_length: int | None, m
             f"`max_prompt_length` ({max_prompt_length}) must be smaller than `max_length` ({max_length}), "
             "so that a prompt cut to `max_prompt_length` leaves room for the completions"
         )
-
-
-def common_prefix_length(*sequences: Sequence[int]) -> int:
-    """Length of the longest prefix shared by all ``sequences``."""
-    first, rest = sequences[0], sequences[1:]
-    n = min(len(s) for s in sequences)
-    if all(s[:n] == first[:n] for s in rest):  # the usual case, compared at C speed
-        return n
-    for i in range(n):
-        token = first[i]
-        if any(s[i] != token for s in rest):
-            return i
-    return n
 
 
 def split_prompt_ids(
