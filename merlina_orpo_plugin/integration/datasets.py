@@ -79,20 +79,25 @@ def _prepare_entries(entries: list[dict], cfg, tokenizer, summary: dict) -> data
     for entry in entries:
         source = describe_source(entry)
         raw = load_raw_dataset(entry, cfg)
-        pairs, skipped = apply_strategy(raw, entry, source=source, skip_bad_rows=bool(cfg.get("merlina_skip_bad_rows")))
-        tokenised, stats = prepare_preference_dataset(
-            pairs,
-            tokenizer,
-            max_length=cfg.get("sequence_len"),
-            max_prompt_length=max_prompt_length(cfg),
-            max_completion_length=cfg.get("merlina_max_completion_length"),
-            num_proc=cfg.get("dataset_processes") if len(pairs) > 10_000 else None,
-            source=source,
-        )
+        pairs, errors = apply_strategy(raw, entry, source=source, skip_bad_rows=bool(cfg.get("merlina_skip_bad_rows")))
+        tokenised, stats = tokenise_pairs(pairs, cfg, tokenizer, source=source)
         summary["datasets"].append({"source": source, "type": entry.get("type"), "rows": len(raw),
-                                    "skipped": skipped, **vars(stats)})
+                                    "skipped": len(errors), **vars(stats)})
         parts.append(tokenised)
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def tokenise_pairs(pairs: datasets.Dataset, cfg, tokenizer, *, source: str):
+    """`prepare_preference_dataset` with the limits the config sets: (token ids, stats)."""
+    return prepare_preference_dataset(
+        pairs,
+        tokenizer,
+        max_length=cfg.get("sequence_len"),
+        max_prompt_length=max_prompt_length(cfg),
+        max_completion_length=cfg.get("merlina_max_completion_length"),
+        num_proc=cfg.get("dataset_processes") if len(pairs) > 10_000 else None,
+        source=source,
+    )
 
 
 def describe_source(entry: dict) -> str:
@@ -121,10 +126,12 @@ def load_raw_dataset(entry: dict, cfg) -> datasets.Dataset:
     return loaded
 
 
-def apply_strategy(raw: datasets.Dataset, entry: dict, *, source: str, skip_bad_rows: bool) -> tuple[datasets.Dataset, int]:
+def apply_strategy(
+    raw: datasets.Dataset, entry: dict, *, source: str, skip_bad_rows: bool
+) -> tuple[datasets.Dataset, list[tuple[int, str]]]:
     """Map every row through the entry's strategy and check the result; bad rows stop or are skipped.
 
-    Returns (pairs, number of skipped rows). Without ``skip_bad_rows`` the first bad row raises a
+    Returns (pairs, skipped rows as (index, reason)). Without ``skip_bad_rows`` the first bad row raises a
     ValueError naming the source, the row and the field; with it, the count and the first
     examples are logged.
     """
@@ -147,7 +154,7 @@ def apply_strategy(raw: datasets.Dataset, entry: dict, *, source: str, skip_bad_
         examples = "; ".join(f"row {i}: {e}" for i, e in errors[:3])
         LOG.warning("%s: skipped %d of %d rows (merlina_skip_bad_rows): %s", source, len(errors), len(raw), examples)
         mapped = mapped.filter(lambda error: not error, input_columns="_error")
-    return mapped.remove_columns("_error"), len(errors)
+    return mapped.remove_columns("_error"), errors
 
 
 def _map_rows(batch: dict[str, list], indices: list[int], *, strategy, layout: Layout) -> dict[str, list]:

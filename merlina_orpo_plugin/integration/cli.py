@@ -1,0 +1,164 @@
+"""`axolotl orpo-preview CONFIG.yml`: the pairs `rl: orpo_standalone` would train on, as tokens.
+
+Where chat templates are debugged: each `datasets:` entry goes through the plugin's own pipeline
+(`datasets.py`: load, strategy, row checks; `data.prepare_preference_dataset`: render, tokenise,
+truncate) and the first pairs are printed with the prompt / completion boundary marked and the
+token ids on both sides of it, then counts of refused and truncated rows and length percentiles.
+
+Registered in `pyproject.toml` under Axolotl's `axolotl.cli_commands` entry-point group. Axolotl
+imports this module to render `axolotl --help`, so Axolotl, datasets and transformers are
+imported inside the command, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from . import LOG
+from .preview import format_counts, format_pair, length_table, pair_lengths
+
+RL_NAME = "orpo_standalone"  # plugin.RL_NAME; that module imports Axolotl, too slow for `--help`
+PLUGIN_NAME = "MerlinaORPOPlugin"
+BAD_ROW_EXAMPLES = 3
+
+
+@click.command("orpo-preview")
+@click.argument("config", metavar="CONFIG.yml")
+@click.option("--rows", default=3, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Pairs to print per dataset (statistics always cover all of them).")
+@click.option("--dataset", "dataset_index", type=click.IntRange(min=0), default=None, metavar="I",
+              help="Only the I-th `datasets:` entry (from 0); default: every `datasets:` and `test_datasets:` entry.")
+@click.option("--max-chars", default=600, show_default=True, type=click.IntRange(min=40), metavar="C",
+              help="Longest text shown per prompt / completion; longer ones are cut in the middle.")
+def orpo_preview(config: str, rows: int, dataset_index: int | None, max_chars: int) -> None:
+    """Show how `rl: orpo_standalone` tokenises the datasets of CONFIG.yml.
+
+    For each dataset: the first pairs decoded with special tokens, marked where the prompt ends and
+    each completion starts, with the token ids at that boundary; then the pairs, the rows that would
+    be refused, the truncated pairs and the token-length percentiles. Nothing is trained and
+    `dataset_prepared_path` is not written.
+    """
+    _check_config_file(config)
+    _quiet_logs()
+    cfg = _load_orpo_config(config)
+    from axolotl.loaders import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg)
+    entries = _selected_entries(cfg, dataset_index)
+    click.echo(_setup_line(cfg, tokenizer))
+    failed = 0
+    for label, entry in entries:
+        click.echo(f"\n════ {label}: {entry.get('path')} (type {entry.get('type')}) ════")
+        try:
+            click.echo(_preview_entry(entry, cfg, tokenizer, rows=rows, max_chars=max_chars))
+        except (ValueError, OSError) as error:  # unreadable or untokenisable: say so, preview the others
+            failed += 1
+            click.echo(f"  error: {error}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(entries)} dataset entries could not be prepared (see above)")
+
+
+def _quiet_logs() -> None:
+    # Axolotl's INFO lines (the whole config, dumped by load_cfg) would bury the preview, so its
+    # console handler keeps warnings only (debug.log keeps all); AXOLOTL_LOG_LEVEL still wins when
+    # set. Axolotl sets every logger it creates to DEBUG, so only a handler filter can do this.
+    if "AXOLOTL_LOG_LEVEL" not in os.environ:
+        for handler in logging.getLogger("axolotl").handlers:
+            if getattr(handler, "stream", None) in (sys.stdout, sys.stderr):
+                handler.addFilter(lambda record: record.levelno >= logging.WARNING)
+    # The pipeline's warnings about skipped and truncated rows repeat the statistics printed here.
+    for name in (LOG.name, "merlina_orpo_plugin.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _check_config_file(config: str) -> None:
+    """Refuse a missing or non-ORPO local config before load_cfg validates it (slowly) as something else."""
+    if config.startswith("https://"):  # load_cfg downloads these; checked after loading
+        return
+    if not Path(config).is_file():
+        raise click.ClickException(f"{config}: no such config file")
+    raw = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise click.ClickException(f"{config}: not a YAML mapping of config keys")
+    if raw.get("rl") != RL_NAME:
+        raise click.ClickException(_not_orpo(config, f"`rl` is {raw.get('rl')!r}"))
+    if not any(isinstance(p, str) and p.endswith(PLUGIN_NAME) for p in raw.get("plugins") or []):
+        raise click.ClickException(_not_orpo(config, "`plugins:` does not list the plugin"))
+
+
+def _load_orpo_config(config: str):
+    """The validated config through Axolotl's `load_cfg` (which runs our `register()`), ORPO only."""
+    from axolotl.cli.config import load_cfg
+
+    try:
+        cfg = load_cfg(config)
+    except ValueError as error:  # pydantic's ValidationError and our register() checks are ValueErrors
+        raise click.ClickException(f"{config}: {error}") from error
+    if not cfg.get("merlina_enabled"):
+        raise click.ClickException(_not_orpo(config, f"`rl` is {cfg.get('rl')!r}"))  # an https config
+    return cfg
+
+
+def _not_orpo(config: str, why: str) -> str:
+    return (f"{config} is not an `rl: {RL_NAME}` config ({why}); orpo-preview needs `rl: {RL_NAME}` "
+            f"and `plugins: [merlina_orpo_plugin.{PLUGIN_NAME}]`")
+
+
+def _selected_entries(cfg, dataset_index: int | None) -> list[tuple[str, dict]]:
+    train = cfg.get("merlina_datasets") or []
+    if dataset_index is not None:
+        if dataset_index >= len(train):
+            raise click.ClickException(
+                f"--dataset {dataset_index}: the config has {len(train)} `datasets:` entries (0 to {len(train) - 1})")
+        return [(f"datasets[{dataset_index}]", train[dataset_index])]
+    test = cfg.get("merlina_test_datasets") or []
+    return [*((f"datasets[{i}]", e) for i, e in enumerate(train)),
+            *((f"test_datasets[{i}]", e) for i, e in enumerate(test))]
+
+
+def _setup_line(cfg, tokenizer) -> str:
+    from .args import max_prompt_length
+
+    special = ", ".join(f"{name} {getattr(tokenizer, f'{name}_token')!r} ({getattr(tokenizer, f'{name}_token_id')})"
+                        for name in ("bos", "eos", "pad"))
+    completion = cfg.get("merlina_max_completion_length")
+    completions = f"at most {completion} tokens" if completion else "not capped"
+    return (f"tokenizer: {tokenizer.name_or_path}; {special}\n"
+            f"limits: sequence_len {cfg.get('sequence_len')}; long prompts cut from the left to no fewer than "
+            f"{max_prompt_length(cfg)} tokens; completions {completions}")
+
+
+def _preview_entry(entry: dict, cfg, tokenizer, *, rows: int, max_chars: int) -> str:
+    import datasets
+
+    from ..data import OUTPUT_COLUMNS
+    from .datasets import apply_strategy, describe_source, load_raw_dataset, tokenise_pairs
+
+    datasets.disable_progress_bars()
+    source = describe_source(entry)
+    raw = load_raw_dataset(entry, cfg)
+    # Always skip here, so that every bad row is counted instead of stopping at the first.
+    pairs, refused = apply_strategy(raw, entry, source=source, skip_bad_rows=True)
+    tokenised, stats = tokenise_pairs(pairs, cfg, tokenizer, source=source)
+    out = [f"{len(raw)} rows, {stats.layout} layout"]
+    for index, row in enumerate(tokenised.select(range(min(rows, len(tokenised))))):
+        out.append(f"\n── pair {index} ──")
+        out.append(format_pair(*(row[name] for name in OUTPUT_COLUMNS), tokenizer, max_chars=max_chars))
+    out.append("\nstatistics")
+    out.append(format_counts(stats, refused=len(refused), skip_bad_rows=bool(cfg.get("merlina_skip_bad_rows")),
+                             bad_rows=refused[:BAD_ROW_EXAMPLES]))
+    out.append(length_table(pair_lengths(*_column_lengths(tokenised, OUTPUT_COLUMNS))))
+    return "\n".join(out)
+
+
+def _column_lengths(tokenised, columns) -> list[list[int]]:
+    import pyarrow.compute as pc
+
+    table = tokenised.with_format("arrow")[:]  # Arrow lengths: no Python list per row
+    return [pc.list_value_length(table.column(name)).to_pylist() for name in columns]
