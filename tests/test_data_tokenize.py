@@ -263,3 +263,33 @@ def test_empty_dataset():
     )
     out, stats = prepare_preference_dataset(empty, smollm2_tokenizer())
     assert out.column_names == list(OUTPUT_COLUMNS) and len(out) == 0 and stats.pairs == 0
+
+
+# A ChatML variant whose generation prompt is not a prefix of the rendered answer turn (as with
+# templates that open a reasoning block only for generation): the prompt text is not a string
+# prefix of the full conversation, so any split by string length cuts into the answer.
+GENERATION_DIFFERS = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+
+def test_template_that_renders_the_prompt_differently_splits_by_tokens():
+    tokenizer = smollm2_tokenizer()
+    tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)  # a copy we may change
+    tokenizer.chat_template = GENERATION_DIFFERS
+    row = {"prompt": [{"role": "user", "content": "Capital of France?"}],
+           "chosen": [{"role": "assistant", "content": "Paris."}],
+           "rejected": [{"role": "assistant", "content": "Lyon."}]}
+    prompt_text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
+    assert not full_text.startswith(prompt_text)
+    assert full_text[len(prompt_text):] == "im_end|>\n"  # string-length slicing loses the whole answer
+
+    out, _ = prepare_preference_dataset(dataset([row]), tokenizer, **LIMITS)
+    pair = out[0]
+    assert tokenizer.decode(pair["prompt_input_ids"] + pair["chosen_input_ids"]) == full_text  # BOS already there
+    # The shared part is the prompt: everything up to the point where the two renderings part.
+    assert tokenizer.decode(pair["prompt_input_ids"]).endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(pair["chosen_input_ids"]) == "Paris.<|im_end|>\n"
+    assert tokenizer.decode(pair["rejected_input_ids"]) == "Lyon.<|im_end|>\n"
