@@ -7,7 +7,6 @@ return conventions follow TRL's `trl.experimental.orpo.ORPOTrainer` so subclasse
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,9 +21,6 @@ from .data import prepare_preference_dataset
 from .forward import ORPOForwardOutput, concatenated_forward, nll_target_mask
 from .metrics import MetricStore, batch_metrics
 from .model_setup import prepare_model
-
-logger = logging.getLogger(__name__)
-
 
 class ORPOTrainerMixin:
     """ORPO loss, metrics and exact gradient accumulation for any `transformers.Trainer` subclass.

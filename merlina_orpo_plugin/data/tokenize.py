@@ -7,7 +7,7 @@ tested on their own; ``tokenize_batch`` strings them together for ``Dataset.map(
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from .formats import Layout, common_prefix_length, render_batch
