@@ -1,4 +1,4 @@
-"""Collate tokenised preference pairs into one padded batch of chosen rows then rejected rows."""
+"""Collate tokenised preference pairs into the tensors of one micro-batch (layouts: `packing.py`)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,33 @@ from typing import Any
 
 import torch
 
+from .packing import pack
+
 
 @dataclass
 class ORPODataCollator:
-    """Stack ``B`` pairs into ``2B`` right-padded rows: ``prompt + chosen`` then ``prompt + rejected``.
+    """``B`` pairs -> input rows plus the list of scored tokens, in the layout the trainer chose.
 
     Input features carry ``prompt_input_ids``, ``chosen_input_ids`` and ``rejected_input_ids``
     (completions without the prompt), as `prepare_preference_dataset` writes them.
 
-    Two pairs, pad id 0::
+    Output (``R`` rows of ``W`` tokens, ``N`` scored tokens)::
 
-        pair 0: prompt [5, 6],    chosen [7, 2],    rejected [8, 9, 2]
-        pair 1: prompt [5, 6, 4], chosen [3, 2],    rejected [2]
+        input_ids, attention_mask (1 on real tokens), position_ids          [R, W]
+        sequence_ids (attention segment, -1 on padding), branch_ids          [R, W]
+            (0 prompt, 1 chosen, 2 rejected: rejected tokens never see chosen ones)
+        score_index (flat index into R*W of the predicting position)         [N]
+        score_target (the token predicted), score_owner (which sequence)     [N]
+        pair_lengths (prompt, chosen, rejected tokens of each pair)          [B, 3]
 
-        input_ids        attention_mask   completion_mask
-        [5, 6, 7, 2, 0]  [1, 1, 1, 1, 0]  [0, 0, 1, 1, 0]   chosen 0
-        [5, 6, 4, 3, 2]  [1, 1, 1, 1, 1]  [0, 0, 0, 1, 1]   chosen 1
-        [5, 6, 8, 9, 2]  [1, 1, 1, 1, 1]  [0, 0, 1, 1, 1]   rejected 0
-        [5, 6, 4, 2, 0]  [1, 1, 1, 1, 0]  [0, 0, 0, 1, 0]   rejected 1
+    With ``prefix_sharing=False, padding_free=False`` the rows are TRL's: ``prompt + chosen`` rows
+    then ``prompt + rejected`` rows, right-padded. The trainer switches the two flags (it knows the
+    model's attention implementation); ``pack_length`` caps a packed row (default: twice the
+    longest pair of the micro-batch).
 
     The constructor takes Axolotl's collator arguments (``tokenizer, padding, pad_to_multiple_of,
-    return_tensors``) so the plugin can hand this class to Axolotl's trainer builder.
+    return_tensors``) so the plugin can hand this class to Axolotl's trainer builder;
+    ``pad_to_multiple_of`` applies to padded layouts only.
     """
 
     tokenizer: Any = None
@@ -35,6 +41,9 @@ class ORPODataCollator:
     pad_to_multiple_of: int | None = None
     return_tensors: str = "pt"
     pad_token_id: int | None = None
+    prefix_sharing: bool = False
+    padding_free: bool = False
+    pack_length: int | None = None
 
     def __post_init__(self):
         if self.pad_token_id is None:
@@ -43,23 +52,30 @@ class ORPODataCollator:
             raise ValueError(f"ORPODataCollator returns PyTorch tensors only, got return_tensors={self.return_tensors!r}")
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        prompts = [list(f["prompt_input_ids"]) for f in features]
-        rows, completion_starts = [], []
-        for side in ("chosen_input_ids", "rejected_input_ids"):
-            for prompt, feature in zip(prompts, features):
-                rows.append(prompt + list(feature[side]))
-                completion_starts.append(len(prompt))
-        width = max(len(row) for row in rows)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (row, start) in enumerate(zip(rows, completion_starts)):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, : len(row)] = 1
-            completion_mask[i, start : len(row)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+        pairs = [
+            (list(f["prompt_input_ids"]), list(f["chosen_input_ids"]), list(f["rejected_input_ids"]))
+            for f in features
+        ]
+        packed = pack(
+            pairs,
+            prefix_sharing=self.prefix_sharing,
+            padding_free=self.padding_free,
+            pad_token_id=self.pad_token_id,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            pack_length=self.pack_length,
+        )
+        sequence_ids = torch.tensor(packed.sequence_ids, dtype=torch.long)
+        return {
+            "input_ids": torch.tensor(packed.input_ids, dtype=torch.long),
+            "attention_mask": (sequence_ids >= 0).long(),
+            "position_ids": torch.tensor(packed.position_ids, dtype=torch.long),
+            "sequence_ids": sequence_ids,
+            "branch_ids": torch.tensor(packed.branch_ids, dtype=torch.long),
+            "score_index": torch.tensor(packed.score_index, dtype=torch.long),
+            "score_target": torch.tensor(packed.score_target, dtype=torch.long),
+            "score_owner": torch.tensor(packed.score_owner, dtype=torch.long),
+            "pair_lengths": torch.tensor([[len(p), len(c), len(r)] for p, c, r in pairs], dtype=torch.long),
+        }
 
 
 def _pad_id_of(tokenizer: Any) -> int:

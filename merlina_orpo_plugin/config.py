@@ -68,6 +68,29 @@ class ORPOConfig(TrainingArguments):
             "TRL). False: over the chosen completion only."
         },
     )
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute each prompt once: one sequence [prompt, chosen, rejected] per pair with a mask "
+            "that hides the chosen tokens from the rejected ones. Needs attention `sdpa`, `eager` or "
+            "`flex_attention`; off (with a logged reason) for flash-attention, sliding windows shorter than "
+            "`max_length` and MoE router losses."
+        },
+    )
+    padding_free: bool = field(
+        default=True,
+        metadata={
+            "help": "Pack several sequences per row (positions restart per sequence) so almost no padding is "
+            "computed; same conditions as `prefix_sharing`."
+        },
+    )
+    loss_chunk_size: int = field(
+        default=512,
+        metadata={
+            "help": "Compute log-probs from the hidden states this many tokens at a time (recomputed in "
+            "backward), so the [tokens, vocab] logits never exist at once. 0: the model's full logits."
+        },
+    )
     padding_value: int | None = field(
         default=None,
         metadata={"help": "Token id used to pad `input_ids`. None: the tokenizer's pad token (else EOS)."},
@@ -85,6 +108,8 @@ class ORPOConfig(TrainingArguments):
         super().__post_init__()
         if self.beta < 0:
             raise ValueError(f"`beta` must be >= 0, got {self.beta}")
+        if self.loss_chunk_size < 0:
+            raise ValueError(f"`loss_chunk_size` must be >= 0 (0 turns chunking off), got {self.loss_chunk_size}")
         for name in ("max_length", "max_prompt_length", "max_completion_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -6,18 +6,21 @@ from typing import NamedTuple
 
 import torch
 
-from .losses import token_log_probs
+from .attention import build_attention_mask
+from .scoring import capture_final_hidden, score_hidden, score_logits, unwrap_model
 
 
 class ORPOForwardOutput(NamedTuple):
     """What `concatenated_forward` returns; index it like a tuple or by name.
 
-    ``chosen_logps``/``rejected_logps``: ``[B]`` mean completion log-probs (model dtype upcast to float32).
-    ``nll_loss``: token-mean NLL of the chosen rows (scalar), ``nll_sum / nll_tokens``.
+    ``chosen_logps``/``rejected_logps``: ``[B]`` mean completion log-probs (float32).
+    ``nll_loss``: token-mean NLL of the chosen sequences (scalar), ``nll_sum / nll_tokens``.
     ``chosen_logits_mean``/``rejected_logits_mean``: ``[B]`` mean logit over the vocabulary and the
-    real (non-padding) predicting positions of each row, for the ``logits/*`` metrics.
+    positions that predict each completion, for the ``logits/*`` metrics.
     ``aux_loss``: the MoE router load-balancing loss, or None.
     ``nll_sum``/``nll_tokens``: the NLL numerator and token count, for exact gradient accumulation.
+    ``processed_tokens``/``unique_tokens``: positions the model ran (padding included) and the
+    batch's distinct tokens (each prompt once + chosen + rejected).
     """
 
     chosen_logps: torch.Tensor
@@ -28,6 +31,8 @@ class ORPOForwardOutput(NamedTuple):
     aux_loss: torch.Tensor | None
     nll_sum: torch.Tensor
     nll_tokens: torch.Tensor
+    processed_tokens: int = 0
+    unique_tokens: int = 0
 
 
 def concatenated_forward(
@@ -36,59 +41,89 @@ def concatenated_forward(
     *,
     nll_include_prompt: bool = True,
     output_router_logits: bool = False,
+    loss_chunk_size: int = 0,
 ) -> ORPOForwardOutput:
-    """Run ``model`` once over chosen and rejected rows (one forward, as DDP needs) and score them.
+    """Run ``model`` once over every sequence of the batch (one forward, as DDP needs) and score it.
 
-    ``batch`` is `ORPODataCollator`'s output: ``input_ids``, ``attention_mask``, ``completion_mask``,
-    each ``[2B, T]``, chosen rows first.
+    ``batch`` is `ORPODataCollator`'s output in any of its layouts. ``loss_chunk_size`` > 0 computes
+    the log-probs from the hidden states that many tokens at a time (`scoring.score_hidden`).
     """
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    num_pairs = input_ids.shape[0] // 2
-    kwargs = {"output_router_logits": True} if output_router_logits else {}
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-    logits = outputs.logits[:, :-1, :]  # position t predicts token t + 1
-    targets = input_ids[:, 1:]
-    predicted = attention_mask[:, 1:].bool()  # target is a real token
-    completion = batch["completion_mask"][:, 1:].bool()
+    num_pairs = batch["pair_lengths"].shape[0]
+    index, targets, owner = scored_tokens(batch, nll_include_prompt)
+    kwargs = {"input_ids": batch["input_ids"], "use_cache": False, **_attention_inputs(model, batch)}
+    if output_router_logits:
+        kwargs["output_router_logits"] = True
+    if loss_chunk_size > 0:
+        with capture_final_hidden(model) as captured:
+            outputs = model(**kwargs, logits_to_keep=1)
+        token_logps, logit_means = score_hidden(model, captured["hidden"], index, targets, loss_chunk_size)
+    else:
+        outputs = model(**kwargs)
+        token_logps, logit_means = score_logits(outputs.logits, index, targets)
 
-    # Upcast per token to float32 before the log-softmax: in bfloat16 the logsumexp over a large
-    # vocabulary keeps ~3 significant digits, too few for the mean log-probs near convergence.
-    token_logps = token_log_probs(logits.float(), targets)
-
-    completion_logps = (token_logps * completion).sum(-1) / completion.sum(-1)
-    nll_mask = nll_target_mask(batch, nll_include_prompt)
-    nll_sum = -(token_logps[:num_pairs] * nll_mask).sum()
-    nll_tokens = nll_mask.sum()
-
-    logits_mean = _masked_logits_mean(logits.detach(), predicted)
+    owners = 3 * num_pairs  # chosen i, rejected B + i, prompt 2B + i
+    sums = token_logps.new_zeros(owners).index_add(0, owner, token_logps)
+    counts = torch.bincount(owner, minlength=owners).to(token_logps.dtype)
+    logit_sums = logit_means.new_zeros(owners).index_add(0, owner, logit_means)
+    completions = slice(0, 2 * num_pairs)
+    logps = sums[completions] / counts[completions]
+    logits_mean = logit_sums[completions] / counts[completions].clamp(min=1)
+    nll_sum = -(sums[:num_pairs].sum() + sums[2 * num_pairs :].sum())
+    nll_tokens = counts[:num_pairs].sum() + counts[2 * num_pairs :].sum()
     aux_loss = getattr(outputs, "aux_loss", None) if output_router_logits else None
     return ORPOForwardOutput(
-        chosen_logps=completion_logps[:num_pairs],
-        rejected_logps=completion_logps[num_pairs:],
+        chosen_logps=logps[:num_pairs],
+        rejected_logps=logps[num_pairs:],
         nll_loss=nll_sum / nll_tokens.clamp(min=1),
         chosen_logits_mean=logits_mean[:num_pairs],
         rejected_logits_mean=logits_mean[num_pairs:],
         aux_loss=aux_loss,
         nll_sum=nll_sum,
         nll_tokens=nll_tokens,
+        processed_tokens=batch["input_ids"].numel(),
+        unique_tokens=int(batch["pair_lengths"].sum()),
     )
 
 
-def _masked_logits_mean(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B]`` mean of ``logits`` over the vocabulary and the positions where ``mask`` is set.
+def scored_tokens(batch: dict[str, torch.Tensor], nll_include_prompt: bool = True):
+    """``(index, target, owner)`` of the tokens to score; prompt tokens only when the NLL counts them."""
+    index, targets, owner = batch["score_index"], batch["score_target"], batch["score_owner"]
+    if not nll_include_prompt:
+        keep = owner < 2 * batch["pair_lengths"].shape[0]
+        index, targets, owner = index[keep], targets[keep], owner[keep]
+    return index, targets, owner
 
-    TRL's ``logits/*`` metrics average over padding too, so they move with the batch's padding;
-    this one does not.
-    """
-    per_position = logits.float().mean(-1)
-    return (per_position * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
-
-def nll_target_mask(batch: dict[str, torch.Tensor], nll_include_prompt: bool = True) -> torch.Tensor:
-    """``[B, T-1]`` targets of the NLL term: the chosen rows' real tokens, or only their completions.
+def nll_token_count(batch: dict[str, torch.Tensor], nll_include_prompt: bool = True) -> int:
+    """Targets of the NLL term in ``batch``: chosen completion tokens, and prompt tokens if counted.
 
     Shared by the forward and the gradient-accumulation token count so the two cannot drift apart.
     """
-    num_pairs = batch["input_ids"].shape[0] // 2
-    mask = batch["attention_mask"] if nll_include_prompt else batch["completion_mask"]
-    return mask[:num_pairs, 1:].bool()
+    num_pairs = batch["pair_lengths"].shape[0]
+    owner = batch["score_owner"]
+    count = int((owner < num_pairs).sum())
+    if nll_include_prompt:
+        count += int((owner >= 2 * num_pairs).sum())
+    return count
+
+
+def _attention_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+    """TRL's 2D padding mask for plain rows; positions and a custom mask for shared/packed rows."""
+    if not is_custom_layout(batch):
+        return {"attention_mask": batch["attention_mask"]}
+    config = unwrap_model(model).config
+    dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:  # k-bit weights: the mask follows the compute dtype
+        dtype = getattr(config, "dtype", None) or torch.float32
+    mask = build_attention_mask(
+        batch["sequence_ids"], batch["branch_ids"], config._attn_implementation, dtype
+    )
+    return {"attention_mask": mask, "position_ids": batch["position_ids"]}
+
+
+def is_custom_layout(batch: dict[str, torch.Tensor]) -> bool:
+    """Whether some row holds more than one sequence (shared prompt or packing): a 2D mask is wrong then.
+
+    TRL's layout has exactly one sequence per row, ``2B`` rows; every other layout has fewer rows.
+    """
+    return batch["input_ids"].shape[0] != 2 * batch["pair_lengths"].shape[0]

@@ -8,7 +8,9 @@ import torch
 
 from .forward import ORPOForwardOutput
 
-#: Logged names, TRL's (`rl: orpo` dashboards are built on them) plus `or_loss`.
+#: Logged names, TRL's (`rl: orpo` dashboards are built on them) plus `or_loss` and
+#: `tokens/processed_per_unique` (positions the model ran per distinct token: TRL's layout computes
+#: each prompt twice and its padding; the shared, packed layout is close to 1).
 METRIC_NAMES = (
     "rewards/chosen",
     "rewards/rejected",
@@ -22,6 +24,7 @@ METRIC_NAMES = (
     "log_odds_ratio",
     "log_odds_chosen",
     "or_loss",
+    "tokens/processed_per_unique",
 )
 
 
@@ -54,6 +57,7 @@ def batch_metrics(
         "log_odds_ratio": ratio,
         "log_odds_chosen": log_odds,
         "or_loss": or_term,
+        "tokens/processed_per_unique": torch.tensor(forward.processed_tokens / max(forward.unique_tokens, 1)),
     }
     return {name: values[name].detach().float().mean() for name in METRIC_NAMES}
 

@@ -18,9 +18,11 @@ from . import losses as L
 from .collator import ORPODataCollator
 from .config import ORPOConfig
 from .data import prepare_preference_dataset
-from .forward import ORPOForwardOutput, concatenated_forward, nll_target_mask
+from .forward import ORPOForwardOutput, concatenated_forward, nll_token_count
 from .metrics import MetricStore, batch_metrics
 from .model_setup import prepare_model
+from .speed import SpeedPlan, configure_collator, plan_speed
+
 
 class ORPOTrainerMixin:
     """ORPO loss, metrics and exact gradient accumulation for any `transformers.Trainer` subclass.
@@ -31,9 +33,32 @@ class ORPOTrainerMixin:
 
     _tag_names = ["orpo", "merlina-orpo"]
 
-    def _setup_orpo(self, beta: float, nll_include_prompt: bool = True) -> None:
+    def _setup_orpo(
+        self,
+        beta: float,
+        nll_include_prompt: bool = True,
+        *,
+        prefix_sharing: bool = False,
+        padding_free: bool = False,
+        loss_chunk_size: int = 0,
+        max_length: int | None = None,
+    ) -> None:
+        """Loss settings, and the speed features the model can use (`speed.plan_speed`).
+
+        The collators of the datasets are switched to the planned layout here, before any
+        dataloader exists.
+        """
         self.beta = beta
         self.nll_include_prompt = nll_include_prompt
+        self.speed: SpeedPlan = plan_speed(
+            self.model,
+            prefix_sharing=prefix_sharing,
+            padding_free=padding_free,
+            loss_chunk_size=loss_chunk_size,
+            max_length=max_length,
+        )
+        configure_collator(self.data_collator, self.speed)
+        configure_collator(getattr(self, "eval_data_collator", None), self.speed)  # Axolotl's own eval collator
         config = getattr(self.model, "config", None)
         self.aux_loss_enabled = bool(getattr(config, "output_router_logits", False))
         self.aux_loss_coef = float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
@@ -70,7 +95,11 @@ class ORPOTrainerMixin:
     def concatenated_forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ORPOForwardOutput:
         """One forward over chosen and rejected rows: ``(chosen_logps, rejected_logps, nll_loss, ...)``."""
         return concatenated_forward(
-            model, batch, nll_include_prompt=self.nll_include_prompt, output_router_logits=self.aux_loss_enabled
+            model,
+            batch,
+            nll_include_prompt=self.nll_include_prompt,
+            output_router_logits=self.aux_loss_enabled,
+            loss_chunk_size=self.speed.loss_chunk_size,
         )
 
     # --- Trainer hooks ------------------------------------------------------------------------
@@ -130,8 +159,8 @@ class ORPOTrainerMixin:
             return batch_samples, None
         totals = torch.zeros(2, dtype=torch.float64)
         for batch in batch_samples:
-            totals[0] += nll_target_mask(batch, self.nll_include_prompt).sum().item()
-            totals[1] += batch["input_ids"].shape[0] // 2
+            totals[0] += nll_token_count(batch, self.nll_include_prompt)
+            totals[1] += batch["pair_lengths"].shape[0]
         totals, factor = totals.to(device), 1.0
         processes = self.accelerator.num_processes
         if self.args.average_tokens_across_devices and processes > 1:
@@ -228,7 +257,14 @@ class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             **kwargs,
         )
-        self._setup_orpo(beta=args.beta, nll_include_prompt=args.nll_include_prompt)
+        self._setup_orpo(
+            beta=args.beta,
+            nll_include_prompt=args.nll_include_prompt,
+            prefix_sharing=args.prefix_sharing,
+            padding_free=args.padding_free,
+            loss_chunk_size=args.loss_chunk_size,
+            max_length=args.max_length,
+        )
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
 

@@ -87,11 +87,20 @@ def test_tokens_match_trl(trainers):
 
 
 def test_evaluate_matches_trl(trainers):
+    """Ours runs its default speed features (shared prompt, packing, chunked loss), TRL its padded rows.
+
+    The sums run in another order, so float32 rounding differs by ~1e-7 of the operands: the margins
+    (a difference of two rewards of ~2 that nearly cancel) get an absolute tolerance of 1e-6.
+    """
     ours, theirs = trainers
+    assert ours.speed.prefix_sharing and ours.speed.padding_free and ours.speed.loss_chunk_size > 0
     mine, reference = ours.evaluate(), theirs.evaluate()
+    failures = []
     for name in PARITY_METRICS:
         key = f"eval_{name}"
-        assert mine[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
+        if mine[key] != pytest.approx(reference[key], rel=1e-5, abs=1e-6):
+            failures.append(f"{key}: ours {mine[key]!r}, TRL {reference[key]!r}")
+    assert not failures, failures
     assert "eval_or_loss" in mine
     assert mine["eval_loss"] == pytest.approx(mine["eval_nll_loss"] + mine["eval_or_loss"], rel=1e-6)
 

@@ -14,8 +14,8 @@ DEFAULT_BETA = 0.1
 
 #: SFT-only options that would silently do nothing (or break) under ORPO, with the reason.
 REFUSED_OPTIONS = {
-    "sample_packing": "ORPO batches pair a chosen and a rejected answer; packing would split pairs. "
-    "Set `sample_packing: false`.",
+    "sample_packing": "Axolotl's SFT packing would split ORPO pairs. Set `sample_packing: false`; "
+    "`merlina_padding_free` (on by default) packs whole pairs instead.",
     "eval_sample_packing": "see `sample_packing`; set `eval_sample_packing: false`.",
     "eval_table_size": "it generates SFT prediction tables; remove it.",
     "do_causal_lm_eval": "it runs SFT perplexity metrics on a causal-LM eval set; remove it (ORPO logs eval_ metrics).",
@@ -57,6 +57,23 @@ class MerlinaORPOArgs(BaseModel):
     merlina_disable_dropout: bool = Field(
         default=True,
         json_schema_extra={"description": "Zero all dropout (LoRA dropout included), as TRL's ORPO trainer does."},
+    )
+    merlina_prefix_sharing: bool = Field(
+        default=True,
+        json_schema_extra={"description": "Compute each prompt once ([prompt, chosen, rejected] in one "
+                           "sequence under a mask). Needs `attn_implementation` sdpa, eager or flex_attention; "
+                           "otherwise off, with the reason logged."},
+    )
+    merlina_padding_free: bool = Field(
+        default=True,
+        json_schema_extra={"description": "Pack whole pairs several per row so almost no padding is "
+                           "computed; same conditions as `merlina_prefix_sharing`."},
+    )
+    merlina_loss_chunk_size: int = Field(
+        default=512,
+        ge=0,
+        json_schema_extra={"description": "Tokens per chunk of the vocabulary projection in the loss (the "
+                           "full logits never exist); 0: the model's full logits."},
     )
     merlina_skip_bad_rows: bool = Field(
         default=False,

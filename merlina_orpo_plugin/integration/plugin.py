@@ -92,6 +92,10 @@ class MerlinaORPOPlugin(BasePlugin):
             "merlina_beta": resolve_beta(cfg),
             "merlina_nll_include_prompt": bool(cfg.get("merlina_nll_include_prompt", True)),
             "merlina_disable_dropout": bool(cfg.get("merlina_disable_dropout", True)),
+            "merlina_prefix_sharing": bool(cfg.get("merlina_prefix_sharing", True)),
+            "merlina_padding_free": bool(cfg.get("merlina_padding_free", True)),
+            "merlina_loss_chunk_size": int(cfg.get("merlina_loss_chunk_size", 512)),
+            "merlina_max_length": cfg.get("sequence_len"),
             "remove_unused_columns": False,
             # Axolotl turns this off; ORPO needs it so the NLL is one token mean over all ranks.
             "average_tokens_across_devices": True,

@@ -25,6 +25,10 @@ class MerlinaTrainingArgsMixin:
     merlina_beta: float = field(default=0.1, metadata={"help": "ORPO lambda (`orpo_alpha`/`rl_beta`)."})
     merlina_nll_include_prompt: bool = field(default=True, metadata={"help": "NLL over prompt + chosen."})
     merlina_disable_dropout: bool = field(default=True, metadata={"help": "Zero all dropout."})
+    merlina_prefix_sharing: bool = field(default=True, metadata={"help": "Compute each prompt once."})
+    merlina_padding_free: bool = field(default=True, metadata={"help": "Pack pairs, no padding compute."})
+    merlina_loss_chunk_size: int = field(default=512, metadata={"help": "Tokens per chunk of the loss; 0: off."})
+    merlina_max_length: int | None = field(default=None, metadata={"help": "`sequence_len`."})
 
 
 class AxolotlMerlinaORPOTrainer(ORPOTrainerMixin, AxolotlTrainer):
@@ -36,7 +40,14 @@ class AxolotlMerlinaORPOTrainer(ORPOTrainerMixin, AxolotlTrainer):
         super().__init__(*args, **kwargs)
         if self.args.merlina_disable_dropout:
             disable_dropout_in_model(self.model)
-        self._setup_orpo(beta=self.args.merlina_beta, nll_include_prompt=self.args.merlina_nll_include_prompt)
+        self._setup_orpo(
+            beta=self.args.merlina_beta,
+            nll_include_prompt=self.args.merlina_nll_include_prompt,
+            prefix_sharing=self.args.merlina_prefix_sharing,
+            padding_free=self.args.merlina_padding_free,
+            loss_chunk_size=self.args.merlina_loss_chunk_size,
+            max_length=self.args.merlina_max_length,
+        )
 
     def store_metrics(self, metrics, train_eval="train", reduction="mean"):
         """ORPO metrics are averaged; other reductions go to Axolotl's own store."""

@@ -1,0 +1,132 @@
+"""Every speed feature is the same training: shared prompt, packed rows and the chunked loss each
+give the loss, the metrics and the gradients of TRL's padded layout (which `test_trl_parity.py`
+ties to TRL itself), to 1e-5 relative in float32.
+
+The pairs are real LLaMA-Factory rows: single- and multi-turn conversations of mixed lengths, cut to
+`max_length` 160 so that some are truncated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+
+from conftest import shared_path, tiny_llama
+from merlina_orpo_plugin import losses as L
+from merlina_orpo_plugin.collator import ORPODataCollator
+from merlina_orpo_plugin.data import prepare_preference_dataset
+from merlina_orpo_plugin.forward import concatenated_forward
+
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+OUTPUTS = ("chosen_logps", "rejected_logps", "nll_loss", "nll_sum", "nll_tokens", "chosen_logits_mean", "rejected_logits_mean")
+
+
+def _conversation_pairs(n: int) -> list[dict]:
+    rows = json.loads(shared_path("llamafactory-dpo-demo", "dpo_en_demo.json").read_text())
+    single = [r for r in rows if len(r["conversations"]) == 1][: n // 2]
+    multi = [r for r in rows if len(r["conversations"]) >= 3][: n - len(single)]
+    return [
+        {
+            "prompt": [{"role": ROLES[t["from"]], "content": t["value"][:300]} for t in row["conversations"]],
+            "chosen": [{"role": "assistant", "content": row["chosen"]["value"][:400]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]["value"][:250]}],
+        }
+        for row in single + multi
+    ]
+
+
+@pytest.fixture(scope="module")
+def features(tokenizer):
+    dataset, stats = prepare_preference_dataset(
+        Dataset.from_list(_conversation_pairs(6)), tokenizer, max_length=160, max_prompt_length=96
+    )
+    assert stats.truncated_pairs > 0, "the check must cover truncated pairs"
+    rows = list(dataset)
+    lengths = {len(r["prompt_input_ids"]) + len(r["chosen_input_ids"]) for r in rows}
+    assert len(lengths) > 2, "the check must cover mixed lengths"
+    return rows
+
+
+def _run(model, features, *, prefix_sharing=False, padding_free=False, loss_chunk_size=0, nll_include_prompt=True):
+    batch = ORPODataCollator(pad_token_id=2, prefix_sharing=prefix_sharing, padding_free=padding_free, pack_length=300)(
+        features
+    )
+    model.zero_grad()
+    out = concatenated_forward(model, batch, nll_include_prompt=nll_include_prompt, loss_chunk_size=loss_chunk_size)
+    or_losses = L.odds_ratio_loss(out.chosen_logps, out.rejected_logps, beta=0.1)[0]
+    loss = L.orpo_loss(out.nll_loss, or_losses)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), out, grads, batch
+
+
+def _assert_same(got, reference):
+    (loss, out, grads, _), (ref_loss, ref_out, ref_grads, _) = got, reference
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=0)
+    for name in OUTPUTS:
+        torch.testing.assert_close(getattr(out, name), getattr(ref_out, name), rtol=1e-5, atol=1e-6, msg=name)
+    assert grads.keys() == ref_grads.keys() and grads
+    for name, grad in grads.items():
+        scale = ref_grads[name].abs().max()
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-5 * scale, msg=name)
+
+
+SETTINGS = [
+    dict(prefix_sharing=s, padding_free=p, loss_chunk_size=c)
+    for s, p, c in itertools.product((False, True), (False, True), (0, 37))
+    if (s, p, c) != (False, False, 0)
+]
+
+
+@pytest.fixture(scope="module")
+def padded_reference(features):
+    """The padded, unchunked result per attention implementation, computed once."""
+    cache = {}
+
+    def get(attn):
+        if attn not in cache:
+            cache[attn] = _run(tiny_llama(seed=1, attn_implementation=attn), features)
+        return cache[attn]
+
+    return get
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_speed_features_match_the_padded_path(features, padded_reference, attn, setting):
+    model = tiny_llama(seed=1, attn_implementation=attn)
+    _assert_same(_run(model, features, **setting), padded_reference(attn))
+
+
+@pytest.mark.parametrize("nll_include_prompt", [True, False])
+def test_all_features_with_tied_embeddings_and_completion_only_nll(features, nll_include_prompt):
+    model = tiny_llama(seed=2, tie_word_embeddings=True)
+    everything = dict(prefix_sharing=True, padding_free=True, loss_chunk_size=64)
+    _assert_same(
+        _run(model, features, nll_include_prompt=nll_include_prompt, **everything),
+        _run(model, features, nll_include_prompt=nll_include_prompt),
+    )
+
+
+def test_lora_on_the_head_gets_the_same_gradients(features):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(
+        tiny_llama(seed=3),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False),
+    )
+    everything = dict(prefix_sharing=True, padding_free=True, loss_chunk_size=50)
+    got, reference = _run(model, features, **everything), _run(model, features)
+    assert any("lm_head.lora" in name for name in got[2])
+    _assert_same(got, reference)
+
+
+def test_shared_packed_layout_computes_each_token_once(features):
+    """Processed/unique tokens: TRL's layout pays every prompt twice and its padding; ours ~1."""
+    _, plain, _, _ = _run(tiny_llama(), features)
+    _, packed, _, _ = _run(tiny_llama(), features, prefix_sharing=True, padding_free=True)
+    assert plain.processed_tokens / plain.unique_tokens > 1.5
+    assert packed.processed_tokens / packed.unique_tokens < 1.1
