@@ -109,14 +109,30 @@ def score_hidden(
     targets: torch.Tensor,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log p(target), mean logit)`` per scored token, the head applied ``chunk_size`` rows at a time."""
+    """``(log p(target), mean logit)`` per scored token, from ``[R, W, H]`` hidden states of ``model``."""
     base = unwrap_model(model)
-    head, postprocess = base.get_output_embeddings(), logit_postprocess(base.config)
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
-    recompute = torch.is_grad_enabled() and selected.requires_grad
+    return chunked_token_logps(
+        base.get_output_embeddings(), selected, targets, chunk_size, logit_postprocess(base.config)
+    )
+
+
+def chunked_token_logps(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int,
+    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p(target), mean logit)`` for ``[N, H]`` hidden states, ``head`` applied ``chunk_size`` rows at a time.
+
+    Under autograd each chunk is checkpointed: its ``[chunk_size, V]`` logits are freed after the
+    forward and recomputed in backward, so at most one chunk's logits (and their gradient) exist.
+    """
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
     logps, means = [], []
-    for start in range(0, selected.shape[0], chunk_size):
-        chunk = (head, postprocess, selected[start : start + chunk_size], targets[start : start + chunk_size])
+    for start in range(0, hidden.shape[0], chunk_size):
+        chunk = (head, postprocess, hidden[start : start + chunk_size], targets[start : start + chunk_size])
         if recompute:
             logp, mean = checkpoint(_score_chunk, *chunk, use_reentrant=False)
         else:
