@@ -95,6 +95,9 @@ def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_then_merg
     assert "loading the prepared copy" in output and "prepared and saved" not in output
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert re.search(r"'eval_rewards/accuracies': '[0-9.]+'", output)
+    # Shared prompt + packing are on by default: each distinct token is computed about once.
+    ratios = [float(r) for r in re.findall(r"'tokens/processed_per_unique': '([0-9.]+)'", output)]
+    assert ratios and max(ratios) < 1.1, ratios
 
     # An offline W&B run is one protobuf record log; its history records carry the metric keys verbatim.
     (wandb_run,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")

@@ -73,6 +73,25 @@ def test_bad_options_fail_validation_with_the_key_and_fix(tmp_path, model_dir, o
         _load(tmp_path, model_dir, **overrides)
 
 
+def test_speed_options_reach_the_training_arguments(tmp_path, model_dir):
+    from merlina_orpo_plugin.integration.plugin import MerlinaORPOPlugin
+
+    defaults = MerlinaORPOPlugin().get_training_args(_load(tmp_path, model_dir))
+    assert (defaults["merlina_prefix_sharing"], defaults["merlina_padding_free"], defaults["merlina_loss_chunk_size"]) == (
+        True, True, 512
+    )
+    assert defaults["merlina_max_length"] == 256
+    off = MerlinaORPOPlugin().get_training_args(
+        _load(tmp_path, model_dir, merlina_prefix_sharing=False, merlina_padding_free=False, merlina_loss_chunk_size=0)
+    )
+    assert (off["merlina_prefix_sharing"], off["merlina_padding_free"], off["merlina_loss_chunk_size"]) == (False, False, 0)
+
+
+def test_negative_loss_chunk_size_is_refused(tmp_path, model_dir):
+    with pytest.raises(ValueError, match="merlina_loss_chunk_size"):
+        _load(tmp_path, model_dir, merlina_loss_chunk_size=-1)
+
+
 def test_unknown_dataset_type_lists_available(tmp_path, model_dir):
     entry = {**_sharegpt()[0], "type": "chat_template.nope"}
     with pytest.raises(ValueError, match=r"chat_template\.nope.*chat_template\.argilla.*sharegpt"):

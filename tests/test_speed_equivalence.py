@@ -130,3 +130,17 @@ def test_shared_packed_layout_computes_each_token_once(features):
     _, packed, _, _ = _run(tiny_llama(), features, prefix_sharing=True, padding_free=True)
     assert plain.processed_tokens / plain.unique_tokens > 1.5
     assert packed.processed_tokens / packed.unique_tokens < 1.1
+
+
+def test_chunked_loss_reproduces_gemma2_logit_softcapping(features):
+    """Gemma 2 soft-caps its logits after the head: the chunked path must do the same."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(4)
+    config = Gemma2Config(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=0.5,
+                          attn_implementation="eager", pad_token_id=2)
+    model = Gemma2ForCausalLM(config)
+    got, reference = _run(model, features, loss_chunk_size=64), _run(model, features)
+    assert reference[1].chosen_logits_mean.abs().max() < 0.5  # the cap is active
+    _assert_same(got, reference)
