@@ -1,7 +1,9 @@
 """Preference data -> token ids for ORPO: layout detection, validation, tokenisation, truncation.
 
 The entry point is ``prepare_preference_dataset``; the steps live in ``formats`` (row layouts to
-text), ``validation`` (row checks) and ``tokenize`` (ids, BOS/EOS, truncation).
+text), ``validation`` (row checks) and ``tokenize`` (ids, BOS/EOS, truncation), which turns text
+into ids with ``encoding`` (each distinct piece of text once) and ``bytelevel`` (GPT-2 byte-level
+words split in Python, each distinct word through BPE once).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import datasets
 import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
 
-from . import formats, tokenize, validation
+from . import bytelevel, encoding, formats, tokenize, validation
+from .encoding import TextEncoder
 from .formats import ACCEPTED_LAYOUTS, Layout, detect_layout, render_batch, split_message_prompt, split_text_prompt
 from .tokenize import (
     BlankTokens,
@@ -108,7 +111,12 @@ def prepare_preference_dataset(
         remove_columns=dataset.column_names,  # other columns are not carried: the output is ids only
         features=_MAP_FEATURES,
         fn_kwargs=dict(
-            layout=layout, tokenizer=tokenizer, is_blank=BlankTokens(tokenizer), limits=limits, source=source
+            layout=layout,
+            tokenizer=tokenizer,
+            is_blank=BlankTokens(tokenizer),
+            limits=limits,
+            source=source,
+            encode=TextEncoder(tokenizer),
         ),
         desc="Tokenising preference pairs",
         new_fingerprint=_fingerprint(dataset, tokenizer, layout, limits),
@@ -140,7 +148,7 @@ def _fingerprint(dataset: datasets.Dataset, tokenizer, layout: Layout, limits: d
         if backend is not None
         else tokenizer  # a slow tokenizer: let `datasets` hash all of it
     )
-    code = [_source(module) for module in (formats, tokenize, validation)]
+    code = [_source(module) for module in (bytelevel, encoding, formats, tokenize, validation)]
     return Hasher.hash((dataset._fingerprint, tokenizer_key, layout.value, sorted(limits.items()), code))
 
 

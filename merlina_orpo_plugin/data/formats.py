@@ -208,15 +208,42 @@ def render_batch(batch: Mapping[str, list], layout: Layout, tokenizer) -> tuple[
     if not layout.uses_messages:
         raise ValueError(f"layout {layout.value!r} has no text to render")
     tools = batch.get("tools") or [None] * len(batch["chosen"])
-    prompts, fulls_chosen, fulls_rejected = [], [], []
+    rows = []
     for i, (chosen, rejected) in enumerate(zip(batch["chosen"], batch["rejected"], strict=True)):
         chosen, rejected = clean_messages(chosen), clean_messages(rejected)
         if layout is Layout.CONVERSATIONAL:
             prompt = clean_messages(batch["prompt"][i])
         else:
             prompt, chosen, rejected = split_message_prompt(chosen, rejected)
-        texts = render_conversation(tokenizer, prompt, chosen, rejected, _row_tools(tools[i]))
-        prompts.append(texts[0])
-        fulls_chosen.append(texts[1])
-        fulls_rejected.append(texts[2])
-    return prompts, fulls_chosen, fulls_rejected
+        rows.append((prompt, chosen, rejected, _row_tools(tools[i])))
+    return render_conversations(tokenizer, rows)
+
+
+def render_conversations(tokenizer, rows: list[tuple]) -> tuple[list[str], list[str], list[str]]:
+    """``render_conversation`` of many ``(prompt, chosen, rejected, tools)`` rows, same texts.
+
+    Rows without tools go through one ``apply_chat_template`` call per kind of text (prompts to
+    continue, prompts to answer, full conversations): each call re-reads the template and the
+    special tokens, about a fifth of the rendering time when done per text. Rows with tools keep their own.
+    """
+    texts = [["", "", ""] for _ in rows]
+    continued, answered, plain = [], [], []
+    for i, (prompt, _, _, tools) in enumerate(rows):
+        if tools is not None:
+            texts[i] = list(render_conversation(tokenizer, *rows[i]))
+        else:
+            plain.append(i)
+            if prompt:  # an empty implicit prompt renders as ""
+                (continued if prompt[-1].get("role") == "assistant" else answered).append(i)
+
+    def render(indices: list[int], messages, column: int, **kwargs) -> None:
+        if indices:
+            rendered = tokenizer.apply_chat_template([messages(rows[i]) for i in indices], tokenize=False, **kwargs)
+            for i, text in zip(indices, rendered, strict=True):
+                texts[i][column] = text
+
+    render(answered, lambda row: row[0], 0, add_generation_prompt=True)
+    render(continued, lambda row: row[0], 0, continue_final_message=True)
+    render(plain, lambda row: row[0] + row[1], 1)
+    render(plain, lambda row: row[0] + row[2], 2)
+    return [t[0] for t in texts], [t[1] for t in texts], [t[2] for t in texts]

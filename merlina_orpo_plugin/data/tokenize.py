@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .encoding import encode_texts
 from .formats import Layout, common_prefix_length, render_batch
 from .validation import where
 
@@ -128,12 +129,6 @@ def truncate_pair(
     return prompt, chosen, rejected, len(prompt) < len(prompt_ids), completion_cut
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    # One call for the whole batch: the fast tokenizer encodes it in Rust. `verbose=False` mutes
-    # the "longer than model_max_length" warning: truncation is ours to do.
-    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-
-
 def tokenize_batch(
     batch: dict[str, list],
     indices: list[int],
@@ -143,14 +138,20 @@ def tokenize_batch(
     is_blank: Callable[[int], bool],
     limits: dict[str, int | None],
     source: str | None = None,
+    encode: Callable[[list[str]], list[list[int]]] | None = None,
 ) -> dict[str, list[Any]]:
-    """The ``Dataset.map(batched=True, with_indices=True)`` function: ids plus per-row cut flags."""
+    """The ``Dataset.map(batched=True, with_indices=True)`` function: ids plus per-row cut flags.
+
+    ``encode`` turns texts into ids (a ``TextEncoder``, which encodes each distinct piece once);
+    without it, one plain ``tokenizer`` call.
+    """
     if layout is Layout.TOKENIZED:
         rows = zip(*(batch[c] for c in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")), strict=True)
     else:
         prompts, fulls_chosen, fulls_rejected = render_batch(batch, layout, tokenizer)
         size = len(prompts)
-        ids = _encode(tokenizer, [*prompts, *fulls_chosen, *fulls_rejected])
+        texts = [*prompts, *fulls_chosen, *fulls_rejected]
+        ids = encode(texts) if encode is not None else encode_texts(tokenizer, texts)
         rows = (split_prompt_ids(ids[i], ids[size + i], ids[2 * size + i]) for i in range(size))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     out: dict[str, list[Any]] = {k: [] for k in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")}

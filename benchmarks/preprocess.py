@@ -1,0 +1,249 @@
+"""Preprocessing throughput: ``prepare_preference_dataset`` against TRL's ``ORPOTrainer.tokenize_row``.
+
+``python benchmarks/preprocess.py [--repeats N]`` prints JSON. Data: the 300 English and the 300
+Chinese LLaMA-Factory DPO demo pairs (ShareGPT, from ../shared/data), in the conversational layout;
+tokenizer: the real SmolLM2 tokenizer (ChatML template); limits: the library defaults
+(max_length 1024, max_prompt_length 512); ``num_proc`` None (one process).
+
+- ``ours_cold``: ``prepare_preference_dataset`` on a file-backed copy of the rows in a NEW datasets
+  cache directory each repeat, so nothing is cached: render, validate, tokenise, truncate, write
+  the Arrow cache file. Best of ``repeats``; ``first_call`` is the first such call for that file
+  in this process (it also pays one-off warm-ups: template compilation, new characters' checks).
+- ``ours_warm_cached``: the same call again on the same directory: the datasets cache file is
+  loaded (validation and the cache key still run). A cached number, NOT a throughput.
+- ``trl_tokenize_row``: TRL 1.9's ``trl.experimental.orpo.ORPOTrainer.tokenize_row`` on the same
+  rows, called in a plain loop (no ``Dataset.map`` overhead, which favours TRL), on the
+  prompt / chosen / rejected strings its trainer would see: ``maybe_apply_chat_template`` renders
+  them BEFORE the clock starts, so only ``tokenize_row`` is timed (ours includes rendering).
+- ``ours_with_plain_tokenizer_call_cold``: the same cold call with one plain ``tokenizer(texts)``
+  call in place of ``TextEncoder`` (the tokenisation before this change), in the same run.
+- ``encode_step``: the tokenisation alone on the rendered texts: one plain ``tokenizer(texts)``
+  call against ``TextEncoder``, the piece-by-piece encoder ``prepare_preference_dataset`` uses.
+
+Every timed call starts from an empty Rust BPE cache (the tokenizer model keeps one across calls).
+Rates are pairs per second of wall-clock time, ``*_cpu_*`` ones of this process's CPU time (less
+skewed when other jobs share the cores); ``load_average_1m`` tells how busy the machine was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+for _key, _value in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("HF_DATASETS_OFFLINE", "1"),
+    ("TRANSFORMERS_OFFLINE", "1"),
+    ("WANDB_MODE", "offline"),
+    ("AXOLOTL_DO_NOT_TRACK", "1"),
+    ("TOKENIZERS_PARALLELISM", "false"),  # as `make` runs everything
+):
+    os.environ.setdefault(_key, _value)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a file: `python benchmarks/preprocess.py`
+SHARED_DATA = REPO.parent / "shared" / "data"
+TOKENIZER_DIR = SHARED_DATA / "tokenizers" / "smollm2"
+DATASETS = {
+    "llamafactory_en": SHARED_DATA / "llamafactory-dpo-demo" / "dpo_en_demo.json",
+    "llamafactory_zh": SHARED_DATA / "llamafactory-dpo-demo" / "dpo_zh_demo.json",
+}
+LIMITS = dict(max_length=1024, max_prompt_length=512)  # prepare_preference_dataset's defaults
+ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT speakers, as LLaMA-Factory maps them
+
+
+def load_rows(path: Path) -> list[dict]:
+    """LLaMA-Factory ShareGPT pairs -> conversational rows (history = prompt, gpt turns = answers)."""
+
+    def messages(turns: list[dict]) -> list[dict]:
+        return [{"role": ROLES[t["from"]], "content": t["value"]} for t in turns]
+
+    raw = json.loads(path.read_text())
+    return [{"prompt": messages(r["conversations"]), "chosen": messages([r["chosen"]]),
+             "rejected": messages([r["rejected"]])} for r in raw]
+
+
+def _timed(fn, tokenizer) -> tuple[float, float]:
+    """(wall, CPU) seconds ``fn()`` takes, from an empty BPE cache (the Rust model keeps one across calls).
+
+    CPU seconds of this process are reported beside wall time: on a shared machine other jobs take
+    cores and stretch the wall time, much less the CPU time.
+    """
+    model = tokenizer.backend_tokenizer.model
+    if hasattr(model, "_clear_cache"):
+        model._clear_cache()
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+class _PlainEncoder:
+    """Stands in for ``TextEncoder``: every text through one plain tokenizer call, as before it."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        from merlina_orpo_plugin.data.encoding import encode_texts
+
+        return encode_texts(self.tokenizer, texts)
+
+
+def _cold_and_warm(source, tokenizer) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(cold, warm) (wall, CPU) seconds of ``prepare_preference_dataset`` on a file-backed copy in a new directory."""
+    import datasets
+
+    from merlina_orpo_plugin.data import prepare_preference_dataset
+
+    with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as tmp:
+        source.save_to_disk(f"{tmp}/raw")
+        raw = datasets.load_from_disk(f"{tmp}/raw")  # file-backed: `map` writes its cache file beside it
+        cold = _timed(lambda: prepare_preference_dataset(raw, tokenizer, **LIMITS), tokenizer)
+        warm = _timed(lambda: prepare_preference_dataset(raw, tokenizer, **LIMITS), tokenizer)
+        assert len(list(Path(tmp, "raw").glob("cache-*.arrow"))) == 1  # the cold call wrote it, the warm one read it
+    return cold, warm
+
+
+def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
+    """Cold (new cache directory each time) and warm (cache file present) ``prepare_preference_dataset``,
+    and cold with the plain tokenizer call instead of ``TextEncoder`` (same run, same machine load)."""
+    import datasets
+
+    import merlina_orpo_plugin.data as data
+
+    source = datasets.Dataset.from_list(rows)
+    cold, warm, plain = [], [], []
+    for _ in range(repeats):
+        seconds = _cold_and_warm(source, tokenizer)
+        cold.append(seconds[0])
+        warm.append(seconds[1])
+        data.TextEncoder, encoder = _PlainEncoder, data.TextEncoder
+        try:
+            plain.append(_cold_and_warm(source, tokenizer)[0])
+        finally:
+            data.TextEncoder = encoder
+    pairs = len(rows)
+    walls = [wall for wall, _ in cold]
+    return {
+        "ours_cold_pairs_per_s": round(pairs / min(walls), 1),
+        "ours_cold_median_pairs_per_s": round(pairs / statistics.median(walls), 1),
+        "ours_cold_first_call_pairs_per_s": round(pairs / walls[0], 1),
+        "ours_cold_seconds": [round(t, 4) for t in walls],
+        "ours_cold_cpu_pairs_per_s": round(pairs / min(cpu for _, cpu in cold), 1),
+        "ours_with_plain_tokenizer_call_cold_pairs_per_s": round(pairs / min(wall for wall, _ in plain), 1),
+        "ours_with_plain_tokenizer_call_cold_cpu_pairs_per_s": round(pairs / min(cpu for _, cpu in plain), 1),
+        "ours_warm_cached_pairs_per_s": round(pairs / min(wall for wall, _ in warm), 1),
+    }
+
+
+def trl_features(rows: list[dict], tokenizer) -> list[dict]:
+    """The prompt / chosen / rejected strings TRL's ORPO trainer tokenises (rendered, not timed)."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    return [maybe_apply_chat_template(row, tokenizer) for row in rows]
+
+
+def measure_trl(features: list[dict], tokenizer, repeats: int) -> dict:
+    """TRL's ``tokenize_row`` on every row, best of ``repeats``; rows it rejects are counted."""
+    with warnings.catch_warnings():  # "importing from trl.experimental" is expected here
+        warnings.simplefilter("ignore")
+        from trl.experimental.orpo import ORPOTrainer
+
+    trainer = object.__new__(ORPOTrainer)  # tokenize_row reads only these attributes
+    trainer.processing_class, trainer.is_encoder_decoder, trainer.max_length = tokenizer, False, LIMITS["max_length"]
+    rejected = 0
+
+    def run() -> None:
+        nonlocal rejected
+        rejected = 0
+        for feature in features:
+            try:
+                trainer.tokenize_row(feature)
+            except ValueError:  # "Chosen and rejected prompt_input_ids might only differ on the last token"
+                rejected += 1
+
+    times = [_timed(run, tokenizer) for _ in range(repeats)]
+    return {
+        "trl_tokenize_row_pairs_per_s": round(len(features) / min(wall for wall, _ in times), 1),
+        "trl_tokenize_row_cpu_pairs_per_s": round(len(features) / min(cpu for _, cpu in times), 1),
+        "trl_rows_rejected": rejected,
+    }
+
+
+def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
+    """Tokenisation alone: one plain tokenizer call against ``TextEncoder`` on the same texts."""
+    import datasets
+
+    from merlina_orpo_plugin.data.encoding import TextEncoder, encode_texts
+    from merlina_orpo_plugin.data.formats import Layout, render_batch
+
+    batch = datasets.Dataset.from_list(rows)[:]
+    texts = [t for part in render_batch(batch, Layout.CONVERSATIONAL, tokenizer) for t in part]
+    plain = min(_timed(lambda: encode_texts(tokenizer, texts), tokenizer)[0] for _ in range(repeats))
+    # a new encoder each repeat: no word cache carried over
+    pieces = min(_timed(lambda: TextEncoder(tokenizer)(texts), tokenizer)[0] for _ in range(repeats))
+    return {"texts": len(texts), "chars": sum(map(len, texts)), "plain_tokenizer_call_s": round(plain, 4),
+            "text_encoder_s": round(pieces, 4), "speedup": round(plain / pieces, 2)}
+
+
+def measure_preprocessing(repeats: int = 3) -> dict:
+    """Throughput of our preprocessing and of TRL's ``tokenize_row`` on the LLaMA-Factory pairs."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    datasets.disable_progress_bars()
+    load_at_start = round(os.getloadavg()[0], 2)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    results = {}
+    for name, path in DATASETS.items():
+        if not path.exists():
+            continue
+        rows = load_rows(path)
+        entry = {"pairs": len(rows), **measure_ours(rows, tokenizer, repeats)}
+        entry.update(measure_trl(trl_features(rows, tokenizer), tokenizer, repeats))
+        entry["speedup_cold_vs_trl"] = round(entry["ours_cold_pairs_per_s"] / entry["trl_tokenize_row_pairs_per_s"], 2)
+        entry["speedup_cold_vs_trl_cpu"] = round(
+            entry["ours_cold_cpu_pairs_per_s"] / entry["trl_tokenize_row_cpu_pairs_per_s"], 2
+        )
+        entry["encode_step"] = measure_encode_step(rows, tokenizer, repeats)
+        results[name] = entry
+    return {
+        "tokenizer": str(TOKENIZER_DIR),
+        "limits": LIMITS,
+        "num_proc": None,
+        "repeats": repeats,
+        "cpu_count": os.cpu_count(),
+        "rows": "every pair of each file, conversational layout (ShareGPT history -> prompt)",
+        "load_average_1m": {"start": load_at_start, "end": round(os.getloadavg()[0], 2)},
+        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
+        "datasets": results,
+        "notes": [
+            "ours_cold*: prepare_preference_dataset, new datasets cache dir each repeat (render + validate + "
+            "tokenise + truncate + write the cache file); pairs/s of the best repeat unless named otherwise",
+            "ours_warm_cached_pairs_per_s: the datasets cache file is reused; a cached number, not a throughput",
+            "trl_tokenize_row_pairs_per_s: only TRL's tokenize_row is timed; rendering with maybe_apply_chat_template "
+            "happens before the clock starts",
+            "*_cpu_*: the same from this process's CPU seconds, less skewed than wall time on a busy machine",
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    repeats = parser.parse_args().repeats
+    with contextlib.redirect_stdout(sys.stderr):  # libraries' log lines must not break the JSON on stdout
+        results = measure_preprocessing(repeats)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
