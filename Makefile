@@ -40,5 +40,10 @@ demo: $(STAMP)
 		--compare-base --data $(DEMO_PAIRS) --json $(DEMO)/accuracy.json
 	@echo "LoRA adapter: $(CURDIR)/$(DEMO)/orpo-lora  (merge with: axolotl merge-lora examples/yaml/cpu-demo.yml)"
 
+# The same ORPO workload through TRL, `rl: orpo`, `rl: orpo_standalone` and this trainer, side by
+# side on this machine (about an hour on 2 CPU cores); results in benchmarks/results/.
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)" $(PY) -m benchmarks.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache $(DEMO)
