@@ -126,26 +126,114 @@ def chunked_token_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log p(target), mean logit)`` for ``[N, H]`` hidden states, ``head`` applied ``chunk_size`` rows at a time.
 
-    Under autograd each chunk is checkpointed: its ``[chunk_size, V]`` logits are freed after the
-    forward and recomputed in backward, so at most one chunk's logits (and their gradient) exist.
+    Under autograd at most one chunk's ``[chunk_size, V]`` logits (and their gradient) exist at once:
+    - a head with trainable weights (full fine-tuning, LoRA on the head): each chunk is checkpointed,
+      its logits freed after the forward and recomputed in backward;
+    - a frozen head (LoRA / QLoRA elsewhere, the usual case): each chunk's gradient with respect to
+      its hidden states is computed right away in the forward (``_FrozenHeadLogps``), so backward
+      is one multiplication and the chunk's logits are computed once instead of twice.
     """
-    recompute = torch.is_grad_enabled() and hidden.requires_grad
-    logps, means = [], []
-    for start in range(0, hidden.shape[0], chunk_size):
-        chunk = (head, postprocess, hidden[start : start + chunk_size], targets[start : start + chunk_size])
-        if recompute:
-            logp, mean = checkpoint(_score_chunk, *chunk, use_reentrant=False)
-        else:
-            logp, mean = _score_chunk(*chunk)
-        logps.append(logp)
-        means.append(mean)
-    if not logps:
+    if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, empty
+    if not (torch.is_grad_enabled() and hidden.requires_grad):
+        return _chunks(head, postprocess, hidden, targets, chunk_size, _score_chunk)
+    if not any(p.requires_grad for p in head.parameters()):
+        return _FrozenHeadLogps.apply(hidden, targets, head, postprocess, chunk_size)
+
+    def checkpointed(*chunk):
+        return checkpoint(_score_chunk, *chunk, use_reentrant=False)
+
+    return _chunks(head, postprocess, hidden, targets, chunk_size, checkpointed)
+
+
+def _chunks(head, postprocess, hidden, targets, chunk_size, score) -> tuple[torch.Tensor, torch.Tensor]:
+    """``score`` on each ``chunk_size`` rows, the results concatenated."""
+    logps, means = [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        end = start + chunk_size
+        logp, mean = score(head, postprocess, hidden[start:end], targets[start:end])
+        logps.append(logp)
+        means.append(mean)
     return torch.cat(logps), torch.cat(means)
 
 
-def score_logits(logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor):
-    """The same from the model's full ``[R, W, V]`` logits (the unchunked path)."""
-    selected = logits.reshape(-1, logits.shape[-1]).index_select(0, index).float()
-    return token_log_probs(selected, targets), selected.detach().mean(-1)
+class _FrozenHeadLogps(torch.autograd.Function):
+    """Chunked token log-probs whose backward needs no recompute, for a head without trainable weights.
+
+    ``log p_i`` depends on hidden row ``i`` only, so the gradient of ``sum(log p)`` with respect to a
+    chunk of rows is, row by row, ``d log p_i / d h_i``; the forward keeps these ``[N, H]`` rows
+    (the size of the hidden states, not of the logits) and backward scales each by its incoming
+    gradient. Same math as the checkpointed path (autograd computes the per-row gradient, so logit
+    post-processing is included), one head matmul fewer per chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, targets, head, postprocess, chunk_size):
+        def score_with_gradient(head, postprocess, rows, row_targets):
+            with torch.enable_grad():
+                rows = rows.detach().requires_grad_()
+                logp, mean = _score_chunk(head, postprocess, rows, row_targets)
+                (gradient,) = torch.autograd.grad(logp.sum(), rows)
+            gradients.append(gradient)
+            return logp.detach(), mean
+
+        gradients: list[torch.Tensor] = []
+        logps, means = _chunks(head, postprocess, hidden, targets, chunk_size, score_with_gradient)
+        ctx.save_for_backward(torch.cat(gradients))
+        ctx.mark_non_differentiable(means)
+        return logps, means
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logps, _grad_means):
+        (per_row,) = ctx.saved_tensors
+        return (grad_logps.unsqueeze(-1) * per_row).to(per_row.dtype), None, None, None, None
+
+
+def score_logits(logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
+    """The same from the model's full ``[R, W, V]`` logits (the unchunked path).
+
+    No copy of the scored rows is kept for backward: ``_FullLogitsLogps`` saves the logits the model
+    made anyway and builds their gradient ``chunk_size`` rows at a time, so the loss adds one
+    gradient-sized tensor to the logits (TRL's log-softmax keeps a second ``[2B, T, V]`` tensor).
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    return _FullLogitsLogps.apply(flat, index, targets, chunk_size)
+
+
+class _FullLogitsLogps(torch.autograd.Function):
+    """``log_softmax(logits[index])[target]`` and the mean logit of those rows, in float32 per chunk.
+
+    ``index`` may repeat a row (a shared prompt's last position predicts both answers' first
+    token): backward adds the gradients of repeated rows.
+    """
+
+    @staticmethod
+    def forward(ctx, flat, index, targets, chunk_size):
+        logps = flat.new_empty(index.shape[0], dtype=torch.float32)
+        means, lses = torch.empty_like(logps), torch.empty_like(logps)
+        for start in range(0, index.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            chunk = flat.index_select(0, index[rows]).float()
+            lses[rows] = torch.logsumexp(chunk, dim=-1)
+            logps[rows] = chunk.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lses[rows]
+            means[rows] = chunk.mean(-1)
+        ctx.save_for_backward(flat, index, targets, lses)
+        ctx.chunk_size = chunk_size
+        ctx.mark_non_differentiable(means)
+        return logps, means
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logps, _grad_means):
+        flat, index, targets, lses = ctx.saved_tensors
+        grad = torch.zeros_like(flat)
+        for start in range(0, index.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            upstream = grad_logps[rows].float().unsqueeze(-1)
+            # d(logit_y - logsumexp)/d logits = onehot(y) - softmax
+            chunk = (flat.index_select(0, index[rows]).float() - lses[rows].unsqueeze(-1)).exp_().mul_(-upstream)
+            chunk.scatter_add_(-1, targets[rows].unsqueeze(-1), upstream)
+            grad.index_add_(0, index[rows], chunk.to(grad.dtype))
+        return grad, None, None, None

@@ -124,6 +124,20 @@ def test_lora_on_the_head_gets_the_same_gradients(features):
     _assert_same(got, reference)
 
 
+def test_lora_with_a_frozen_head_gets_the_same_gradients(features):
+    """LoRA off the head (the usual recipe): the chunked loss takes its no-recompute path."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(
+        tiny_llama(seed=5, tie_word_embeddings=True),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
+    )
+    assert not model.get_output_embeddings().weight.requires_grad
+    everything = dict(prefix_sharing=True, padding_free=True, loss_chunk_size=50)
+    got, reference = _run(model, features, **everything), _run(model, features)
+    assert got[2] and all("lora" in name for name in got[2])
+    _assert_same(got, reference)
+
+
 def test_shared_packed_layout_computes_each_token_once(features):
     """Processed/unique tokens: TRL's layout pays every prompt twice and its padding; ours ~1."""
     _, plain, _, _ = _run(tiny_llama(), features)
@@ -143,4 +157,8 @@ def test_chunked_loss_reproduces_gemma2_logit_softcapping(features):
     model = Gemma2ForCausalLM(config)
     got, reference = _run(model, features, loss_chunk_size=64), _run(model, features)
     assert reference[1].chosen_logits_mean.abs().max() < 0.5  # the cap is active
+    _assert_same(got, reference)
+    model.get_output_embeddings().requires_grad_(False)  # frozen (tied) head: the no-recompute path
+    got, reference = _run(model, features, loss_chunk_size=64), _run(model, features)
+    assert "model.embed_tokens.weight" not in got[2]
     _assert_same(got, reference)
