@@ -4,7 +4,7 @@
                                      [--chunk-size 512] [--device cpu|cuda] [--out DIR]
 
 Input for every side: hidden states ``[2B, T, H]`` (requires grad, standing for the decoder output),
-a bias-free ``Linear(H, V)`` head (requires grad) and B pairs whose rows are a T/2-token prompt then
+a bias-free ``Linear(H, V)`` head (requires grad unless ``--frozen-head``) and B pairs whose rows are a T/2-token prompt then
 a T/2-token answer, chosen rows first. Sides, each in its own process:
 
 * ``trl``: TRL 1.9's way. Full logits ``[2B, T, V]``, the NLL with ``nn.CrossEntropyLoss`` over
@@ -12,13 +12,14 @@ a T/2-token answer, chosen rows first. Sides, each in its own process:
   ``ORPOTrainer.odds_ratio_loss``, the ``logits/*`` metric means;
 * ``ours``: the scored positions selected as `merlina_orpo_plugin.scoring.score_hidden` does, then
   `merlina_orpo_plugin.scoring.chunked_token_logps` (head applied ``--chunk-size`` tokens at a time,
-  recomputed in backward) and `merlina_orpo_plugin.losses.odds_ratio_loss`;
+  recomputed in backward, or with ``--frozen-head`` each chunk's gradient kept from the forward)
+  and `merlina_orpo_plugin.losses.odds_ratio_loss`;
 * ``ours-full``: the same math from the full logits via `merlina_orpo_plugin.scoring.score_logits`
   (``loss_chunk_size=0``).
 
 Memory: CPU: RSS high-water mark (reset just before) minus RSS before the loss; CUDA:
 ``torch.cuda.max_memory_allocated`` minus allocated before. Both include the head's weight gradient
-(``V x H`` floats), the same for every side.
+(``V x H`` floats, none with ``--frozen-head``), the same for every side.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def _inputs(args, device):
     rows, half = 2 * args.pairs, args.tokens // 2
     hidden = torch.randn(rows, args.tokens, args.hidden, device=device, requires_grad=True)
     head = torch.nn.Linear(args.hidden, args.vocab, bias=False, device=device)
+    head.requires_grad_(not args.frozen_head)
     input_ids = torch.randint(3, min(args.vocab, 49152), (rows, args.tokens), device=device)  # SmolLM2-range ids
     input_ids[args.pairs:, :half] = input_ids[: args.pairs, :half]  # shared prompts
     return hidden, head, input_ids, half
@@ -70,10 +72,8 @@ def ours_token_logps(head, hidden, index, targets, chunk_size):
     ``chunk_size`` rows at a time. Expects ``merlina_orpo_plugin.scoring.chunked_token_logps(head,
     hidden [N, H], targets [N], chunk_size, postprocess=None) -> (logps [N] float32, mean_logits [N])``.
     """
-    try:
-        from merlina_orpo_plugin.scoring import chunked_token_logps
-    except ImportError as error:  # TODO(merlina): the chunked loss lives in merlina_orpo_plugin.scoring
-        raise NotImplementedError(f"merlina_orpo_plugin.scoring.chunked_token_logps is not there yet: {error}")
+    from merlina_orpo_plugin.scoring import chunked_token_logps
+
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
     return chunked_token_logps(head, selected, targets, chunk_size)[0]
 
@@ -155,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--chunk-size", type=int, default=512)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--frozen-head", action="store_true", help="head weight without gradient (LoRA / QLoRA)")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="write <machine>-loss-memory.json/.md here")
     return p
@@ -168,7 +169,7 @@ def measure_all(args) -> dict:
     for side in SIDES:
         cmd = [sys.executable, "-m", "benchmarks.loss_memory", "--side", side, "--vocab", str(args.vocab),
                "--tokens", str(args.tokens), "--pairs", str(args.pairs), "--hidden", str(args.hidden),
-               "--chunk-size", str(args.chunk_size), "--device", args.device]
+               "--chunk-size", str(args.chunk_size), "--device", args.device] + ["--frozen-head"] * args.frozen_head
         env = child_env(None, args.device)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -176,14 +177,15 @@ def measure_all(args) -> dict:
             sides[side] = json.loads(lines[-1])
         else:
             sides[side] = {"error": (proc.stderr or proc.stdout)[-1500:].strip().splitlines()[-1:] or ["no output"]}
-    settings = {k: getattr(args, k) for k in ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device")}
+    settings = {k: getattr(args, k) for k in ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device", "frozen_head")}
     return {"settings": settings, "sides": sides}
 
 
 def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [f"Loss only (hidden states -> loss, forward + backward), vocab {s['vocab']:,}, {2 * s['pairs']} rows x "
-             f"{s['tokens']} tokens, hidden {s['hidden']}, float32 on {s['device']}; full logits would be "
+             f"{s['tokens']} tokens, hidden {s['hidden']}, float32 on {s['device']}, "
+             f"{'frozen' if s.get('frozen_head') else 'trainable'} head; full logits would be "
              f"{2 * s['pairs'] * s['tokens'] * s['vocab'] * 4 / 2**20:,.0f} MiB.", "",
              "| side | peak memory delta MiB | vs TRL | seconds | loss |", "|---|---|---|---|---|"]
     trl = result["sides"].get("trl", {}).get("peak_delta_bytes")
@@ -210,7 +212,7 @@ def main(argv=None) -> int:
         from .report import machine_slug
 
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"{machine_slug(args.device)}-loss-memory"
+        stem = args.out / f"{machine_slug(args.device)}-loss-memory{'-frozen-head' if args.frozen_head else ''}"
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
         stem.with_suffix(".md").write_text(text)
     return 0 if all("error" not in r for r in result["sides"].values()) else 1

@@ -18,7 +18,9 @@ tokenizer: the real SmolLM2 tokenizer (ChatML template); limits: the library def
 - ``ours_with_plain_tokenizer_call_cold``: the same cold call with one plain ``tokenizer(texts)``
   call in place of ``TextEncoder`` (the tokenisation before this change), in the same run.
 - ``encode_step``: the tokenisation alone on the rendered texts: one plain ``tokenizer(texts)``
-  call against ``TextEncoder``, the piece-by-piece encoder ``prepare_preference_dataset`` uses.
+  call against ``TextEncoder``, the piece-by-piece encoder ``prepare_preference_dataset`` uses;
+  ``encode_step.floor``: the rendering, word split and BPE that any exact pipeline must do, timed
+  alone, and the pairs/s ceiling they set (``measure_floor``).
 
 Every timed call starts from an empty Rust BPE cache (the tokenizer model keeps one across calls).
 Rates are pairs per second of wall-clock time, ``*_cpu_*`` ones of this process's CPU time (less
@@ -179,7 +181,8 @@ def measure_trl(features: list[dict], tokenizer, repeats: int) -> dict:
 
 
 def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
-    """Tokenisation alone: one plain tokenizer call against ``TextEncoder`` on the same texts."""
+    """Tokenisation alone: one plain tokenizer call against ``TextEncoder`` on the same texts, and the
+    floor: the three steps no exact implementation skips, each timed on its own (``floor``)."""
     import datasets
 
     from merlina_orpo_plugin.data.encoding import TextEncoder, encode_texts
@@ -191,7 +194,45 @@ def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
     # a new encoder each repeat: no word cache carried over
     pieces = min(_timed(lambda: TextEncoder(tokenizer)(texts), tokenizer)[0] for _ in range(repeats))
     return {"texts": len(texts), "chars": sum(map(len, texts)), "plain_tokenizer_call_s": round(plain, 4),
-            "text_encoder_s": round(pieces, 4), "speedup": round(plain / pieces, 2)}
+            "text_encoder_s": round(pieces, 4), "speedup": round(plain / pieces, 2),
+            "floor": measure_floor(batch, texts, tokenizer, repeats)}
+
+
+def measure_floor(batch: dict, texts: list[str], tokenizer, repeats: int) -> dict:
+    """Seconds of the work any exact preprocessing of these pairs must do, each step best of ``repeats``:
+
+    - ``render_s``: the chat template, three renders per pair (prompt, prompt + chosen, prompt +
+      rejected), with transformers' own renderer;
+    - ``split_s``: the byte-level word split of each DISTINCT text piece once (Python ``re``, about
+      10x Rust's splitter on this text);
+    - ``bpe_s``: the tokenizer's own Rust BPE model on each DISTINCT word once, in one call.
+
+    ``ceiling_pairs_per_s`` = pairs / their sum: the most any exact single-process pipeline could
+    reach here even if joining ids, truncating, hashing and writing Arrow cost nothing; two
+    processes could at best double it.
+    """
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    from merlina_orpo_plugin.data.encoding import _plan
+    from merlina_orpo_plugin.data.formats import Layout, render_batch
+
+    plan = _plan(tokenizer)
+    if plan is None or plan.words is None:
+        return {"skipped": "the tokenizer is not plain byte-level BPE"}
+    render = min(_timed(lambda: render_batch(batch, Layout.CONVERSATIONAL, tokenizer), tokenizer)[0] for _ in range(repeats))
+    distinct = list({p for text in texts for p in plan.pieces(text)}.difference(plan.known))
+    split = min(_timed(lambda: [plan.words.split(p) for p in distinct], tokenizer)[0] for _ in range(repeats))
+    words = list({w for p in distinct for w in plan.words.split(p) or ()})
+    bpe_only = Tokenizer(tokenizer.backend_tokenizer.model)  # the same model; bytes mapped, no split
+    bpe_only.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    bpe = min(
+        _timed(lambda: bpe_only.encode(words, is_pretokenized=True, add_special_tokens=False), tokenizer)[0]
+        for _ in range(repeats)
+    )
+    total = render + split + bpe
+    return {"distinct_piece_chars": sum(map(len, distinct)), "distinct_words": len(words),
+            "render_s": round(render, 4), "split_s": round(split, 4), "bpe_s": round(bpe, 4),
+            "ceiling_pairs_per_s": round(len(texts) / 3 / total, 1)}
 
 
 def measure_preprocessing(repeats: int = 3) -> dict:
