@@ -2,9 +2,11 @@
 
 The chunked path never holds the ``[tokens, V]`` logits of the whole batch: the model runs with
 ``logits_to_keep=1`` (its head computes one position per row), a forward hook on the decoder keeps
-the final hidden states, and the head is applied to ``chunk_size`` scored positions at a time under
-activation checkpointing, so backward recomputes one chunk's logits at a time too. Peak memory of
-the loss is ``O(chunk_size * V)`` instead of ``O(2B * T * V)``.
+the final hidden states, and the head is applied to ``chunk_size`` scored positions at a time. A
+trained head is checkpointed per chunk (backward recomputes one chunk's logits at a time); a frozen
+head's per-row gradients are taken in the forward (``_FrozenHeadLogps``), so nothing is recomputed.
+Peak memory of the loss is ``O(chunk_size * V)`` instead of ``O(2B * T * V)``. The unchunked path
+(``score_logits``) scores the model's own logits without copying them (``_FullLogitsLogps``).
 
 The head is called as a module (``model.get_output_embeddings()``), so LoRA adapters on it, tied
 embeddings and DeepSpeed ZeRO-3's parameter gathering (a hook on every module call) all apply.
