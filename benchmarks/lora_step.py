@@ -9,13 +9,15 @@ warm-up, the three ways interleaved step by step so machine load hits each alike
 
 * ``frozen``: the chunked loss (512 tokens) as it runs for a frozen head: each chunk's gradient
   kept from the forward (`merlina_orpo_plugin.scoring._FrozenHeadLogps`);
-* ``checkpointed``: the chunked loss as it runs for a trained head: each chunk recomputed in backward;
+* ``checkpointed``: the chunked loss as it runs for a trained head (``recompute=True``): each chunk
+  recomputed in backward;
 * ``unchunked``: ``loss_chunk_size=0``, the model's full logits.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -31,7 +33,6 @@ def main(argv=None) -> None:
 
     import peft
     import torch
-    from torch.utils.checkpoint import checkpoint
     from transformers import LlamaForCausalLM
 
     import merlina_orpo_plugin.scoring as scoring
@@ -52,20 +53,12 @@ def main(argv=None) -> None:
     features = [dict(prompt_input_ids=random_ids(args.prompt), chosen_input_ids=random_ids(args.answer),
                      rejected_input_ids=random_ids(args.answer - 5)) for _ in range(4)]
     batch = ORPODataCollator(pad_token_id=2, prefix_sharing=True, padding_free=True)(features)
-    frozen = scoring._FrozenHeadLogps
-
-    class Checkpointed:  # the trained-head path, forced for the same frozen head
-        @staticmethod
-        def apply(hidden, targets, head, postprocess, chunk_size):
-            def score(*chunk):
-                return checkpoint(scoring._score_chunk, *chunk, use_reentrant=False)
-
-            return scoring._chunks(head, postprocess, hidden, targets, chunk_size, score)
-
-    ways = {"frozen": (frozen, 512), "checkpointed": (Checkpointed, 512), "unchunked": (frozen, 0)}
+    chunked = scoring.chunked_token_logps
+    checkpointed = functools.partial(chunked, recompute=True)  # the trained-head path, forced for this frozen head
+    ways = {"frozen": (chunked, 512), "checkpointed": (checkpointed, 512), "unchunked": (chunked, 0)}
 
     def step(way: str) -> float:
-        scoring._FrozenHeadLogps, chunk = ways[way]
+        scoring.chunked_token_logps, chunk = ways[way]
         start = time.perf_counter()
         out = concatenated_forward(model, batch, loss_chunk_size=chunk)
         orpo_loss(out.nll_loss, odds_ratio_loss(out.chosen_logps, out.rejected_logps, 0.1)[0]).backward()
@@ -80,7 +73,7 @@ def main(argv=None) -> None:
             for way in ways:
                 times[way].append(step(way))
     finally:
-        scoring._FrozenHeadLogps = frozen
+        scoring.chunked_token_logps = chunked
     median = {way: round(statistics.median(t), 3) for way, t in times.items()}
     print(json.dumps({"settings": vars(args), "threads": torch.get_num_threads(), "median_step_s": median,
                       "checkpointed_over_frozen": round(median["checkpointed"] / median["frozen"], 2)}))

@@ -125,6 +125,7 @@ def chunked_token_logps(
     targets: torch.Tensor,
     chunk_size: int,
     postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    recompute: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log p(target), mean logit)`` for ``[N, H]`` hidden states, ``head`` applied ``chunk_size`` rows at a time.
 
@@ -134,19 +135,22 @@ def chunked_token_logps(
     - a frozen head (LoRA / QLoRA elsewhere, the usual case): each chunk's gradient with respect to
       its hidden states is computed right away in the forward (``_FrozenHeadLogps``), so backward
       is one multiplication and the chunk's logits are computed once instead of twice.
+    ``recompute`` None picks by the head; True forces the checkpointed path (benchmarks compare them).
     """
     if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, empty
     if not (torch.is_grad_enabled() and hidden.requires_grad):
         return _chunks(head, postprocess, hidden, targets, chunk_size, _score_chunk)
-    if not any(p.requires_grad for p in head.parameters()):
+    if recompute is None:
+        recompute = any(p.requires_grad for p in head.parameters())
+    if not recompute:
         return _FrozenHeadLogps.apply(hidden, targets, head, postprocess, chunk_size)
+    return _chunks(head, postprocess, hidden, targets, chunk_size, _checkpointed_chunk)
 
-    def checkpointed(*chunk):
-        return checkpoint(_score_chunk, *chunk, use_reentrant=False)
 
-    return _chunks(head, postprocess, hidden, targets, chunk_size, checkpointed)
+def _checkpointed_chunk(*chunk):
+    return checkpoint(_score_chunk, *chunk, use_reentrant=False)
 
 
 def _chunks(head, postprocess, hidden, targets, chunk_size, score) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +176,8 @@ class _FrozenHeadLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, targets, head, postprocess, chunk_size):
+        gradients: list[torch.Tensor] = []
+
         def score_with_gradient(head, postprocess, rows, row_targets):
             with torch.enable_grad():
                 rows = rows.detach().requires_grad_()
@@ -180,7 +186,6 @@ class _FrozenHeadLogps(torch.autograd.Function):
             gradients.append(gradient)
             return logp.detach(), mean
 
-        gradients: list[torch.Tensor] = []
         logps, means = _chunks(head, postprocess, hidden, targets, chunk_size, score_with_gradient)
         ctx.save_for_backward(torch.cat(gradients))
         ctx.mark_non_differentiable(means)

@@ -87,6 +87,19 @@ def test_chunked_path_matches_autograd(frozen, softcap):
     assert ("_FrozenHeadLogpsBackward" in _backward_names(logps)) == frozen
 
 
+def test_recompute_forces_the_checkpointed_path_for_a_frozen_head():
+    head, hidden, targets, _ = _head_case(frozen=True, softcap=None)
+    forced, _ = chunked_token_logps(head, hidden, targets, 4, recompute=True)
+    chosen, _ = chunked_token_logps(head, hidden, targets, 4)
+    assert "_FrozenHeadLogpsBackward" not in _backward_names(forced)
+    assert "_FrozenHeadLogpsBackward" in _backward_names(chosen)
+    torch.testing.assert_close(forced, chosen, rtol=0, atol=0)
+    forced.sum().backward()
+    grad, hidden.grad = hidden.grad, None
+    chosen.sum().backward()
+    torch.testing.assert_close(grad, hidden.grad, rtol=1e-6, atol=1e-7)
+
+
 def test_chunked_path_without_autograd_keeps_no_graph():
     head, hidden, targets, _ = _head_case(frozen=True, softcap=None)
     with torch.no_grad():
