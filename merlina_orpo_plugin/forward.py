@@ -19,8 +19,9 @@ class ORPOForwardOutput(NamedTuple):
     positions that predict each completion, for the ``logits/*`` metrics.
     ``aux_loss``: the MoE router load-balancing loss, or None.
     ``nll_sum``/``nll_tokens``: the NLL numerator and token count, for exact gradient accumulation.
-    ``processed_tokens``/``unique_tokens``: positions the model ran (padding included) and the
-    batch's distinct tokens (each prompt once + chosen + rejected).
+    ``processed_tokens``/``unique_tokens``: positions the model ran (padding included, an int
+    known from the shape) and the batch's distinct tokens (each prompt once + chosen + rejected, a
+    tensor on the batch's device, so reading it never waits for the GPU).
     """
 
     chosen_logps: torch.Tensor
@@ -32,7 +33,7 @@ class ORPOForwardOutput(NamedTuple):
     nll_sum: torch.Tensor
     nll_tokens: torch.Tensor
     processed_tokens: int = 0
-    unique_tokens: int = 0
+    unique_tokens: torch.Tensor | int = 0
 
 
 def concatenated_forward(
@@ -56,14 +57,22 @@ def concatenated_forward(
     if loss_chunk_size > 0:
         with capture_final_hidden(model) as captured:
             outputs = model(**kwargs, logits_to_keep=1)
-        token_logps, logit_means = score_hidden(model, captured["hidden"], index, targets, loss_chunk_size)
+        hidden = captured["hidden"]
+        token_logps, logit_means = score_hidden(
+            model, hidden, index.to(hidden.device), targets.to(hidden.device), loss_chunk_size
+        )
     else:
         outputs = model(**kwargs)
-        token_logps, logit_means = score_logits(outputs.logits, index, targets)
+        logits = outputs.logits
+        token_logps, logit_means = score_logits(logits, index.to(logits.device), targets.to(logits.device))
 
+    # Everything below lives where the log-probs are: under a device map the head's device, which
+    # need not be the device the batch was put on.
+    owner = owner.to(token_logps.device)
     owners = 3 * num_pairs  # chosen i, rejected B + i, prompt 2B + i
     sums = token_logps.new_zeros(owners).index_add(0, owner, token_logps)
-    counts = torch.bincount(owner, minlength=owners).to(token_logps.dtype)
+    # index_add of ones rather than bincount: bincount has no deterministic CUDA kernel and no meta one.
+    counts = token_logps.new_zeros(owners).index_add(0, owner, torch.ones_like(token_logps))
     logit_sums = logit_means.new_zeros(owners).index_add(0, owner, logit_means)
     completions = slice(0, 2 * num_pairs)
     logps = sums[completions] / counts[completions]
@@ -81,7 +90,7 @@ def concatenated_forward(
         nll_sum=nll_sum,
         nll_tokens=nll_tokens,
         processed_tokens=batch["input_ids"].numel(),
-        unique_tokens=int(batch["pair_lengths"].sum()),
+        unique_tokens=batch["pair_lengths"].sum(),
     )
 
 
@@ -94,17 +103,18 @@ def scored_tokens(batch: dict[str, torch.Tensor], nll_include_prompt: bool = Tru
     return index, targets, owner
 
 
-def nll_token_count(batch: dict[str, torch.Tensor], nll_include_prompt: bool = True) -> int:
+def nll_token_count(batch: dict[str, torch.Tensor], nll_include_prompt: bool = True) -> torch.Tensor:
     """Targets of the NLL term in ``batch``: chosen completion tokens, and prompt tokens if counted.
 
     Shared by the forward and the gradient-accumulation token count so the two cannot drift apart.
+    A 0-dim tensor on the batch's device: counting never waits for the GPU.
     """
     num_pairs = batch["pair_lengths"].shape[0]
     owner = batch["score_owner"]
-    count = int((owner < num_pairs).sum())
+    counted = owner < num_pairs
     if nll_include_prompt:
-        count += int((owner >= 2 * num_pairs).sum())
-    return count
+        counted = counted | (owner >= 2 * num_pairs)
+    return counted.sum()
 
 
 def _attention_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict:

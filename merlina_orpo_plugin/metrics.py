@@ -44,6 +44,8 @@ def batch_metrics(
     loss for MoE models); under gradient accumulation or several processes they are each
     micro-batch's share of the window, so their average over the window is the window's value.
     """
+    device = nll_term.device  # every metric is made on the loss's device (a CPU one breaks the stack in `pop`)
+    unique = torch.as_tensor(forward.unique_tokens, device=device).clamp(min=1)
     values = {
         "rewards/chosen": chosen_rewards,
         "rewards/rejected": rejected_rewards,
@@ -57,9 +59,9 @@ def batch_metrics(
         "log_odds_ratio": ratio,
         "log_odds_chosen": log_odds,
         "or_loss": or_term,
-        "tokens/processed_per_unique": torch.tensor(forward.processed_tokens / max(forward.unique_tokens, 1)),
+        "tokens/processed_per_unique": forward.processed_tokens / unique,
     }
-    return {name: values[name].detach().float().mean() for name in METRIC_NAMES}
+    return {name: values[name].detach().to(device).float().mean() for name in METRIC_NAMES}
 
 
 class MetricStore:
@@ -82,11 +84,21 @@ class MetricStore:
 
     def pop(self, mode: str, accelerator=None) -> dict[str, float]:
         """Mean of each metric over the steps since the last pop, averaged across processes."""
+        means = self.pop_tensor(mode, accelerator)
+        return {} if means is None else dict(zip(means[0], means[1].tolist()))
+
+    def pop_tensor(self, mode: str, accelerator=None) -> tuple[list[str], torch.Tensor] | None:
+        """``(names, means)`` with the means one tensor on one device, before the single ``.tolist()``.
+
+        Metrics a subclass stored may sit elsewhere (a Python float becomes a CPU tensor): all go to
+        the accelerator's device (the reduction needs them there), else to the first metric's.
+        """
         sums, steps = self._sums.pop(mode, {}), self._steps.pop(mode, 0)
         if not steps:
-            return {}
+            return None
         names = list(sums)
-        means = torch.stack([sums[name] for name in names]) / steps
+        device = accelerator.device if accelerator is not None else sums[names[0]].device
+        means = torch.stack([sums[name].to(device) for name in names]) / steps
         if accelerator is not None and accelerator.num_processes > 1:
             means = accelerator.reduce(means, reduction="mean")
-        return dict(zip(names, means.tolist()))
+        return names, means

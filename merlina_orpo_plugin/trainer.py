@@ -157,11 +157,10 @@ class ORPOTrainerMixin:
         if not batch_samples:
             self._orpo_window = None
             return batch_samples, None
-        totals = torch.zeros(2, dtype=torch.float64)
-        for batch in batch_samples:
-            totals[0] += nll_token_count(batch, self.nll_include_prompt)
-            totals[1] += batch["pair_lengths"].shape[0]
-        totals, factor = totals.to(device), 1.0
+        # Tensors on the batches' device, summed there: no host sync per micro-batch.
+        tokens = sum(nll_token_count(batch, self.nll_include_prompt).to(device, torch.float64) for batch in batch_samples)
+        pairs = sum(batch["pair_lengths"].shape[0] for batch in batch_samples)
+        totals, factor = torch.stack([tokens, torch.tensor(float(pairs), dtype=torch.float64, device=device)]), 1.0
         processes = self.accelerator.num_processes
         if self.args.average_tokens_across_devices and processes > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")

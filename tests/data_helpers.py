@@ -44,7 +44,9 @@ def _load_smollm2(path: str):
 
 def smollm2_tokenizer():
     """The real SmolLM2 tokenizer: bos `<|im_start|>`=1, eos = pad `<|im_end|>`=2, ChatML template."""
-    return _load_smollm2(str(shared_file(*SMOLLM2)))
+    from conftest import smollm2_dir
+
+    return _load_smollm2(str(smollm2_dir()))
 
 
 def sharegpt_to_messages(turns: list[dict]) -> list[dict]:

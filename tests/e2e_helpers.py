@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import REPO, TOKENIZER_DIR, shared_path, tiny_llama
+from conftest import REPO, shared_path, smollm2_dir, tiny_llama
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -53,7 +53,7 @@ CPU_BASE = {
 
 def tiny_model_dir(path: Path, architecture: str = "llama", **overrides) -> Path:
     """A saved 2-layer Llama (or Mistral) with the real SmolLM2 tokenizer files beside it."""
-    shared_path("tokenizers", "smollm2")
+    tokenizer_dir = smollm2_dir()
     if not (path / "config.json").exists():
         params = dict(hidden_size=64, intermediate_size=128, tie_word_embeddings=True)
         params.update(overrides)
@@ -67,7 +67,7 @@ def tiny_model_dir(path: Path, architecture: str = "llama", **overrides) -> Path
         else:
             tiny_llama(seed=0, **params).save_pretrained(path)
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            shutil.copy(TOKENIZER_DIR / name, path / name)
+            shutil.copy(tokenizer_dir / name, path / name)
     return path
 
 
