@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
+
+logger = logging.getLogger("merlina_orpo_plugin.model_setup")
 
 
 def is_peft_model(model: Any) -> bool:
@@ -18,6 +21,46 @@ def is_peft_model(model: Any) -> bool:
 
 def is_quantized(model: Any) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+# bitsandbytes (0.50) repacks a 4-bit weight for its fast CPU kernel in blocks of this many output rows.
+_BNB_CPU_PACK_BLOCK = 32
+
+
+def unpackable_4bit_layers(model: torch.nn.Module) -> list[str]:
+    """4-bit linear layers that bitsandbytes' packed CPU kernel will refuse, by name with their sizes.
+
+    On CPUs with AVX512-BF16 (and AMX), bitsandbytes runs a 4-bit layer's no-grad forward (evaluation)
+    through a kernel that first repacks the weight in blocks of 32 output rows, and asserts "N must be
+    divisible by block_n" otherwise. Real checkpoints have sizes in multiples of 128; toy models with
+    few narrow heads do not. Training forwards take another path, so only evaluation crashes.
+    """
+    names = []
+    for name, module in model.named_modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue  # not a bitsandbytes 4-bit layer, or a CPU without the packed kernel
+        weight = getattr(module, "weight", None)
+        if weight is None or weight.device.type != "cpu":
+            continue
+        if module.out_features % _BNB_CPU_PACK_BLOCK or module.in_features % 2:
+            names.append(f"{name} ({module.in_features} -> {module.out_features})")
+    return names
+
+
+def check_4bit_cpu_layers(model: torch.nn.Module, will_evaluate: bool) -> None:
+    """Raise (when evaluation will run) or warn about 4-bit layers the packed CPU kernel refuses."""
+    layers = unpackable_4bit_layers(model)
+    if not layers:
+        return
+    message = (
+        f"{len(layers)} 4-bit layer(s) have an output size that is not a multiple of {_BNB_CPU_PACK_BLOCK}, "
+        f"which bitsandbytes' packed CPU kernel (this CPU has AVX512-BF16) cannot evaluate: "
+        f"{', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}. Use a model whose hidden, intermediate "
+        "and heads x head_dim sizes are multiples of 128 (every released checkpoint is), or run on a GPU"
+    )
+    if will_evaluate:
+        raise ValueError(message)
+    logger.warning("%s; training works, evaluation would fail", message)
 
 
 def disable_dropout_in_model(model: torch.nn.Module) -> None:

@@ -20,7 +20,7 @@ from .config import ORPOConfig
 from .data import prepare_preference_dataset
 from .forward import ORPOForwardOutput, concatenated_forward, nll_token_count
 from .metrics import MetricStore, batch_metrics
-from .model_setup import prepare_model
+from .model_setup import check_4bit_cpu_layers, prepare_model
 from .speed import SpeedPlan, configure_collator, plan_speed
 
 
@@ -50,6 +50,7 @@ class ORPOTrainerMixin:
         """
         self.beta = beta
         self.nll_include_prompt = nll_include_prompt
+        check_4bit_cpu_layers(self.model, will_evaluate=self.eval_dataset is not None)
         self.speed: SpeedPlan = plan_speed(
             self.model,
             prefix_sharing=prefix_sharing,

@@ -63,6 +63,13 @@ def tiny_llama_config(vocab_size: int = 49152, **overrides):
     return LlamaConfig(**kwargs)
 
 
+#: Sizes for tiny models loaded in 4 bits: every linear layer's sizes a multiple of 128 (q 256, k/v 128,
+#: o 128, gate/up 256, down 128), as in real checkpoints. On CPUs with AVX512-BF16 / AMX, bitsandbytes
+#: evaluates 4-bit layers with a kernel that needs output sizes in multiples of 32; narrower toy heads
+#: make the suite's outcome depend on the CPU it runs on.
+QUANTIZABLE_SIZES = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+
+
 def tiny_llama(seed: int = 0, dtype=torch.float32, **overrides):
     from transformers import LlamaForCausalLM
 

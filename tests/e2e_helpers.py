@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import REPO, shared_path, smollm2_dir, tiny_llama
+from conftest import QUANTIZABLE_SIZES, REPO, shared_path, smollm2_dir, tiny_llama
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -52,10 +52,13 @@ CPU_BASE = {
 
 
 def tiny_model_dir(path: Path, architecture: str = "llama", **overrides) -> Path:
-    """A saved 2-layer Llama (or Mistral) with the real SmolLM2 tokenizer files beside it."""
+    """A saved 2-layer Llama (or Mistral) with the real SmolLM2 tokenizer files beside it.
+
+    Its linear sizes are multiples of 128 (`QUANTIZABLE_SIZES`), so the QLoRA runs evaluate on every CPU.
+    """
     tokenizer_dir = smollm2_dir()
     if not (path / "config.json").exists():
-        params = dict(hidden_size=64, intermediate_size=128, tie_word_embeddings=True)
+        params = dict(QUANTIZABLE_SIZES, tie_word_embeddings=True)
         params.update(overrides)
         if architecture == "mistral":
             import torch

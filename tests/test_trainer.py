@@ -14,7 +14,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from conftest import REPO, llamafactory_pairs, orpo_args, tiny_llama
+from conftest import QUANTIZABLE_SIZES, REPO, llamafactory_pairs, orpo_args, tiny_llama
 from merlina_orpo_plugin import MerlinaORPOTrainer, create_orpo_trainer
 
 sys.path.insert(0, str(REPO / "examples"))
@@ -122,12 +122,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, tokenizer, pairs
 
 
 def test_qlora_4bit_trains_adapters_on_cpu(tmp_path, tokenizer, pairs):
-    pytest.importorskip("bitsandbytes")
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    tiny_llama(hidden_size=64, intermediate_size=128).save_pretrained(tmp_path / "base")
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=quant, device_map="cpu")
+    model = _load_4bit(tmp_path, **QUANTIZABLE_SIZES)
     assert model.is_loaded_in_4bit
     trainer = MerlinaORPOTrainer(
         model=model, args=orpo_args(tmp_path / "out"), train_dataset=pairs,
@@ -137,6 +132,36 @@ def test_qlora_4bit_trains_adapters_on_cpu(tmp_path, tokenizer, pairs):
     after = _trained_params(trainer)
     _assert_only_adapters_moved(before, after)
     assert all(torch.isfinite(torch.tensor(log["loss"])) for log in trainer.state.log_history if "loss" in log)
+
+
+def _load_4bit(tmp_path, **sizes):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_llama(**sizes).save_pretrained(tmp_path / "base")
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=quant, device_map="cpu")
+
+
+def test_4bit_layers_the_packed_cpu_kernel_refuses_are_named_before_training(tmp_path, tokenizer, pairs):
+    """bitsandbytes evaluates 4-bit layers on AVX512-BF16 CPUs with a kernel that needs output sizes in
+    multiples of 32 (issue 13). Which kernel runs depends on the CPU, so the layers are marked as on such
+    a CPU; a model whose k/v projections are 2 heads x 8 = 16 wide is refused, by layer name, when the
+    run will evaluate, and passes with sizes in multiples of 128."""
+    from merlina_orpo_plugin.model_setup import unpackable_4bit_layers
+
+    def on_such_a_cpu(model):
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = True
+        return model
+
+    narrow = on_such_a_cpu(_load_4bit(tmp_path / "narrow", hidden_size=64, intermediate_size=128, head_dim=8))
+    assert "model.layers.0.self_attn.k_proj (64 -> 16)" in unpackable_4bit_layers(narrow)
+    with pytest.raises(ValueError, match=r"k_proj \(64 -> 16\).*multiples of 128"):
+        MerlinaORPOTrainer(model=narrow, args=orpo_args(tmp_path / "a"), train_dataset=pairs, eval_dataset=pairs,
+                           processing_class=tokenizer, peft_config=_lora_config())
+    wide = on_such_a_cpu(_load_4bit(tmp_path / "wide", **QUANTIZABLE_SIZES))
+    assert unpackable_4bit_layers(wide) == []
 
 
 def test_bf16_autocast_trains(tmp_path, tokenizer, pairs):
