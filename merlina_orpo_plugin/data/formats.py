@@ -179,17 +179,20 @@ def render_conversation(tokenizer, prompt: list[dict], chosen: list[dict], rejec
 
     The prompt gets the generation prompt (``<|im_start|>assistant\\n`` in ChatML); a prompt ending
     in an assistant turn is a prefill and is continued instead, as in TRL's ``apply_chat_template``.
+    The full texts keep the earlier turns as the prompt renders them (``answers_after_prompt``).
     """
 
     def render(messages, **kwargs) -> str:
         return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)
 
+    full_chosen, full_rejected = render(prompt + chosen), render(prompt + rejected)
     if not prompt:  # an implicit prompt may be empty; templates may index messages[0]
-        prompt_text = ""
-    else:
-        prefill = prompt[-1].get("role") == "assistant"
-        prompt_text = render(prompt, add_generation_prompt=not prefill, continue_final_message=prefill)
-    return prompt_text, render(prompt + chosen), render(prompt + rejected)
+        return "", full_chosen, full_rejected
+    if prompt[-1].get("role") == "assistant":  # a prefill: its answer continues that turn
+        return render(prompt, continue_final_message=True), full_chosen, full_rejected
+    prompt_text = render(prompt, add_generation_prompt=True)
+    row = (prompt, chosen, rejected, tools)
+    return (prompt_text, *answers_after_prompt(tokenizer, row, prompt_text, full_chosen, full_rejected))
 
 
 def render_batch(batch: Mapping[str, list], layout: Layout, tokenizer) -> tuple[list[str], list[str], list[str]]:
@@ -246,4 +249,30 @@ def render_conversations(tokenizer, rows: list[tuple]) -> tuple[list[str], list[
     render(continued, lambda row: row[0], 0, continue_final_message=True)
     render(plain, lambda row: row[0] + row[1], 1)
     render(plain, lambda row: row[0] + row[2], 2)
+    for i in answered:
+        texts[i][1:] = answers_after_prompt(tokenizer, rows[i], *texts[i])
     return [t[0] for t in texts], [t[1] for t in texts], [t[2] for t in texts]
+
+
+def answers_after_prompt(tokenizer, row: tuple, prompt_text: str, full_chosen: str, full_rejected: str):
+    """(prompt+chosen text, prompt+rejected text) that keep the earlier turns as the prompt renders them.
+
+    Usually the full renders start with the prompt render and are returned as they are. A template may
+    render an EARLIER turn differently once the conversation ends with an answer: Mistral Nemo writes
+    the system text into the last user turn only while that turn is the last message, so an answered
+    conversation has no system text, and the token-prefix split would put the last question into both
+    completions. So when the full renders do not start with the earlier turns as the prompt renders
+    them (``prompt`` without a generation prompt), the full texts become the prompt text + each answer
+    turn as the full render ends it, from where the answers start (where the two answers and an empty
+    answer part). A generation prompt the full render lacks (an opened ``<think>``) is not such a case:
+    the full render stands, and the token-prefix split handles it.
+    """
+    if full_chosen.startswith(prompt_text) and full_rejected.startswith(prompt_text):
+        return full_chosen, full_rejected
+    prompt, _, _, tools = row
+    earlier = tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False)
+    if full_chosen.startswith(earlier) and full_rejected.startswith(earlier):
+        return full_chosen, full_rejected
+    empty = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": ""}], tools=tools, tokenize=False)
+    start = common_prefix_length(full_chosen, full_rejected, empty)
+    return prompt_text + full_chosen[start:], prompt_text + full_rejected[start:]
