@@ -60,19 +60,49 @@ class BlankTokens:
         return self._cache[token_id]
 
 
-def ensure_eos(completion: list[int], eos_token_id: int | None, is_blank: Callable[[int], bool]) -> list[int]:
-    """``completion`` ending in EOS: appended only when the last non-whitespace token is not EOS.
+class TurnEnds:
+    """``ends_turn(token_id)``: whether a completion whose last token is this one has already ended.
 
-    ChatML renders an answer as ``...<|im_end|>\\n``: TRL looks only at the very last token ("\\n"),
-    appends ``<|im_end|>`` and trains a double end token. Trailing whitespace tokens after the end
-    token are kept, as the template wrote them.
+    EOS, or any special added token: chat templates end an answer with one, which is not always the
+    tokenizer's EOS (Gemma 2's ``<end_of_turn>`` beside EOS ``<eos>``, Phi-3's ``<|end|>``, Llama 3's
+    ``<|eot_id|>`` on a base tokenizer whose EOS is ``<|end_of_text|>``). The model stops there at
+    inference; an EOS after it would be a token no rendered conversation contains.
+    """
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._ids: frozenset[int] | None = None  # built on first use: one scan of the added tokens
+
+    def __call__(self, token_id: int) -> bool:
+        if self._ids is None:
+            added = self._tokenizer.added_tokens_decoder
+            self._ids = frozenset({self._tokenizer.eos_token_id, *(i for i, t in added.items() if t.special)})
+        return token_id in self._ids
+
+
+def ensure_eos(
+    completion: list[int],
+    eos_token_id: int | None,
+    is_blank: Callable[[int], bool],
+    ends_turn: Callable[[int], bool] | None = None,
+) -> list[int]:
+    """``completion`` ending in EOS: appended only when the last non-whitespace token does not end it.
+
+    That token ends it when it is EOS, or when ``ends_turn`` says so (``TurnEnds``: a template's turn
+    end). ChatML renders an answer as ``...<|im_end|>\\n``: TRL looks only at the very last token
+    ("\\n"), appends ``<|im_end|>`` and trains a double end token. Trailing whitespace tokens after the
+    end token are kept, as the template wrote them.
     """
     if eos_token_id is None:
         return completion
+
+    def ends(token_id: int) -> bool:
+        return token_id == eos_token_id or (ends_turn is not None and ends_turn(token_id))
+
     i = len(completion) - 1
-    while i >= 0 and completion[i] != eos_token_id and is_blank(completion[i]):
+    while i >= 0 and not ends(completion[i]) and is_blank(completion[i]):
         i -= 1
-    if i >= 0 and completion[i] == eos_token_id:
+    if i >= 0 and ends(completion[i]):
         return completion
     return completion + [eos_token_id]
 
@@ -143,7 +173,8 @@ def tokenize_batch(
     """The ``Dataset.map(batched=True, with_indices=True)`` function: ids plus per-row cut flags.
 
     ``encode`` turns texts into ids (a ``TextEncoder``, which encodes each distinct piece once);
-    without it, one plain ``tokenizer`` call.
+    without it, one plain ``tokenizer`` call. A completion already ending in a special token gets no
+    EOS (``TurnEnds``).
     """
     if layout is Layout.TOKENIZED:
         rows = zip(*(batch[c] for c in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")), strict=True)
@@ -154,12 +185,13 @@ def tokenize_batch(
         ids = encode(texts) if encode is not None else encode_texts(tokenizer, texts)
         rows = (split_prompt_ids(ids[i], ids[size + i], ids[2 * size + i]) for i in range(size))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ends_turn = TurnEnds(tokenizer)
     out: dict[str, list[Any]] = {k: [] for k in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")}
     out.update(_prompt_cut=[], _completion_cut=[])
     for index, (prompt, chosen, rejected) in zip(indices, rows, strict=True):
         if layout is not Layout.TOKENIZED:  # token ids given by the user are theirs: no BOS/EOS edits
             prompt = add_bos(prompt, bos)
-            chosen, rejected = ensure_eos(chosen, eos, is_blank), ensure_eos(rejected, eos, is_blank)
+            chosen, rejected = (ensure_eos(ids, eos, is_blank, ends_turn) for ids in (chosen, rejected))
         try:
             cut = truncate_pair(prompt, chosen, rejected, bos_token_id=bos, **limits)
         except ValueError as error:
