@@ -31,36 +31,60 @@ def local_model(tmp_path_factory):
 def test_there_are_recipes():
     names = {path.name for path in RECIPES}
     assert {"cpu-demo.yml", "llama3-8b-qlora.yml", "multi-gpu-deepspeed-zero2.yml", "multi-gpu-fsdp.yml"} <= names
+    # One per model family (tests/family_tokenizers.py maps each family to its recipes).
+    assert {"qwen3-8b-qlora.yml", "mistral-nemo-12b-qlora.yml", "gemma2-9b-qlora.yml", "gemma3-1b-full.yml",
+            "phi4-14b-qlora.yml"} <= names
 
 
-# load_cfg has process-wide side effects (DeepSpeed's global config, accelerate env vars, Axolotl's
-# plugin singleton) that would leak into the in-process trainer tests: validate in a subprocess.
+# All recipes in ONE subprocess (importing axolotl is most of the time). load_cfg has process-wide
+# side effects (DeepSpeed's global config, accelerate env vars, Axolotl's plugin singleton) that would
+# leak into the in-process trainer tests, hence the subprocess; between recipes it restores the
+# environment, so a DeepSpeed recipe's variables do not reach the next one. A recipe that fails is
+# reported with its traceback and fails its own test below.
 VALIDATE = """
-import json, sys
+import json, os, sys, traceback
 from axolotl.cli.config import load_cfg
-cfg = load_cfg(sys.argv[1], base_model=sys.argv[2])
-print("CFG=" + json.dumps({"merlina_enabled": cfg.merlina_enabled, "rl": cfg.rl,
-                           "types": [entry["type"] for entry in cfg.merlina_datasets]}))
+base_model, recipes = sys.argv[1], sys.argv[2:]
+environment = dict(os.environ)
+for recipe in recipes:
+    try:
+        cfg = load_cfg(recipe, base_model=base_model)
+        result = {"merlina_enabled": cfg.merlina_enabled, "rl": cfg.rl, "chat_template": cfg.chat_template,
+                  "types": [entry["type"] for entry in cfg.merlina_datasets]}
+    except Exception:
+        result = {"error": traceback.format_exc()}
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+    print("CFG=" + json.dumps({"recipe": recipe, **result}, default=str), flush=True)
 """
 
 
+@pytest.fixture(scope="module")
+def validated(local_model) -> dict[str, dict]:
+    """Each recipe's validated config (or error), by file name, from one subprocess."""
+    # Recipes give paths (deepspeed json, demo data) from the repo root. A DeepSpeed recipe makes
+    # load_cfg open an NCCL process group unless it is only preprocessing.
+    result = subprocess.run(
+        [sys.executable, "-c", VALIDATE, str(local_model), *map(str, RECIPES)], cwd=REPO, capture_output=True,
+        text=True, env={**os.environ, "AXOLOTL_IS_PREPROCESS": "1", "HF_HUB_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [json.loads(line[4:]) for line in result.stdout.splitlines() if line.startswith("CFG=")]
+    return {Path(entry.pop("recipe")).name: entry for entry in lines}
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_recipe_opens_with_a_header_and_validates(recipe: Path, local_model):
+def test_recipe_opens_with_a_header_and_validates(recipe: Path, validated):
     text = recipe.read_text()
     header = text.split("\n\n", 1)[0]
     for part in ("What it trains", "Command", "What to change"):
         assert part in header, f"{recipe.name}: the header should say {part!r}"
     raw = yaml.safe_load(text)
     assert raw["rl"] == "orpo_standalone" and "merlina_orpo_plugin.MerlinaORPOPlugin" in raw["plugins"]
-    # Recipes give paths (deepspeed json, demo data) from the repo root. A DeepSpeed recipe makes
-    # load_cfg open an NCCL process group unless it is only preprocessing.
-    result = subprocess.run(
-        [sys.executable, "-c", VALIDATE, str(recipe), str(local_model)], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, "AXOLOTL_IS_PREPROCESS": "1", "HF_HUB_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("CFG=")]
-    cfg = json.loads(line[4:])
+    cfg = validated[recipe.name]
+    assert "error" not in cfg, f"{recipe.name}:\n{cfg.get('error')}"
     assert cfg["merlina_enabled"] and cfg["rl"] is None
     assert cfg["types"] == [entry["type"] for entry in raw["datasets"]]
+    assert cfg["chat_template"] == raw.get("chat_template")
