@@ -1,125 +1,59 @@
-"""`ORPOConfig`: the training arguments of the standalone ORPO trainer.
+"""`ORPOConfig`: the training arguments of the standalone ORPO trainer, built from `options.OPTIONS`.
 
-Field names follow TRL's `trl.experimental.orpo.ORPOConfig` so a TRL script keeps working; the
-fields TRL lacks (`max_prompt_length`, `nll_include_prompt`) are documented where they are declared.
+Field names follow TRL 1.9's `trl.experimental.orpo.ORPOConfig`, and so do the defaults that
+differ from `transformers.TrainingArguments`, so `from trl.experimental.orpo import ORPOConfig`
+becomes `from merlina_orpo_plugin import ORPOConfig` with the same meaning. The ORPO fields, their
+defaults and bounds live in the options table; this module only turns them into a dataclass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import field, make_dataclass
 from typing import Any
 
 from transformers import TrainingArguments
 
+from .options import OPTIONS, YAML, check_options
 
-@dataclass
-class ORPOConfig(TrainingArguments):
-    """Arguments of `MerlinaORPOTrainer`, on top of `transformers.TrainingArguments`.
+#: Defaults TRL 1.9 changes from `TrainingArguments` (its `_BaseConfig` and `ORPOConfig`), and ours.
+_TRAINING_DEFAULTS = (
+    ("learning_rate", float, 1e-6, "Initial AdamW learning rate (TRL's ORPO default; 5e-6 to 8e-6 is usual on 7B models)."),
+    ("logging_steps", float, 10, "Log every N optimizer steps (a float below 1: that fraction of the run)."),
+    ("gradient_checkpointing", bool, True, "Recompute activations in backward to save memory (TRL's default)."),
+    ("bf16", bool | None, None, "bfloat16 mixed precision; None: on unless `fp16` is set (TRL's default)."),
+    ("remove_unused_columns", bool, False, "Kept False: the ORPO collator reads the `*_input_ids` columns itself."),
+)
 
-    Defaults that differ from `TrainingArguments`, as in TRL: `learning_rate` 1e-6 (ORPO is
-    usually run with 5e-6 to 8e-6 on 7B models; tune it), `logging_steps` 10,
-    `remove_unused_columns` False (the collator needs the token columns).
-    """
 
-    learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    remove_unused_columns: bool = field(
-        default=False,
-        metadata={"help": "Kept False: the ORPO collator reads the `*_input_ids` columns itself."},
-    )
+def _fields() -> list[tuple[str, Any, Any]]:
+    spec = [(name, kind, field(default=default, metadata={"help": text})) for name, kind, default, text in _TRAINING_DEFAULTS]
+    for option in OPTIONS:
+        if option.where == YAML:
+            continue
+        kind = option.type | None if option.nullable else option.type
+        if option.type is dict:
+            kind = dict | str | None
+        spec.append((option.name, kind, field(default=option.default, metadata={"help": option.help})))
+    return spec
 
-    beta: float = field(
-        default=0.1,
-        metadata={
-            "help": "Weight of the odds-ratio term, lambda in the paper (`alpha` in its code, `orpo_alpha` "
-            "in Axolotl): loss = nll - beta * mean(logsigmoid(log_odds))."
-        },
-    )
-    max_length: int | None = field(
-        default=1024,
-        metadata={
-            "help": "Longest prompt + completion sequence, in tokens. Longer pairs are truncated (prompt "
-            "from the left down to `max_prompt_length` first, then completions from the right), never "
-            "dropped. None: no limit."
-        },
-    )
-    max_prompt_length: int | None = field(
-        default=512,
-        metadata={
-            "help": "Shortest the prompt is cut to when a pair is over `max_length` (TRL never cuts the "
-            "prompt). None: prompts are never cut."
-        },
-    )
-    max_completion_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Longest completion, in tokens. None: derived per pair as whatever room the prompt "
-            "leaves under `max_length`."
-        },
-    )
-    disable_dropout: bool = field(
-        default=True,
-        metadata={"help": "Set every dropout probability in the model to 0, as TRL does."},
-    )
-    nll_include_prompt: bool = field(
-        default=True,
-        metadata={
-            "help": "True: the SFT term is the token mean NLL over prompt + chosen (the paper's code and "
-            "TRL). False: over the chosen completion only."
-        },
-    )
-    prefix_sharing: bool = field(
-        default=True,
-        metadata={
-            "help": "Compute each prompt once: one sequence [prompt, chosen, rejected] per pair with a mask "
-            "that hides the chosen tokens from the rejected ones. Needs attention `sdpa`, `eager` or "
-            "`flex_attention`; off (with a logged reason) for flash-attention, sliding windows shorter than "
-            "`max_length` and MoE router losses."
-        },
-    )
-    padding_free: bool = field(
-        default=True,
-        metadata={
-            "help": "Pack several sequences per row (positions restart per sequence) so almost no padding is "
-            "computed; same conditions as `prefix_sharing`."
-        },
-    )
-    loss_chunk_size: int = field(
-        default=512,
-        metadata={
-            "help": "Compute log-probs from the hidden states this many tokens at a time (recomputed in "
-            "backward), so the [tokens, vocab] logits never exist at once. 0: the model's full logits."
-        },
-    )
-    padding_value: int | None = field(
-        default=None,
-        metadata={"help": "Token id used to pad `input_ids`. None: the tokenizer's pad token (else EOS)."},
-    )
-    dataset_num_proc: int | None = field(
-        default=None,
-        metadata={"help": "Processes used to validate and tokenise the datasets."},
-    )
-    model_init_kwargs: dict[str, Any] | None = field(
-        default=None,
-        metadata={"help": "Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is a string."},
-    )
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.beta < 0:
-            raise ValueError(f"`beta` must be >= 0, got {self.beta}")
-        if self.loss_chunk_size < 0:
-            raise ValueError(f"`loss_chunk_size` must be >= 0 (0 turns chunking off), got {self.loss_chunk_size}")
-        for name in ("max_length", "max_prompt_length", "max_completion_length"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"`{name}` must be a positive number of tokens or None, got {value}")
-        if (
-            self.max_length is not None
-            and self.max_prompt_length is not None
-            and self.max_prompt_length >= self.max_length
-        ):
-            raise ValueError(
-                f"`max_prompt_length` ({self.max_prompt_length}) must be smaller than `max_length` "
-                f"({self.max_length}): the completion needs room"
-            )
+def _post_init(self) -> None:
+    if self.bf16 is None:  # TRL: bf16 unless fp16, resolved before TrainingArguments checks precision
+        self.bf16 = not self.fp16
+    if isinstance(self.model_init_kwargs, str):  # TRL accepts the JSON text (command lines)
+        self.model_init_kwargs = json.loads(self.model_init_kwargs)
+    TrainingArguments.__post_init__(self)
+    check_options({option.name: getattr(self, option.name) for option in OPTIONS if option.where != YAML})
+
+
+ORPOConfig = make_dataclass("ORPOConfig", _fields(), bases=(TrainingArguments,), namespace={"__post_init__": _post_init})
+ORPOConfig.__module__ = __name__  # pickled into checkpoints (training_args.bin): must be importable from here
+ORPOConfig.__doc__ = """Arguments of `MerlinaORPOTrainer`, on top of `transformers.TrainingArguments`.
+
+ORPO fields (see `merlina_orpo_plugin.options.OPTIONS` for each default and meaning): """ + ", ".join(
+    f"`{o.name}`" for o in OPTIONS if o.where != YAML
+) + """. Defaults that differ from `TrainingArguments`, as in TRL 1.9: `learning_rate` 1e-6,
+`logging_steps` 10, `gradient_checkpointing` True, `bf16` True unless `fp16`, and
+`remove_unused_columns` False.
+"""

@@ -83,6 +83,8 @@ def prepare_model(model: PreTrainedModel | str, args, peft_config=None) -> torch
     input grads for checkpointing), as TRL and Axolotl do for QLoRA.
     """
     init_kwargs = dict(args.model_init_kwargs or {})
+    if getattr(args, "trust_remote_code", False):
+        init_kwargs.setdefault("trust_remote_code", True)
     if isinstance(model, str):
         model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
     elif init_kwargs:

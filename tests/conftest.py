@@ -103,7 +103,7 @@ def llamafactory_pairs(n: int) -> list[dict[str, str]]:
 
 
 def orpo_args(tmp_path, **overrides):
-    """ORPOConfig for fast CPU tests: no saving, no reporting, float32, a few steps."""
+    """ORPOConfig for fast CPU tests: no saving, no reporting, float32 without recomputation, a few steps."""
     from merlina_orpo_plugin import ORPOConfig
 
     kwargs = dict(
@@ -117,6 +117,8 @@ def orpo_args(tmp_path, **overrides):
         save_strategy="no",
         use_cpu=True,
         seed=0,
+        bf16=False,  # TRL's defaults turn both on; the tests compare float32 numbers
+        gradient_checkpointing=False,
     )
     kwargs.update(overrides)
     return ORPOConfig(**kwargs)

@@ -64,8 +64,11 @@ def test_plugin_listed_without_orpo_standalone_changes_nothing():
         ({"sample_packing": True}, r"`sample_packing` does not work with `rl: orpo_standalone`"),
         ({"eval_table_size": 5}, r"`eval_table_size` does not work"),
         ({"orpo_alpha": 0.1, "rl_beta": 0.2}, r"conflicting ORPO beta: `orpo_alpha: 0.1`, `rl_beta: 0.2`"),
-        ({"merlina_max_prompt_length": 512}, r"`merlina_max_prompt_length` \(512\) must be smaller than `sequence_len` \(256\)"),
-        ({"merlina_max_completion_length": 0}, r"`merlina_max_completion_length` must be a positive number"),
+        ({"merlina_max_prompt_length": 512},
+         r"`max_prompt_length` \(YAML: `merlina_max_prompt_length`\) must be smaller than `max_length` "
+         r"\(YAML: `sequence_len`\), got 512 and 256"),
+        ({"merlina_max_completion_length": 0},
+         r"`max_completion_length` \(YAML: `merlina_max_completion_length`\) must be >= 1, got 0"),
     ],
 )
 def test_bad_options_fail_validation_with_the_key_and_fix(tmp_path, model_dir, overrides, message):

@@ -162,3 +162,46 @@ def test_package_never_imports_trl():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# TRL's documented ORPO script arguments (trl/scripts/orpo.py's docstring: "regular" run), as a
+# one-line swap of the import would pass them; `bf16=False` because float32 is what 1e-4 can check.
+TRL_DOCUMENTED_ARGS = dict(
+    per_device_train_batch_size=4,
+    max_steps=1000,
+    learning_rate=8e-6,
+    gradient_accumulation_steps=1,
+    eval_steps=500,
+    warmup_steps=150,
+    logging_first_step=True,
+    report_to="none",
+    bf16=False,
+    use_cpu=True,
+)
+
+
+@pytest.mark.parametrize("max_length", [256, 512, 1024])
+def test_trl_documented_arguments_give_trls_eval_metrics(tmp_path, tokenizer, max_length):
+    """The same arguments into both configs, nothing else: TRL 1.9's ORPOConfig has no `max_prompt_length`,
+    so ours must derive its own from `max_length` (it used to default to 512 and refuse `max_length=512`)."""
+    pairs = Dataset.from_list(llamafactory_pairs(12))
+    model = tiny_llama(seed=3)
+    args = dict(TRL_DOCUMENTED_ARGS, max_length=max_length)
+    ours = MerlinaORPOTrainer(model=copy.deepcopy(model), args=ORPOConfig(output_dir=str(tmp_path / "ours"), **args),
+                              eval_dataset=pairs, processing_class=tokenizer)
+    theirs = trl_orpo.ORPOTrainer(model=copy.deepcopy(model),
+                                  args=trl_orpo.ORPOConfig(output_dir=str(tmp_path / "trl"), **args),
+                                  train_dataset=pairs, eval_dataset=pairs, processing_class=tokenizer)
+    mine, reference = ours.evaluate(), theirs.evaluate()
+    for name in PARITY_METRICS:
+        key = f"eval_{name}"
+        assert mine[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("max_length", [64, 65, 100, 256, 512, 1024, 4096])
+def test_orpo_config_takes_every_max_length_from_64_up(tmp_path, max_length):
+    from merlina_orpo_plugin.options import prompt_floor
+
+    config = ORPOConfig(output_dir=str(tmp_path), max_length=max_length, use_cpu=True)
+    assert config.max_prompt_length is None  # TRL has no such field: unset, the floor follows max_length
+    assert prompt_floor(config.max_length, config.max_prompt_length) == max_length // 2

@@ -1,16 +1,17 @@
-"""The plugin's YAML options: one pydantic model merged into Axolotl's config schema.
+"""The plugin's YAML options: a pydantic model built from `options.OPTIONS`, merged into Axolotl's schema.
 
-Every key shares the `merlina_` prefix. Beta keeps Axolotl's existing keys (`orpo_alpha`,
-`rl_beta`, `trl.beta`); `sequence_len` is the maximum sequence length.
+Every key shares the `merlina_` prefix. Beta keeps Axolotl's existing keys (`orpo_alpha`, `rl_beta`,
+`trl.beta`) and `sequence_len` is `max_length`. Values are checked by `options.check_options`, the same
+validator `ORPOConfig` runs, so a bad value reads the same from YAML and from Python.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
 
-DEFAULT_BETA = 0.1
+from ..options import BY_NAME, OPTIONS, TRAINER_OPTIONS, check_options, prompt_floor
 
 #: SFT-only options that would silently do nothing (or break) under ORPO, with the reason.
 REFUSED_OPTIONS = {
@@ -24,7 +25,7 @@ REFUSED_OPTIONS = {
 }
 
 
-class MerlinaORPOArgs(BaseModel):
+class _ORPOArgsBase(BaseModel):
     """Options of `merlina_orpo_plugin.MerlinaORPOPlugin`, active with `rl: orpo_standalone`."""
 
     merlina_enabled: bool = Field(
@@ -40,71 +41,47 @@ class MerlinaORPOArgs(BaseModel):
         default=None,
         json_schema_extra={"description": "The `test_datasets` entries as written; filled by the plugin."},
     )
-    merlina_max_prompt_length: int | None = Field(
-        default=None,
-        json_schema_extra={"description": "Shortest a prompt is cut to (from the left) when a pair is over "
-                           "`sequence_len`. Default: half of `sequence_len`."},
-    )
-    merlina_max_completion_length: int | None = Field(
-        default=None,
-        json_schema_extra={"description": "Longest completion in tokens. Default: whatever room the prompt leaves."},
-    )
-    merlina_nll_include_prompt: bool = Field(
-        default=True,
-        json_schema_extra={"description": "SFT term over prompt + chosen tokens (paper, TRL, `rl: orpo`); "
-                           "false: chosen completion only."},
-    )
-    merlina_disable_dropout: bool = Field(
-        default=True,
-        json_schema_extra={"description": "Zero all dropout (LoRA dropout included), as TRL's ORPO trainer does."},
-    )
-    merlina_prefix_sharing: bool = Field(
-        default=True,
-        json_schema_extra={"description": "Compute each prompt once ([prompt, chosen, rejected] in one "
-                           "sequence under a mask). Needs `attn_implementation` sdpa, eager or flex_attention; "
-                           "otherwise off, with the reason logged."},
-    )
-    merlina_padding_free: bool = Field(
-        default=True,
-        json_schema_extra={"description": "Pack whole pairs several per row so almost no padding is "
-                           "computed; same conditions as `merlina_prefix_sharing`."},
-    )
-    merlina_loss_chunk_size: int = Field(
-        default=512,
-        ge=0,
-        json_schema_extra={"description": "Tokens per chunk of the vocabulary projection in the loss (the "
-                           "full logits never exist); 0: the model's full logits."},
-    )
-    merlina_skip_bad_rows: bool = Field(
-        default=False,
-        json_schema_extra={"description": "Skip malformed rows instead of stopping; the count and the first "
-                           "examples are reported."},
-    )
 
     @model_validator(mode="before")
     @classmethod
     def check_orpo_options(cls, data: Any) -> Any:
         if not isinstance(data, dict) or not data.get("merlina_enabled"):
             return data
-        resolve_beta(data)
         for key, reason in REFUSED_OPTIONS.items():
             if data.get(key):
                 raise ValueError(f"`{key}` does not work with `rl: orpo_standalone`: {reason}")
-        for key in ("merlina_max_prompt_length", "merlina_max_completion_length"):
-            value = data.get(key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{key}` must be a positive number of tokens, got {value!r}")
+        check_options(yaml_values(data))
         for entry in [*(data.get("merlina_datasets") or []), *(data.get("merlina_test_datasets") or [])]:
             from ..strategies import get_strategy
 
             get_strategy(entry)  # an unknown type or a bad field mapping fails here, listing the valid ones
-        prompt, sequence_len = data.get("merlina_max_prompt_length"), data.get("sequence_len")
-        if prompt is not None and sequence_len and prompt >= sequence_len:
-            raise ValueError(
-                f"`merlina_max_prompt_length` ({prompt}) must be smaller than `sequence_len` ({sequence_len}); "
-                "lower it or raise `sequence_len`"
-            )
         return data
+
+
+def _yaml_fields() -> dict[str, Any]:
+    fields = {}
+    for option in OPTIONS:
+        if option.yaml_key:  # beta and max_length come from Axolotl's own keys
+            kind = option.type | None if option.nullable else option.type
+            fields[option.yaml_key] = (kind, Field(default=option.default, json_schema_extra={"description": option.help}))
+    return fields
+
+
+MerlinaORPOArgs = create_model("MerlinaORPOArgs", __base__=_ORPOArgsBase, __module__=__name__, **_yaml_fields())
+
+
+def yaml_values(cfg: Any) -> dict[str, Any]:
+    """The options a YAML config sets, by option name: `merlina_*` keys, beta and `sequence_len`."""
+    values = {o.name: cfg.get(o.yaml_key) for o in OPTIONS if o.yaml_key and cfg.get(o.yaml_key) is not None}
+    values["beta"] = resolve_beta(cfg)
+    values["max_length"] = cfg.get("sequence_len")
+    return values
+
+
+def training_args(cfg: Any) -> dict[str, Any]:
+    """The trainer-time options as `merlina_<name>` training arguments (`MerlinaTrainingArgsMixin`)."""
+    values = yaml_values(cfg)
+    return {f"merlina_{o.name}": values.get(o.name, o.default) for o in TRAINER_OPTIONS}
 
 
 def resolve_beta(cfg: Any) -> float:
@@ -119,15 +96,11 @@ def resolve_beta(cfg: Any) -> float:
     if len(set(given.values())) > 1:
         listed = ", ".join(f"`{k}: {v}`" for k, v in given.items())
         raise ValueError(f"conflicting ORPO beta: {listed}; set one of them (they mean the same lambda)")
-    beta = next(iter(given.values()), DEFAULT_BETA)
-    if not isinstance(beta, (int, float)) or beta < 0:
-        raise ValueError(f"ORPO beta (`orpo_alpha`/`rl_beta`) must be a number >= 0, got {beta!r}")
+    beta = next(iter(given.values()), BY_NAME["beta"].default)
+    check_options({"beta": beta})
     return float(beta)
 
 
 def max_prompt_length(cfg: Any) -> int | None:
-    """`merlina_max_prompt_length`, defaulting to half of `sequence_len`."""
-    if cfg.get("merlina_max_prompt_length") is not None:
-        return int(cfg["merlina_max_prompt_length"])
-    sequence_len = cfg.get("sequence_len")
-    return int(sequence_len) // 2 if sequence_len else None
+    """How far a long prompt may be cut under this config (`options.prompt_floor`)."""
+    return prompt_floor(cfg.get("sequence_len"), cfg.get("merlina_max_prompt_length"))

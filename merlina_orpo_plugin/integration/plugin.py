@@ -15,7 +15,7 @@ import os
 from axolotl.integrations.base import BasePlugin
 
 from . import LOG
-from .args import resolve_beta
+from .args import training_args
 
 RL_NAME = "orpo_standalone"
 #: Keys of a `datasets:` entry that Axolotl's SFT schema understands and that do no SFT work.
@@ -41,6 +41,7 @@ class MerlinaORPOPlugin(BasePlugin):
                 raise ValueError(f"`{key}` must be a list of dataset entries, got {type(entries).__name__}")
         if not cfg.get("datasets"):
             raise ValueError("`rl: orpo_standalone` needs `datasets:` with at least one preference dataset")
+        _set_process_environment()
         cfg["rl"] = None
         cfg["merlina_enabled"] = True
         cfg["merlina_datasets"] = copy.deepcopy(cfg["datasets"])
@@ -59,7 +60,8 @@ class MerlinaORPOPlugin(BasePlugin):
 
         from .datasets import load_orpo_datasets, total_num_steps
 
-        _configure_cpu_ranks(cfg)
+        if _is_multi_process_cpu():  # see _set_process_environment
+            cfg.device_map = {"": "cpu"}
         tokenizer = load_tokenizer(cfg)
         train, evaluation, summary = load_orpo_datasets(cfg, tokenizer)
         LOG.info(
@@ -89,33 +91,27 @@ class MerlinaORPOPlugin(BasePlugin):
         if not cfg.get("merlina_enabled"):
             return None
         args = {
-            "merlina_beta": resolve_beta(cfg),
-            "merlina_nll_include_prompt": bool(cfg.get("merlina_nll_include_prompt", True)),
-            "merlina_disable_dropout": bool(cfg.get("merlina_disable_dropout", True)),
-            "merlina_prefix_sharing": bool(cfg.get("merlina_prefix_sharing", True)),
-            "merlina_padding_free": bool(cfg.get("merlina_padding_free", True)),
-            "merlina_loss_chunk_size": int(cfg.get("merlina_loss_chunk_size", 512)),
-            "merlina_max_length": cfg.get("sequence_len"),
+            **training_args(cfg),
             "remove_unused_columns": False,
             # Axolotl turns this off; ORPO needs it so the NLL is one token mean over all ranks.
             "average_tokens_across_devices": True,
         }
         if _is_multi_process_cpu():
-            args.update(use_cpu=True, ddp_backend="gloo")  # see _configure_cpu_ranks
+            args.update(use_cpu=True, ddp_backend="gloo")  # see _set_process_environment
         return args
 
 
-def _configure_cpu_ranks(cfg) -> None:
-    """Make several CPU processes (torchrun + gloo) one data-parallel run.
+def _set_process_environment() -> None:
+    """What this process needs before anything else runs; `register` is the plugin's first call per process.
 
-    Axolotl sets `device_map: {"": LOCAL_RANK}`, which `from_pretrained` reads as an accelerator
-    index; and `AxolotlTrainer` resets accelerate's state before building its `Accelerator`, which
-    then only knows it is on CPU from `ACCELERATE_USE_CPU` (without it every rank trains alone).
-    The model loader reads `device_map` before `pre_model_load`, so this runs from `load_datasets`,
-    the last plugin hook before the model is loaded.
+    Several CPU processes (torchrun + gloo) train as one data-parallel run only if accelerate knows
+    it is on CPU: `AxolotlTrainer` resets accelerate's state before building its `Accelerator`, which
+    then reads `ACCELERATE_USE_CPU` (without it every rank trains alone). The other half, the device
+    map, is set in `load_datasets`: Axolotl writes `device_map: {"": LOCAL_RANK}` (read by
+    `from_pretrained` as an accelerator index) after `register` and reads it before `pre_model_load`,
+    so the dataset hook is the last one that can correct it.
     """
     if _is_multi_process_cpu():
-        cfg.device_map = {"": "cpu"}
         os.environ["ACCELERATE_USE_CPU"] = "true"
 
 

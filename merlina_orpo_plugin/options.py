@@ -1,0 +1,179 @@
+"""Every ORPO option, once: its name, type, default, bounds, help, and where it can be set.
+
+`ORPOConfig` (Python), the Axolotl YAML schema (`integration/args.py`), the training arguments the
+plugin hands Axolotl's trainer (`integration/trainer.py`) and `ORPOSettings`, what the trainer reads,
+are all built from `OPTIONS`; `check_options` is the one validator every entry point calls, so a bad
+value gets the same message from YAML and from Python. The length rule (how far a long prompt may be
+cut) is `prompt_floor`, used by every tokenisation path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, make_dataclass
+from typing import Any
+
+PYTHON, YAML, BOTH = "python", "yaml", "both"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. ``where``: set from Python (`ORPOConfig`), from YAML (``merlina_`` key) or both.
+
+    ``yaml`` overrides the YAML spelling (``""``: read from Axolotl's own keys, see ``yaml_hint``).
+    ``minimum`` bounds a number (None: unbounded); ``nullable`` admits None.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    where: str = BOTH
+    minimum: float | None = None
+    nullable: bool = False
+    yaml: str | None = None
+    yaml_hint: str = ""
+
+    @property
+    def yaml_key(self) -> str | None:
+        if self.where == PYTHON:
+            return None
+        return self.yaml if self.yaml is not None else f"merlina_{self.name}"
+
+    @property
+    def spelled(self) -> str:
+        """How messages name the option: both spellings where both exist."""
+        if self.where == PYTHON:
+            return f"`{self.name}`"
+        yaml = f"`{self.yaml_key}`" if self.yaml_key else self.yaml_hint
+        return f"`{self.name}` (YAML: {yaml})" if self.where == BOTH else yaml
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("beta", float, 0.1, minimum=0, yaml="", yaml_hint="`orpo_alpha`, `rl_beta` or `trl.beta`",
+           help="lambda of the paper (`alpha` in its code, `orpo_alpha` in Axolotl): loss = nll - "
+                "beta * mean(logsigmoid(log_odds))."),
+    Option("max_length", int, 1024, minimum=1, nullable=True, yaml="", yaml_hint="`sequence_len`",
+           help="Longest prompt + completion, in tokens; longer pairs are truncated, never dropped. None: no limit."),
+    Option("max_prompt_length", int, None, minimum=1, nullable=True,
+           help="Shortest a prompt is cut to (from the left) when a pair is over `max_length`; TRL never cuts "
+                "the prompt. None: half of `max_length`."),
+    Option("max_completion_length", int, None, minimum=1, nullable=True,
+           help="Longest completion, in tokens. None: whatever room the prompt leaves under `max_length`."),
+    Option("nll_include_prompt", bool, True,
+           help="True: the SFT term is the token-mean NLL over prompt + chosen (the paper's code, TRL, `rl: orpo`). "
+                "False: over the chosen completion only."),
+    Option("disable_dropout", bool, True, help="Set every dropout probability in the model to 0 (TRL's default)."),
+    Option("prefix_sharing", bool, True,
+           help="Compute each prompt once: one [prompt, chosen, rejected] sequence per pair under a mask that "
+                "hides the chosen tokens from the rejected ones. Off, with the reason logged, where the "
+                "attention implementation cannot take the mask."),
+    Option("padding_free", bool, True,
+           help="Pack whole pairs several per row (positions restart per pair) so almost no padding is computed; "
+                "same conditions as `prefix_sharing`."),
+    Option("flex_attention", bool, True,
+           help="On CUDA, run the shared-prompt / packed layouts on FlexAttention, which skips fully masked "
+                "blocks: a model loaded with `sdpa` or flash-attention is switched (logged); `eager` is kept. "
+                "False: keep the model's attention (flash-attention then turns the two layouts off)."),
+    Option("loss_chunk_size", int, 512, minimum=0,
+           help="Log-probs from the hidden states this many tokens at a time, so the [tokens, vocab] logits never "
+                "exist at once. 0: the model's full logits."),
+    Option("skip_bad_rows", bool, False, where=YAML,
+           help="Skip malformed rows (counted, first examples reported) instead of stopping preprocessing."),
+    # TRL's own fields, for Python scripts that switch from `trl.experimental.orpo.ORPOConfig`.
+    Option("padding_value", int, None, where=PYTHON, minimum=0, nullable=True,
+           help="Token id used to pad `input_ids`. None: the tokenizer's pad token (else EOS)."),
+    Option("dataset_num_proc", int, None, where=PYTHON, minimum=1, nullable=True,
+           help="Processes used to validate and tokenise the datasets."),
+    Option("model_init_kwargs", dict, None, where=PYTHON, nullable=True,
+           help="Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is a string (a dict, "
+                "or its JSON text)."),
+    Option("trust_remote_code", bool, False, where=PYTHON,
+           help="Allow models with custom code when `model` is a string (passed to `from_pretrained`)."),
+    Option("is_encoder_decoder", bool, None, where=PYTHON, nullable=True,
+           help="Accepted for TRL compatibility; the model itself says whether it is an encoder-decoder."),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+#: What the trainer reads at run time: set from Python and from YAML alike.
+TRAINER_OPTIONS = tuple(o for o in OPTIONS if o.where == BOTH)
+
+
+def prompt_floor(max_length: int | None, max_prompt_length: int | None) -> int | None:
+    """The length rule: how short a long pair's prompt may be cut. None (with no `max_length`): never cut."""
+    if max_prompt_length is not None:
+        return max_prompt_length
+    return None if max_length is None else max(1, max_length // 2)
+
+
+def check_options(values: Mapping[str, Any]) -> None:
+    """ValueError naming the option (both spellings) for a value out of its type or bounds, or limits
+    that contradict each other. ``values`` maps option names to values; missing names are not checked."""
+    for name, value in values.items():
+        option = BY_NAME.get(name)
+        if option is not None:
+            _check_value(option, value)
+    max_length, prompt = values.get("max_length"), values.get("max_prompt_length")
+    if max_length is not None and prompt is not None and prompt >= max_length:
+        raise ValueError(
+            f"{BY_NAME['max_prompt_length'].spelled} must be smaller than {BY_NAME['max_length'].spelled}, got "
+            f"{prompt} and {max_length}: a prompt cut to it must leave room for the completions (unset, it is "
+            "half of the limit)"
+        )
+
+
+def _check_value(option: Option, value: Any) -> None:
+    if value is None:
+        if option.nullable:
+            return
+        raise ValueError(f"{option.spelled} must be set, got None")
+    if option.type is bool:
+        ok = isinstance(value, bool)
+    elif option.type is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif option.type is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (option.type, str))  # dict options also take their JSON text
+    if not ok:
+        raise ValueError(f"{option.spelled} must be a {option.type.__name__}, got {value!r}")
+    if option.minimum is not None and value < option.minimum:
+        raise ValueError(f"{option.spelled} must be >= {option.minimum:g}, got {value!r}")
+
+
+def _settings_class():
+    """`ORPOSettings`: the trainer-time options as a frozen dataclass, built from the table."""
+    spec = [(o.name, Any, o.default) for o in TRAINER_OPTIONS]
+    cls = make_dataclass("ORPOSettings", spec, frozen=True)
+    cls.__module__ = __name__
+    cls.__doc__ = "The options `ORPOTrainerMixin` reads, whichever entry point set them (see `OPTIONS`)."
+    return cls
+
+
+ORPOSettings = _settings_class()
+
+
+def settings_from(source: Any, prefix: str = "") -> ORPOSettings:
+    """`ORPOSettings` read from an object's attributes (``ORPOConfig``, or Axolotl's training arguments
+    with ``prefix="merlina_"``); an attribute the object lacks keeps the table's default."""
+    return ORPOSettings(**{f.name: getattr(source, prefix + f.name, f.default) for f in fields(ORPOSettings)})
+
+
+def markdown_table(where: str) -> str:
+    """The options set from ``where`` (`PYTHON` or `YAML`) as the README's table: key, default, meaning."""
+    rows = ["| option | default | meaning |", "| --- | --- | --- |"]
+    for option in OPTIONS:
+        if where == PYTHON and option.where != YAML:
+            rows.append(f"| `{option.name}` | {option.default!r} | {option.help} |")
+        elif where == YAML and option.yaml_key:
+            rows.append(f"| `{option.yaml_key}` | `{_yaml_literal(option.default)}` | {option.help} |")
+    return "\n".join(rows)
+
+
+def _yaml_literal(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+if __name__ == "__main__":  # python -m merlina_orpo_plugin.options: the README's two option tables
+    print(markdown_table(PYTHON), markdown_table(YAML), sep="\n\n")
