@@ -37,6 +37,7 @@ def main(argv=None) -> None:
 
     import merlina_orpo_plugin.scoring as scoring
     from merlina_orpo_plugin.collator import ORPODataCollator
+    from merlina_orpo_plugin.packing import BatchLayout
     from merlina_orpo_plugin.forward import concatenated_forward
     from merlina_orpo_plugin.losses import odds_ratio_loss, orpo_loss
 
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
 
     features = [dict(prompt_input_ids=random_ids(args.prompt), chosen_input_ids=random_ids(args.answer),
                      rejected_input_ids=random_ids(args.answer - 5)) for _ in range(4)]
-    batch = ORPODataCollator(pad_token_id=2, prefix_sharing=True, padding_free=True)(features)
+    batch = ORPODataCollator(pad_token_id=2, layout=BatchLayout(True, True))(features)
     chunked = scoring.chunked_token_logps
     checkpointed = functools.partial(chunked, recompute=True)  # the trained-head path, forced for this frozen head
     ways = {"frozen": (chunked, 512), "checkpointed": (checkpointed, 512), "unchunked": (chunked, 0)}

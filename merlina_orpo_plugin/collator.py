@@ -1,18 +1,18 @@
-"""Collate tokenised preference pairs into the tensors of one micro-batch (layouts: `packing.py`)."""
+"""Collate tokenised preference pairs into the tensors of one micro-batch, in one fixed layout (`packing.py`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .packing import pack
+from .packing import PADDED, BatchLayout, pack
 
 
-@dataclass
+@dataclass(frozen=True)
 class ORPODataCollator:
-    """``B`` pairs -> input rows plus the list of scored tokens, in the layout the trainer chose.
+    """``B`` pairs -> input rows plus the list of scored tokens, in ``layout``.
 
     Input features carry ``prompt_input_ids``, ``chosen_input_ids`` and ``rejected_input_ids``
     (completions without the prompt), as `prepare_preference_dataset` writes them.
@@ -25,11 +25,12 @@ class ORPODataCollator:
         score_index (flat index into R*W of the predicting position)         [N]
         score_target (the token predicted), score_owner (which sequence)     [N]
         pair_lengths (prompt, chosen, rejected tokens of each pair)          [B, 3]
+        layout                                                               the `BatchLayout`
 
-    With ``prefix_sharing=False, padding_free=False`` the rows are TRL's: ``prompt + chosen`` rows
-    then ``prompt + rejected`` rows, right-padded. The trainer switches the two flags (it knows the
-    model's attention implementation); ``pack_length`` caps a packed row (default: twice the
-    longest pair of the micro-batch).
+    The default layout is TRL's: ``prompt + chosen`` rows then ``prompt + rejected`` rows,
+    right-padded. The trainer builds its collators from its speed plan (`speed.plan_speed`); the
+    collator is frozen, so a batch's layout is the one it was built with. ``pack_length`` caps a
+    packed row (default: twice the longest pair of the micro-batch).
 
     The constructor takes Axolotl's collator arguments (``tokenizer, padding, pad_to_multiple_of,
     return_tensors``) so the plugin can hand this class to Axolotl's trainer builder;
@@ -41,25 +42,25 @@ class ORPODataCollator:
     pad_to_multiple_of: int | None = None
     return_tensors: str = "pt"
     pad_token_id: int | None = None
-    prefix_sharing: bool = False
-    padding_free: bool = False
+    layout: BatchLayout = field(default=PADDED)
     pack_length: int | None = None
 
     def __post_init__(self):
         if self.pad_token_id is None:
-            self.pad_token_id = _pad_id_of(self.tokenizer)
+            object.__setattr__(self, "pad_token_id", _pad_id_of(self.tokenizer))
         if self.return_tensors != "pt":
             raise ValueError(f"ORPODataCollator returns PyTorch tensors only, got return_tensors={self.return_tensors!r}")
+        if not isinstance(self.layout, BatchLayout):
+            raise TypeError(f"`layout` must be a BatchLayout, got {type(self.layout).__name__}")
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = [
             (list(f["prompt_input_ids"]), list(f["chosen_input_ids"]), list(f["rejected_input_ids"]))
             for f in features
         ]
         packed = pack(
             pairs,
-            prefix_sharing=self.prefix_sharing,
-            padding_free=self.padding_free,
+            self.layout,
             pad_token_id=self.pad_token_id,
             pad_to_multiple_of=self.pad_to_multiple_of,
             pack_length=self.pack_length,
@@ -75,6 +76,7 @@ class ORPODataCollator:
             "score_target": torch.tensor(packed.score_target, dtype=torch.long),
             "score_owner": torch.tensor(packed.score_owner, dtype=torch.long),
             "pair_lengths": torch.tensor([[len(p), len(c), len(r)] for p, c, r in pairs], dtype=torch.long),
+            "layout": self.layout,  # not a tensor: moved nowhere, read without a device sync
         }
 
 

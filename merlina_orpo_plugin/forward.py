@@ -7,7 +7,8 @@ from typing import NamedTuple
 import torch
 
 from .attention import build_attention_mask
-from .scoring import capture_final_hidden, score_hidden, score_logits, unwrap_model
+from .model_adapter import capture_final_hidden, score_hidden, unwrap_model
+from .scoring import score_logits
 
 
 class ORPOForwardOutput(NamedTuple):
@@ -38,7 +39,7 @@ class ORPOForwardOutput(NamedTuple):
 
 def concatenated_forward(
     model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
+    batch: dict,
     *,
     nll_include_prompt: bool = True,
     output_router_logits: bool = False,
@@ -47,7 +48,7 @@ def concatenated_forward(
     """Run ``model`` once over every sequence of the batch (one forward, as DDP needs) and score it.
 
     ``batch`` is `ORPODataCollator`'s output in any of its layouts. ``loss_chunk_size`` > 0 computes
-    the log-probs from the hidden states that many tokens at a time (`scoring.score_hidden`).
+    the log-probs from the hidden states that many tokens at a time (`model_adapter.score_hidden`).
     """
     num_pairs = batch["pair_lengths"].shape[0]
     index, targets, owner = scored_tokens(batch, nll_include_prompt)
@@ -117,9 +118,12 @@ def nll_token_count(batch: dict[str, torch.Tensor], nll_include_prompt: bool = T
     return counted.sum()
 
 
-def _attention_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict:
-    """TRL's 2D padding mask for plain rows; positions and a custom mask for shared/packed rows."""
-    if not is_custom_layout(batch):
+def _attention_inputs(model: torch.nn.Module, batch: dict) -> dict:
+    """TRL's 2D padding mask for padded rows; positions and a custom mask for shared / packed rows."""
+    layout = batch.get("layout")
+    if layout is None:
+        raise ValueError("the batch has no `layout`: collate ORPO batches with merlina_orpo_plugin.ORPODataCollator")
+    if not layout.custom_mask:
         return {"attention_mask": batch["attention_mask"]}
     config = unwrap_model(model).config
     dtype = next(model.parameters()).dtype
@@ -129,11 +133,3 @@ def _attention_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
         batch["sequence_ids"], batch["branch_ids"], config._attn_implementation, dtype
     )
     return {"attention_mask": mask, "position_ids": batch["position_ids"]}
-
-
-def is_custom_layout(batch: dict[str, torch.Tensor]) -> bool:
-    """Whether some row holds more than one sequence (shared prompt or packing): a 2D mask is wrong then.
-
-    TRL's layout has exactly one sequence per row, ``2B`` rows; every other layout has fewer rows.
-    """
-    return batch["input_ids"].shape[0] != 2 * batch["pair_lengths"].shape[0]

@@ -1,7 +1,7 @@
 """Where each token of a micro-batch goes: rows, positions, attention segments and scored targets.
 
-Pure Python over token-id lists; `ORPODataCollator` turns the result into tensors. Three switches
-decide the layout (`ORPOConfig.prefix_sharing` / `padding_free`):
+Pure Python over token-id lists; `ORPODataCollator` turns the result into tensors. Two switches
+decide the layout (`BatchLayout`, from `ORPOConfig.prefix_sharing` / `padding_free`):
 
 * neither: TRL's layout, ``2B`` right-padded rows ``prompt + chosen`` then ``prompt + rejected``;
 * ``prefix_sharing``: one item ``[prompt, chosen, rejected]`` per pair, the prompt computed once;
@@ -22,6 +22,43 @@ import heapq
 from dataclasses import dataclass, field
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a batch's rows are laid out; every collated batch carries one under ``"layout"``.
+
+    ``padded``: TRL's rows (``prefix_sharing`` and ``padding_free`` off), one sequence per row, a 2D
+    padding mask. Every other layout has rows holding more than one attention segment or branch and
+    needs a custom mask (``custom_mask``).
+    """
+
+    prefix_sharing: bool = False
+    padding_free: bool = False
+
+    @property
+    def custom_mask(self) -> bool:
+        return self.prefix_sharing or self.padding_free
+
+    @property
+    def name(self) -> str:
+        return _LAYOUT_NAMES[(self.prefix_sharing, self.padding_free)]
+
+    def to(self, *args, **kwargs) -> BatchLayout:
+        """A layout lives on no device: moving a batch with ``{k: v.to(device)}`` (or accelerate's
+        ``send_to_device``) keeps it as it is, and reading it never waits for the GPU."""
+        return self
+
+
+_LAYOUT_NAMES = {
+    (False, False): "padded",
+    (True, False): "shared_prompt",
+    (False, True): "packed",
+    (True, True): "packed_shared_prompt",
+}
+
+
+PADDED = BatchLayout()
 
 
 @dataclass
@@ -101,28 +138,27 @@ def balance_rows(lengths: list[int], capacity: int) -> list[list[int]]:
 
 def pack(
     pairs: list[tuple[list[int], list[int], list[int]]],
+    layout: BatchLayout,
     *,
-    prefix_sharing: bool,
-    padding_free: bool,
     pad_token_id: int,
     pad_to_multiple_of: int | None = None,
     pack_length: int | None = None,
 ) -> PackedBatch:
     """Lay ``B`` pairs ``(prompt, chosen, rejected)`` out in rows and list every scored token.
 
-    ``pack_length``: most tokens per packed row (``padding_free`` only); None packs up to twice the
+    ``pack_length``: most tokens per packed row (``layout.padding_free`` only); None packs up to twice the
     longest item, which keeps rows short for dense attention masks while leaving almost no padding.
     ``pad_to_multiple_of`` rounds the width of padded layouts only (packed rows need no rounding).
     """
-    items = make_items(pairs, prefix_sharing)
-    if padding_free:
+    items = make_items(pairs, layout.prefix_sharing)
+    if layout.padding_free:
         lengths = [len(item) for item in items]
         capacity = pack_length or 2 * max(lengths)
         rows = [[items[i] for i in row] for row in balance_rows(lengths, capacity)]
     else:
         rows = [[item] for item in items]
     width = max(sum(len(item) for item in row) for row in rows)
-    if pad_to_multiple_of and not padding_free:
+    if pad_to_multiple_of and not layout.padding_free:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     out = PackedBatch(width=width, rows=rows)
     num_pairs = len(pairs)

@@ -7,7 +7,10 @@ path); where it cannot apply it is switched off and the reason is logged, never 
   `eager`, `flex_attention`; flash-attention kernels take none), no sliding window shorter than
   a sequence (a custom mask replaces the window) and no MoE router loss (it is computed over the
   padded rows' tokens);
-* the chunked loss needs the model's LM head as a module and `logits_to_keep` (`scoring.py`).
+* on CUDA those layouts run on FlexAttention (`flex_attention` option, on by default): a dense
+  mask makes sdpa compute every masked block, FlexAttention skips them. The model's `sdpa` or
+  flash-attention implementation is switched to `flex_attention` (logged); an explicit `eager` is kept;
+* the chunked loss needs the model's LM head as a module and `logits_to_keep` (`model_adapter.py`).
 """
 
 from __future__ import annotations
@@ -18,31 +21,54 @@ from dataclasses import dataclass
 import torch
 
 from .attention import CUSTOM_MASK_IMPLEMENTATIONS
-from .scoring import unsupported_reason, unwrap_model
+from .model_adapter import unsupported_reason, unwrap_model
+from .packing import BatchLayout
 
 logger = logging.getLogger("merlina_orpo_plugin.speed")
 
 
 @dataclass(frozen=True)
 class SpeedPlan:
-    prefix_sharing: bool
-    padding_free: bool
+    """Decided once per trainer: the batch layout its collators build, the attention implementation
+    the model runs it with, and the loss chunk size; ``notes`` are the logged decisions."""
+
+    layout: BatchLayout
     loss_chunk_size: int
+    attention: str | None = None
     fallbacks: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def prefix_sharing(self) -> bool:
+        return self.layout.prefix_sharing
+
+    @property
+    def padding_free(self) -> bool:
+        return self.layout.padding_free
 
 
 def plan_speed(
     model: torch.nn.Module,
     *,
-    prefix_sharing: bool = True,
-    padding_free: bool = True,
-    loss_chunk_size: int = 0,
-    max_length: int | None = None,
+    prefix_sharing: bool,
+    padding_free: bool,
+    loss_chunk_size: int,
+    max_length: int | None,
+    flex_attention: bool = False,
+    device_type: str = "cpu",
 ) -> SpeedPlan:
-    """The features asked for that ``model`` can use, with the reason for each one turned off."""
-    fallbacks = []
+    """The features asked for that ``model`` can use, with the reason for each one turned off.
+
+    With ``flex_attention`` on a ``"cuda"`` device, a model running `sdpa` or a flash-attention
+    kernel is switched to FlexAttention for the shared / packed layouts (`use_flex_attention`).
+    """
+    fallbacks, notes = [], []
+    config = unwrap_model(model).config
+    if (prefix_sharing or padding_free) and flex_attention and device_type == "cuda":
+        note = use_flex_attention(model)
+        (notes if note.startswith("attention:") else fallbacks).append(note)
     if prefix_sharing or padding_free:
-        reason = _custom_mask_blocker(unwrap_model(model).config, max_length)
+        reason = _custom_mask_blocker(config, max_length)
         if reason:
             asked = " and ".join(n for n, on in (("prefix_sharing", prefix_sharing), ("padding_free", padding_free)) if on)
             fallbacks.append(f"{asked} off: {reason}")
@@ -54,10 +80,36 @@ def plan_speed(
             loss_chunk_size = 0
     else:
         loss_chunk_size = 0
-    plan = SpeedPlan(prefix_sharing, padding_free, loss_chunk_size, tuple(fallbacks))
+    attention = getattr(config, "_attn_implementation", None)
+    plan = SpeedPlan(BatchLayout(prefix_sharing, padding_free), loss_chunk_size, attention, tuple(fallbacks), tuple(notes))
+    for note in plan.notes:
+        logger.info("ORPO speed plan: %s", note)
     for note in plan.fallbacks:
         logger.warning("ORPO speed feature %s (falling back to the padded, unchunked path)", note)
     return plan
+
+
+#: Implementations `use_flex_attention` replaces: sdpa computes every block of a dense mask, and
+#: flash-attention kernels take no custom mask at all. `eager` is kept: it is chosen on purpose.
+_REPLACED_BY_FLEX = ("sdpa", "flash_attention_2", "flash_attention_3")
+
+
+def use_flex_attention(model: torch.nn.Module) -> str:
+    """Switch ``model`` to FlexAttention if it can run it; a note saying what happened and why."""
+    base = unwrap_model(model)
+    current = getattr(base.config, "_attn_implementation", None)
+    if current == "flex_attention":
+        return "attention: flex_attention (the model's own)"
+    if current not in _REPLACED_BY_FLEX and not str(current).startswith("kernels-community/flash"):
+        return f"flex_attention not used: the model asks for {current!r} attention, kept as chosen"
+    if not getattr(base, "_supports_flex_attn", False):
+        return f"flex_attention not used: {type(base).__name__} does not support FlexAttention"
+    try:
+        base.set_attn_implementation("flex_attention")
+    except (ImportError, ValueError, RuntimeError) as error:
+        return f"flex_attention not used: switching {current!r} failed ({error})"
+    return (f"attention: flex_attention instead of {current!r}, so the masked blocks of the shared-prompt / "
+            "packed rows are skipped")
 
 
 def _custom_mask_blocker(config, max_length: int | None) -> str | None:
@@ -74,12 +126,3 @@ def _custom_mask_blocker(config, max_length: int | None) -> str | None:
     if uses_window and (max_length is None or window < max_length):
         return f"sliding-window attention (window {window}) shorter than max_length ({max_length})"
     return None
-
-
-def configure_collator(collator, plan: SpeedPlan) -> None:
-    """Switch an `ORPODataCollator` to the planned layout; other collators are left as they are."""
-    from .collator import ORPODataCollator
-
-    if isinstance(collator, ORPODataCollator):
-        collator.prefix_sharing = plan.prefix_sharing
-        collator.padding_free = plan.padding_free

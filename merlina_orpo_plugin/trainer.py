@@ -7,6 +7,7 @@ return conventions follow TRL's `trl.experimental.orpo.ORPOTrainer` so subclasse
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,7 +22,8 @@ from .data import prepare_preference_dataset
 from .forward import ORPOForwardOutput, concatenated_forward, nll_token_count
 from .metrics import MetricStore, batch_metrics
 from .model_setup import check_4bit_cpu_layers, prepare_model
-from .speed import SpeedPlan, configure_collator, plan_speed
+from .options import ORPOSettings, prompt_floor, settings_from
+from .speed import SpeedPlan, plan_speed
 
 
 class ORPOTrainerMixin:
@@ -33,33 +35,29 @@ class ORPOTrainerMixin:
 
     _tag_names = ["orpo", "merlina-orpo"]
 
-    def _setup_orpo(
-        self,
-        beta: float,
-        nll_include_prompt: bool = True,
-        *,
-        prefix_sharing: bool = False,
-        padding_free: bool = False,
-        loss_chunk_size: int = 0,
-        max_length: int | None = None,
-    ) -> None:
-        """Loss settings, and the speed features the model can use (`speed.plan_speed`).
+    def _setup_orpo(self, settings: ORPOSettings) -> None:
+        """Loss settings, and the speed plan (`speed.plan_speed`) decided once for this model.
 
-        The collators of the datasets are switched to the planned layout here, before any
-        dataloader exists.
+        The collators are rebuilt from the plan here, before any dataloader exists: an
+        `ORPODataCollator` passed in (Axolotl builds its own before the model's plan is known) is
+        replaced by a copy in the planned layout; any other collator is kept as it is.
         """
-        self.beta = beta
-        self.nll_include_prompt = nll_include_prompt
+        self.settings = settings
+        self.beta = settings.beta
+        self.nll_include_prompt = settings.nll_include_prompt
         check_4bit_cpu_layers(self.model, will_evaluate=self.eval_dataset is not None)
         self.speed: SpeedPlan = plan_speed(
             self.model,
-            prefix_sharing=prefix_sharing,
-            padding_free=padding_free,
-            loss_chunk_size=loss_chunk_size,
-            max_length=max_length,
+            prefix_sharing=settings.prefix_sharing,
+            padding_free=settings.padding_free,
+            loss_chunk_size=settings.loss_chunk_size,
+            max_length=settings.max_length,
+            flex_attention=settings.flex_attention,
+            device_type=self.args.device.type,
         )
-        configure_collator(self.data_collator, self.speed)
-        configure_collator(getattr(self, "eval_data_collator", None), self.speed)  # Axolotl's own eval collator
+        self.data_collator = self._planned(self.data_collator)
+        if hasattr(self, "eval_data_collator"):  # Axolotl's trainer keeps a separate one
+            self.eval_data_collator = self._planned(self.eval_data_collator)
         config = getattr(self.model, "config", None)
         self.aux_loss_enabled = bool(getattr(config, "output_router_logits", False))
         self.aux_loss_coef = float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
@@ -68,6 +66,11 @@ class ORPOTrainerMixin:
         self._orpo_window: tuple[torch.Tensor, float] | None = None
         # The loss is ours, not the model's: let Trainer divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
+
+    def _planned(self, collator):
+        if isinstance(collator, ORPODataCollator):
+            return dataclasses.replace(collator, layout=self.speed.layout)
+        return collator
 
     # --- TRL-compatible building blocks -------------------------------------------------------
 
@@ -257,14 +260,7 @@ class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             **kwargs,
         )
-        self._setup_orpo(
-            beta=args.beta,
-            nll_include_prompt=args.nll_include_prompt,
-            prefix_sharing=args.prefix_sharing,
-            padding_free=args.padding_free,
-            loss_chunk_size=args.loss_chunk_size,
-            max_length=args.max_length,
-        )
+        self._setup_orpo(settings_from(args))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
 
@@ -280,7 +276,7 @@ class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
                 dataset,
                 tokenizer,
                 max_length=args.max_length,
-                max_prompt_length=args.max_prompt_length,
+                max_prompt_length=prompt_floor(args.max_length, args.max_prompt_length),
                 max_completion_length=args.max_completion_length,
                 num_proc=args.dataset_num_proc,
                 source=source,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from merlina_orpo_plugin import ORPODataCollator
-from merlina_orpo_plugin.packing import balance_rows
+from merlina_orpo_plugin.packing import BatchLayout, balance_rows
 
 PAIRS = [
     {"prompt_input_ids": [5, 6], "chosen_input_ids": [7, 2], "rejected_input_ids": [8, 9, 2]},
@@ -32,7 +32,7 @@ def test_trl_layout_pads_chosen_rows_then_rejected_rows():
 
 
 def test_shared_prompt_row_masks_nothing_but_restarts_rejected_positions():
-    batch = ORPODataCollator(pad_token_id=0, prefix_sharing=True)(PAIRS)
+    batch = ORPODataCollator(pad_token_id=0, layout=BatchLayout(prefix_sharing=True))(PAIRS)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 2, 8, 9, 2], [5, 6, 4, 3, 2, 2, 0]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2, 3, 4], [0, 1, 2, 3, 4, 3, 0]]
     assert batch["branch_ids"].tolist() == [[0, 0, 1, 1, 2, 2, 2], [0, 0, 0, 1, 1, 2, 0]]
@@ -46,12 +46,12 @@ def test_shared_prompt_row_masks_nothing_but_restarts_rejected_positions():
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_every_layout_scores_the_same_tokens(prefix_sharing, padding_free):
     reference = _scored(ORPODataCollator(pad_token_id=0)(PAIRS))
-    batch = ORPODataCollator(pad_token_id=0, prefix_sharing=prefix_sharing, padding_free=padding_free)(PAIRS)
+    batch = ORPODataCollator(pad_token_id=0, layout=BatchLayout(prefix_sharing, padding_free))(PAIRS)
     assert _scored(batch) == reference
 
 
 def test_padding_free_shared_batch_is_one_row_without_padding():
-    batch = ORPODataCollator(pad_token_id=0, prefix_sharing=True, padding_free=True)(PAIRS)
+    batch = ORPODataCollator(pad_token_id=0, layout=BatchLayout(True, True))(PAIRS)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 2, 8, 9, 2, 5, 6, 4, 3, 2, 2]]
     assert batch["input_ids"].numel() == batch["pair_lengths"].sum()
 
@@ -69,7 +69,7 @@ def test_pad_to_multiple_of_rounds_padded_layouts_only(tokenizer):
     padded = ORPODataCollator(tokenizer, pad_to_multiple_of=8)(PAIRS)
     assert padded["input_ids"].shape == (4, 8)
     assert (padded["input_ids"][0, 4:] == tokenizer.pad_token_id).all()
-    packed = ORPODataCollator(tokenizer, pad_to_multiple_of=8, prefix_sharing=True, padding_free=True)(PAIRS)
+    packed = ORPODataCollator(tokenizer, pad_to_multiple_of=8, layout=BatchLayout(True, True))(PAIRS)
     assert packed["input_ids"].shape == (1, 13)
 
 

@@ -20,6 +20,7 @@ from merlina_orpo_plugin import losses as L
 from merlina_orpo_plugin.collator import ORPODataCollator
 from merlina_orpo_plugin.data import prepare_preference_dataset
 from merlina_orpo_plugin.forward import concatenated_forward
+from merlina_orpo_plugin.packing import PADDED, BatchLayout
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 OUTPUTS = ("chosen_logps", "rejected_logps", "nll_loss", "nll_sum", "nll_tokens", "chosen_logits_mean", "rejected_logits_mean")
@@ -51,10 +52,8 @@ def features(tokenizer):
     return rows
 
 
-def _run(model, features, *, prefix_sharing=False, padding_free=False, loss_chunk_size=0, nll_include_prompt=True):
-    batch = ORPODataCollator(pad_token_id=2, prefix_sharing=prefix_sharing, padding_free=padding_free, pack_length=300)(
-        features
-    )
+def _run(model, features, *, layout=PADDED, loss_chunk_size=0, nll_include_prompt=True):
+    batch = ORPODataCollator(pad_token_id=2, layout=layout, pack_length=300)(features)
     model.zero_grad()
     out = concatenated_forward(model, batch, nll_include_prompt=nll_include_prompt, loss_chunk_size=loss_chunk_size)
     or_losses = L.odds_ratio_loss(out.chosen_logps, out.rejected_logps, beta=0.1)[0]
@@ -76,7 +75,7 @@ def _assert_same(got, reference):
 
 
 SETTINGS = [
-    dict(prefix_sharing=s, padding_free=p, loss_chunk_size=c)
+    dict(layout=BatchLayout(s, p), loss_chunk_size=c)
     for s, p, c in itertools.product((False, True), (False, True), (0, 37))
     if (s, p, c) != (False, False, 0)
 ]
@@ -96,7 +95,7 @@ def padded_reference(features):
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"{s['layout'].name}-chunk={s['loss_chunk_size']}")
 def test_speed_features_match_the_padded_path(features, padded_reference, attn, setting):
     model = tiny_llama(seed=1, attn_implementation=attn)
     _assert_same(_run(model, features, **setting), padded_reference(attn))
@@ -105,7 +104,7 @@ def test_speed_features_match_the_padded_path(features, padded_reference, attn, 
 @pytest.mark.parametrize("nll_include_prompt", [True, False])
 def test_all_features_with_tied_embeddings_and_completion_only_nll(features, nll_include_prompt):
     model = tiny_llama(seed=2, tie_word_embeddings=True)
-    everything = dict(prefix_sharing=True, padding_free=True, loss_chunk_size=64)
+    everything = dict(layout=BatchLayout(True, True), loss_chunk_size=64)
     _assert_same(
         _run(model, features, nll_include_prompt=nll_include_prompt, **everything),
         _run(model, features, nll_include_prompt=nll_include_prompt),
@@ -118,7 +117,7 @@ def test_lora_on_the_head_gets_the_same_gradients(features):
         tiny_llama(seed=3),
         peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False),
     )
-    everything = dict(prefix_sharing=True, padding_free=True, loss_chunk_size=50)
+    everything = dict(layout=BatchLayout(True, True), loss_chunk_size=50)
     got, reference = _run(model, features, **everything), _run(model, features)
     assert any("lm_head.lora" in name for name in got[2])
     _assert_same(got, reference)
@@ -132,7 +131,7 @@ def test_lora_with_a_frozen_head_gets_the_same_gradients(features):
         peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
     )
     assert not model.get_output_embeddings().weight.requires_grad
-    everything = dict(prefix_sharing=True, padding_free=True, loss_chunk_size=50)
+    everything = dict(layout=BatchLayout(True, True), loss_chunk_size=50)
     got, reference = _run(model, features, **everything), _run(model, features)
     assert got[2] and all("lora" in name for name in got[2])
     _assert_same(got, reference)
@@ -141,7 +140,7 @@ def test_lora_with_a_frozen_head_gets_the_same_gradients(features):
 def test_shared_packed_layout_computes_each_token_once(features):
     """Processed/unique tokens: TRL's layout pays every prompt twice and its padding; ours ~1."""
     _, plain, _, _ = _run(tiny_llama(), features)
-    _, packed, _, _ = _run(tiny_llama(), features, prefix_sharing=True, padding_free=True)
+    _, packed, _, _ = _run(tiny_llama(), features, layout=BatchLayout(True, True))
     assert plain.processed_tokens / plain.unique_tokens > 1.5
     assert packed.processed_tokens / packed.unique_tokens < 1.1
 

@@ -55,3 +55,31 @@ def test_unknown_logit_postprocessing_turns_chunking_off():
     model.config.lm_head_multiplier = 0.5
     plan = plan_speed(model, **ALL_ON)
     assert plan.loss_chunk_size == 0 and "lm_head_multiplier" in plan.fallbacks[0]
+
+
+ON_CUDA = dict(ALL_ON, flex_attention=True, device_type="cuda")
+
+
+@pytest.mark.parametrize("loaded_with", ["sdpa", "flash_attention_2"])
+def test_on_cuda_sdpa_and_flash_attention_models_run_the_layouts_on_flex_attention(caplog, loaded_with):
+    """Axolotl's `flash_attention: true` / `sdpa_attention: true` and no attention key at all end here.
+
+    Only the switch is checked on CPU: FlexAttention's kernels compile for the GPU (the block mask
+    itself is tested in test_attention.py, the kernels by benchmarks/gpu_check on a GPU)."""
+    model = tiny_llama()
+    model.config._attn_implementation = loaded_with  # the name Axolotl's YAML leads to; no kernel runs here
+    with caplog.at_level(logging.INFO, logger="merlina_orpo_plugin.speed"):
+        plan = plan_speed(model, **ON_CUDA)
+    assert plan.attention == "flex_attention" == model.config._attn_implementation
+    assert (plan.prefix_sharing, plan.padding_free, plan.loss_chunk_size, plan.fallbacks) == (True, True, 512, ())
+    assert f"flex_attention instead of '{loaded_with}'" in caplog.text
+
+
+def test_flex_attention_is_not_forced_where_it_should_not_be():
+    eager = tiny_llama(attn_implementation="eager")
+    plan = plan_speed(eager, **ON_CUDA)
+    assert plan.attention == "eager" and plan.prefix_sharing and "kept as chosen" in plan.fallbacks[0]
+    assert plan_speed(tiny_llama(), **{**ON_CUDA, "device_type": "cpu"}).attention == "sdpa"
+    assert plan_speed(tiny_llama(), **{**ON_CUDA, "flex_attention": False}).attention == "sdpa"
+    padded = plan_speed(tiny_llama(), **{**ON_CUDA, "prefix_sharing": False, "padding_free": False})
+    assert padded.attention == "sdpa"  # the padded layout needs no custom mask: the model's kernel stays

@@ -104,8 +104,9 @@ def to_device(batch: dict, device) -> dict:
 
 def collate(features, shared: bool, packed: bool) -> dict:
     from merlina_orpo_plugin.collator import ORPODataCollator
+    from merlina_orpo_plugin.packing import BatchLayout
 
-    return ORPODataCollator(pad_token_id=PAD, prefix_sharing=shared, padding_free=packed)(features)
+    return ORPODataCollator(pad_token_id=PAD, layout=BatchLayout(shared, packed))(features)
 
 
 def trl_features(features) -> dict:

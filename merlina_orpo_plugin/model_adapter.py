@@ -1,0 +1,106 @@
+"""The model adapter: what the ORPO forward needs to know about a transformers model, and nothing else.
+
+It unwraps DDP / DeepSpeed / PEFT wrappers, finds the LM head (called as a module, so LoRA on it,
+tied embeddings and DeepSpeed ZeRO-3's gathering on module calls apply), reproduces the logit
+post-processing the model applies after its head, captures the decoder's final hidden states, and
+says why the chunked loss cannot run on a model. The kernels it feeds (`scoring.py`) take tensors and
+a head module only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+
+from .scoring import chunked_token_logps
+
+# Config keys about logits that `logit_postprocess` reproduces, or that concern attention, not the head.
+_HANDLED_LOGIT_KEYS = {"final_logit_softcapping", "logit_scale", "logits_scaling", "attn_logit_softcapping"}
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under DDP / DeepSpeed (``.module``) and PEFT (``get_base_model``)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def logit_postprocess(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What the model applies to its head's output: Gemma's soft-capping, Cohere's and Granite's scales."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+    divisor = getattr(config, "logits_scaling", None)
+    steps = []
+    if scale is not None:
+        steps.append(lambda x: x * scale)
+    if divisor is not None:
+        steps.append(lambda x: x / divisor)
+    if cap is not None:
+        steps.append(lambda x: torch.tanh(x / cap) * cap)
+    if not steps:
+        return None
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            x = step(x)
+        return x
+
+    return apply
+
+
+def unsupported_reason(model: torch.nn.Module) -> str | None:
+    """Why the chunked loss cannot run on ``model`` (None when it can)."""
+    base = unwrap_model(model)
+    if base.get_output_embeddings() is None:
+        return f"{type(base).__name__} has no output embeddings (LM head) to apply in chunks"
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return f"{type(base).__name__}.forward takes no `logits_to_keep`"
+    config = getattr(base, "config", None)
+    settings = config.to_dict() if config is not None else {}
+    unknown = sorted(
+        key for key, value in settings.items()
+        if value is not None and ("logit" in key or "lm_head" in key) and key not in _HANDLED_LOGIT_KEYS
+        and not isinstance(value, bool)
+    )
+    if unknown:
+        return f"the model post-processes its logits in a way not reproduced here ({', '.join(unknown)})"
+    return None
+
+
+@contextmanager
+def capture_final_hidden(model: torch.nn.Module):
+    """Yield a dict whose ``"hidden"`` is the decoder's last hidden state after the forward."""
+    decoder = unwrap_model(model).get_decoder()
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _args, output):
+        store["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    handle = decoder.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def score_hidden(
+    model: torch.nn.Module,
+    hidden: torch.Tensor,
+    index: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p(target), mean logit)`` per scored token, from ``[R, W, H]`` hidden states of ``model``.
+
+    ``index`` picks the predicting rows (flat into ``R * W``); the head runs ``chunk_size`` of them at a time.
+    """
+    base = unwrap_model(model)
+    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+    return chunked_token_logps(
+        base.get_output_embeddings(), selected, targets, chunk_size, logit_postprocess(base.config)
+    )
