@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, make_dataclass
 from typing import Any
 
+from .schedules import SCHEDULES
+
 PYTHON, YAML, BOTH = "python", "yaml", "both"
 
 
@@ -33,6 +35,7 @@ class Option:
     nullable: bool = False
     yaml: str | None = None
     yaml_hint: str = ""
+    choices: tuple[str, ...] = ()
 
     @property
     def yaml_key(self) -> str | None:
@@ -53,6 +56,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("beta", float, 0.1, minimum=0, yaml="", yaml_hint="`orpo_alpha`, `rl_beta` or `trl.beta`",
            help="lambda of the paper (`alpha` in its code, `orpo_alpha` in Axolotl): loss = nll - "
                 "beta * mean(logsigmoid(log_odds))."),
+    Option("beta_schedule", str, "constant", choices=SCHEDULES,
+           help="How beta moves by optimizer step, after `beta_warmup_steps` of linear warmup from 0: `constant` "
+                "(beta), `linear` or `cosine` from `beta` to `beta_end`. Logged as `beta`."),
+    Option("beta_end", float, None, minimum=0, nullable=True,
+           help="Where a `linear` or `cosine` beta schedule ends, at the last optimizer step."),
+    Option("beta_warmup_steps", int, 0, minimum=0,
+           help="Optimizer steps over which beta rises linearly from 0 before its schedule."),
     Option("max_length", int, 1024, minimum=1, nullable=True, yaml="", yaml_hint="`sequence_len`",
            help="Longest prompt + completion, in tokens; longer pairs are truncated, never dropped. None: no limit."),
     Option("max_prompt_length", int, None, minimum=1, nullable=True,
@@ -112,6 +122,11 @@ def check_options(values: Mapping[str, Any]) -> None:
         option = BY_NAME.get(name)
         if option is not None:
             _check_value(option, value)
+    if values.get("beta_schedule") in ("linear", "cosine") and values.get("beta_end") is None:
+        raise ValueError(
+            f"{BY_NAME['beta_schedule'].spelled} {values['beta_schedule']!r} moves beta towards "
+            f"{BY_NAME['beta_end'].spelled}, which is not set"
+        )
     max_length, prompt = values.get("max_length"), values.get("max_prompt_length")
     if max_length is not None and prompt is not None and prompt >= max_length:
         raise ValueError(
@@ -126,6 +141,10 @@ def _check_value(option: Option, value: Any) -> None:
         if option.nullable:
             return
         raise ValueError(f"{option.spelled} must be set, got None")
+    if option.choices:
+        if value not in option.choices:
+            raise ValueError(f"{option.spelled} must be one of {', '.join(option.choices)}, got {value!r}")
+        return
     if option.type is bool:
         ok = isinstance(value, bool)
     elif option.type is int:

@@ -23,6 +23,7 @@ from .forward import ORPOForwardOutput, concatenated_forward, nll_token_count
 from .metrics import MetricStore, batch_metrics
 from .model_setup import check_4bit_cpu_layers, prepare_model
 from .options import ORPOSettings, prompt_floor, settings_from
+from .schedules import beta_at, is_scheduled
 from .speed import SpeedPlan, plan_speed
 
 
@@ -44,6 +45,7 @@ class ORPOTrainerMixin:
         """
         self.settings = settings
         self.beta = settings.beta
+        self._beta_scheduled = is_scheduled(settings.beta_schedule, settings.beta_warmup_steps)
         self.nll_include_prompt = settings.nll_include_prompt
         check_4bit_cpu_layers(self.model, will_evaluate=self.eval_dataset is not None)
         self.speed: SpeedPlan = plan_speed(
@@ -124,10 +126,10 @@ class ORPOTrainerMixin:
         loss = nll_term + or_term
         if self.aux_loss_enabled and forward.aux_loss is not None:
             loss = loss + self.aux_loss_coef * forward.aux_loss.to(loss.device)
-        self._orpo_metrics.add(
-            self._orpo_mode,
-            batch_metrics(forward, nll_term, or_term, chosen_rewards, rejected_rewards, ratio, log_odds),
-        )
+        metrics = batch_metrics(forward, nll_term, or_term, chosen_rewards, rejected_rewards, ratio, log_odds)
+        if self._beta_scheduled:
+            metrics["beta"] = torch.tensor(float(self.beta), device=loss.device)
+        self._orpo_metrics.add(self._orpo_mode, metrics)
         if not return_outputs:
             return loss
         outputs = {
@@ -172,6 +174,17 @@ class ORPOTrainerMixin:
         self._orpo_window = (totals.float(), factor)
         return batch_samples, totals[0]
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._refresh_beta()  # before compute_loss, so a subclass that sets self.beta there still wins
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _refresh_beta(self) -> None:
+        """Beta for the coming optimizer step (`schedules.beta_at`); a fixed beta is left alone."""
+        if self._beta_scheduled:
+            s = self.settings
+            self.beta = beta_at(self.state.global_step, self.state.max_steps, beta=s.beta, beta_end=s.beta_end,
+                                schedule=s.beta_schedule, warmup_steps=s.beta_warmup_steps)
+
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager(), self._mode("eval"):
@@ -181,6 +194,7 @@ class ORPOTrainerMixin:
         return loss.detach(), None, None
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        self._refresh_beta()  # evaluation uses the value the next training step would use
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         for name, value in self._orpo_metrics.pop("eval", self.accelerator).items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
