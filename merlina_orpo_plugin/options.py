@@ -88,6 +88,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("loss_chunk_size", int, 512, minimum=0,
            help="Log-probs from the hidden states this many tokens at a time, so the [tokens, vocab] logits never "
                 "exist at once. 0: the model's full logits."),
+    Option("generate_during_eval", bool, False,
+           help="At each evaluation, sample the policy on the first `num_generation_samples` eval prompts and log "
+                "prompt, chosen, rejected, the sample and its mean log-prob: a JSONL in `output_dir`, a W&B table, "
+                "TensorBoard text. YAML: Axolotl's `generate_samples: true` or `eval_table_size: N` also turn it on."),
+    Option("num_generation_samples", int, 4, minimum=1,
+           help="Eval prompts sampled at each evaluation (Axolotl's `num_generation_samples` / `eval_table_size`)."),
+    Option("generation_max_new_tokens", int, 128, minimum=1,
+           help="Longest sample, in tokens (Axolotl's `generation_max_new_tokens` / `eval_max_new_tokens`)."),
+    Option("generation_temperature", float, 1.0, minimum=0.01,
+           help="Sampling temperature of those samples (Axolotl's `generation_temperature`)."),
     Option("skip_bad_rows", bool, False, where=YAML,
            help="Skip malformed rows (counted, first examples reported) instead of stopping preprocessing."),
     # TRL's own fields, for Python scripts that switch from `trl.experimental.orpo.ORPOConfig`.

@@ -62,7 +62,7 @@ def test_plugin_listed_without_orpo_standalone_changes_nothing():
     ("overrides", "message"),
     [
         ({"sample_packing": True}, r"`sample_packing` does not work with `rl: orpo_standalone`"),
-        ({"eval_table_size": 5}, r"`eval_table_size` does not work"),
+        ({"do_causal_lm_eval": True}, r"`do_causal_lm_eval` does not work"),
         ({"orpo_alpha": 0.1, "rl_beta": 0.2}, r"conflicting ORPO beta: `orpo_alpha: 0.1`, `rl_beta: 0.2`"),
         ({"merlina_max_prompt_length": 512},
          r"`max_prompt_length` \(YAML: `merlina_max_prompt_length`\) must be smaller than `max_length` "

@@ -18,10 +18,8 @@ REFUSED_OPTIONS = {
     "sample_packing": "Axolotl's SFT packing would split ORPO pairs. Set `sample_packing: false`; "
     "`merlina_padding_free` (on by default) packs whole pairs instead.",
     "eval_sample_packing": "see `sample_packing`; set `eval_sample_packing: false`.",
-    "eval_table_size": "it generates SFT prediction tables; remove it.",
     "do_causal_lm_eval": "it runs SFT perplexity metrics on a causal-LM eval set; remove it (ORPO logs eval_ metrics).",
     "do_bench_eval": "it runs an SFT multiple-choice benchmark; remove it.",
-    "generate_samples": "it samples from SFT prompts; remove it.",
 }
 
 

@@ -18,6 +18,16 @@ from . import LOG
 from .args import training_args
 
 RL_NAME = "orpo_standalone"
+#: Axolotl's sample-generation keys (the newer and the deprecated spelling) -> ours. Axolotl's own
+#: callbacks for them expect SFT batches, so `register` moves them out of its sight.
+_GENERATION_KEYS = {
+    "generate_samples": "merlina_generate_during_eval",
+    "num_generation_samples": "merlina_num_generation_samples",
+    "eval_table_size": "merlina_num_generation_samples",
+    "generation_max_new_tokens": "merlina_generation_max_new_tokens",
+    "eval_max_new_tokens": "merlina_generation_max_new_tokens",
+    "generation_temperature": "merlina_generation_temperature",
+}
 #: Keys of a `datasets:` entry that Axolotl's SFT schema understands and that do no SFT work.
 _LOADER_KEYS = ("path", "name", "split", "data_files", "ds_type", "revision", "trust_remote_code")
 
@@ -51,6 +61,7 @@ class MerlinaORPOPlugin(BasePlugin):
             cfg["test_datasets"] = [_loader_only(entry) for entry in cfg["test_datasets"]]
         if cfg.get("remove_unused_columns") is None:
             cfg["remove_unused_columns"] = False  # the causal builder's True would strip the rejected ids
+        _move_generation_keys(cfg)
 
     def load_datasets(self, cfg, preprocess: bool = False):
         if not cfg.get("merlina_enabled"):
@@ -113,6 +124,16 @@ def _set_process_environment() -> None:
     """
     if _is_multi_process_cpu():
         os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
+def _move_generation_keys(cfg: dict) -> None:
+    """`generate_samples: true` or `eval_table_size: N` -> ORPO generations at evaluation (`generation.py`)."""
+    if cfg.get("eval_table_size"):
+        cfg.setdefault("merlina_generate_during_eval", True)
+    for key, ours in _GENERATION_KEYS.items():
+        value = cfg.pop(key, None)
+        if value:  # unset, false or 0: Axolotl's "off"
+            cfg.setdefault(ours, value)
 
 
 def _is_multi_process_cpu() -> bool:
