@@ -21,7 +21,8 @@ _TRAINING_DEFAULTS = (
     ("learning_rate", float, 1e-6, "Initial AdamW learning rate (TRL's ORPO default; 5e-6 to 8e-6 is usual on 7B models)."),
     ("logging_steps", float, 10, "Log every N optimizer steps (a float below 1: that fraction of the run)."),
     ("gradient_checkpointing", bool, True, "Recompute activations in backward to save memory (TRL's default)."),
-    ("bf16", bool | None, None, "bfloat16 mixed precision; None: on unless `fp16` is set (TRL's default)."),
+    ("bf16", bool | None, None,
+     "bfloat16 mixed precision; None: on unless `fp16` is set or the device lacks it (TRL's default fails there)."),
     ("remove_unused_columns", bool, False, "Kept False: the ORPO collator reads the `*_input_ids` columns itself."),
 )
 
@@ -38,9 +39,15 @@ def _fields() -> list[tuple[str, Any, Any]]:
     return spec
 
 
+def _bf16_supported(use_cpu: bool) -> bool:
+    import torch
+
+    return use_cpu or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 def _post_init(self) -> None:
-    if self.bf16 is None:  # TRL: bf16 unless fp16, resolved before TrainingArguments checks precision
-        self.bf16 = not self.fp16
+    if self.bf16 is None:  # TRL: bf16 unless fp16; here also not where it would be refused (a CPU-only
+        self.bf16 = not self.fp16 and _bf16_supported(self.use_cpu)  # machine without `use_cpu`, old GPUs)
     if isinstance(self.model_init_kwargs, str):  # TRL accepts the JSON text (command lines)
         self.model_init_kwargs = json.loads(self.model_init_kwargs)
     TrainingArguments.__post_init__(self)
