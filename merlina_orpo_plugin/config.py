@@ -45,12 +45,21 @@ def _bf16_supported(use_cpu: bool) -> bool:
     return use_cpu or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+def _zero3(args) -> bool:
+    config = getattr(args, "hf_deepspeed_config", None)
+    return bool(config is not None and config.is_zero3())
+
+
 def _post_init(self) -> None:
     if self.bf16 is None:  # TRL: bf16 unless fp16; here also not where it would be refused (a CPU-only
         self.bf16 = not self.fp16 and _bf16_supported(self.use_cpu)  # machine without `use_cpu`, old GPUs)
     if isinstance(self.model_init_kwargs, str):  # TRL accepts the JSON text (command lines)
         self.model_init_kwargs = json.loads(self.model_init_kwargs)
     TrainingArguments.__post_init__(self)
+    if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None and _zero3(self):
+        # transformers 5 recomputes non-reentrantly, inside backward, where ZeRO-3 has already
+        # partitioned the layer's weights again ("Recomputed values ... different metadata").
+        self.gradient_checkpointing_kwargs = {"use_reentrant": True}
     check_options({option.name: getattr(self, option.name) for option in OPTIONS if option.where != YAML})
 
 
