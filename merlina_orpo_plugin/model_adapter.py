@@ -1,7 +1,8 @@
 """The model adapter: what the ORPO forward needs to know about a transformers model, and nothing else.
 
 It unwraps DDP / DeepSpeed / PEFT wrappers, finds the LM head (called as a module, so LoRA on it,
-tied embeddings and DeepSpeed ZeRO-3's gathering on module calls apply), reproduces the logit
+tied embeddings and DeepSpeed ZeRO-3's gathering on module calls apply; under FSDP2 and ZeRO-3
+`sharding` gathers what the module hooks do not and keeps every rank's head calls equal in number), reproduces the logit
 post-processing the model applies after its head, captures the decoder's final hidden states, and
 says why the chunked loss cannot run on a model. The kernels it feeds (`scoring.py`) take tensors and
 a head module only.
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 
 from .scoring import chunked_token_logps
+from .sharding import equal_chunk_count, whole_head
 
 # Config keys about logits that `logit_postprocess` reproduces, or that concern attention, not the head.
 _HANDLED_LOGIT_KEYS = {"final_logit_softcapping", "logit_scale", "logits_scaling", "attn_logit_softcapping"}
@@ -100,7 +102,10 @@ def score_hidden(
     ``index`` picks the predicting rows (flat into ``R * W``); the head runs ``chunk_size`` of them at a time.
     """
     base = unwrap_model(model)
+    head = base.get_output_embeddings()
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
-    return chunked_token_logps(
-        base.get_output_embeddings(), selected, targets, chunk_size, logit_postprocess(base.config)
-    )
+    num_chunks = equal_chunk_count(head, selected.shape[0], chunk_size, selected.device)
+    with whole_head(model, head, backward_follows=torch.is_grad_enabled() and hidden.requires_grad):
+        return chunked_token_logps(
+            head, selected, targets, chunk_size, logit_postprocess(base.config), num_chunks=num_chunks
+        )

@@ -34,6 +34,7 @@ def chunked_token_logps(
     chunk_size: int,
     postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     recompute: bool | None = None,
+    num_chunks: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log p(target), mean logit)`` for ``[N, H]`` hidden states, ``head`` applied ``chunk_size`` rows at a time.
 
@@ -44,28 +45,37 @@ def chunked_token_logps(
       its hidden states is computed right away in the forward (``_FrozenHeadLogps``), so backward
       is one multiplication and the chunk's logits are computed once instead of twice.
     ``recompute`` None picks by the head; True forces the checkpointed path (benchmarks compare them).
+    ``num_chunks``: make exactly this many head calls (near-equal chunks of at most ``chunk_size``
+    rows, some maybe empty): where each head call is a collective (ZeRO-3), every rank makes the
+    same calls (`sharding.equal_chunk_count`).
     """
-    if hidden.shape[0] == 0:
+    if hidden.shape[0] == 0 and num_chunks is None:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, empty
     if not (torch.is_grad_enabled() and hidden.requires_grad):
-        return _chunks(head, postprocess, hidden, targets, chunk_size, _score_chunk)
+        return _chunks(head, postprocess, hidden, targets, chunk_size, _score_chunk, num_chunks)
     if recompute is None:
         recompute = any(p.requires_grad for p in head.parameters())
     if not recompute:
-        return _FrozenHeadLogps.apply(hidden, targets, head, postprocess, chunk_size)
-    return _chunks(head, postprocess, hidden, targets, chunk_size, _checkpointed_chunk)
+        return _FrozenHeadLogps.apply(hidden, targets, head, postprocess, chunk_size, num_chunks)
+    return _chunks(head, postprocess, hidden, targets, chunk_size, _checkpointed_chunk, num_chunks)
 
 
 def _checkpointed_chunk(*chunk):
     return checkpoint(_score_chunk, *chunk, use_reentrant=False)
 
 
-def _chunks(head, postprocess, hidden, targets, chunk_size, score) -> tuple[torch.Tensor, torch.Tensor]:
-    """``score`` on each ``chunk_size`` rows, the results concatenated."""
+def _chunks(head, postprocess, hidden, targets, chunk_size, score, num_chunks=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``score`` on each ``chunk_size`` rows (or on ``num_chunks`` near-equal chunks), the results concatenated."""
+    rows = hidden.shape[0]
+    if num_chunks is None:
+        starts = list(range(0, rows, chunk_size))
+        ends = starts[1:] + [rows]
+    else:
+        ends = [rows * (i + 1) // num_chunks for i in range(num_chunks)]
+        starts = [0] + ends[:-1]
     logps, means = [], []
-    for start in range(0, hidden.shape[0], chunk_size):
-        end = start + chunk_size
+    for start, end in zip(starts, ends):
         logp, mean = score(head, postprocess, hidden[start:end], targets[start:end])
         logps.append(logp)
         means.append(mean)
@@ -83,7 +93,7 @@ class _FrozenHeadLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, targets, head, postprocess, chunk_size):
+    def forward(ctx, hidden, targets, head, postprocess, chunk_size, num_chunks=None):
         gradients: list[torch.Tensor] = []
 
         def score_with_gradient(head, postprocess, rows, row_targets):
@@ -94,7 +104,7 @@ class _FrozenHeadLogps(torch.autograd.Function):
             gradients.append(gradient)
             return logp.detach(), mean
 
-        logps, means = _chunks(head, postprocess, hidden, targets, chunk_size, score_with_gradient)
+        logps, means = _chunks(head, postprocess, hidden, targets, chunk_size, score_with_gradient, num_chunks)
         ctx.save_for_backward(torch.cat(gradients))
         ctx.mark_non_differentiable(means)
         return logps, means
@@ -103,7 +113,7 @@ class _FrozenHeadLogps(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logps, _grad_means):
         (per_row,) = ctx.saved_tensors
-        return (grad_logps.unsqueeze(-1) * per_row).to(per_row.dtype), None, None, None, None
+        return (grad_logps.unsqueeze(-1) * per_row).to(per_row.dtype), None, None, None, None, None
 
 
 def score_logits(logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):

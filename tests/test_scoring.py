@@ -107,3 +107,32 @@ def test_chunked_path_without_autograd_keeps_no_graph():
     assert logps.grad_fn is None and logps.shape == (9,)
     empty, _ = chunked_token_logps(head, hidden[:0], targets[:0], 4)
     assert empty.shape == (0,)
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen-head", "trainable-head"])
+@pytest.mark.parametrize("rows, num_chunks", [(9, 3), (9, 12), (0, 2)], ids=["3-chunks", "empty-chunks", "no-rows"])
+def test_a_set_number_of_chunks_makes_that_many_head_calls_and_the_same_values(frozen, rows, num_chunks):
+    """`num_chunks` (every ZeRO-3 rank calling the head equally often): exactly that many head calls
+    in forward (and as many recomputes in backward for a trained head), with autograd's values."""
+    head, hidden, targets, _ = _head_case(frozen, softcap=None)
+    hidden = hidden[:rows].detach().requires_grad_()
+    targets = targets[:rows]
+    calls = []
+    head.register_forward_pre_hook(lambda _module, args: calls.append(args[0].shape[0]))
+    weights = torch.randn(rows)
+
+    logps, means = chunked_token_logps(head, hidden, targets, 4, num_chunks=num_chunks)
+    assert len(calls) == num_chunks and sum(calls) == rows and max(calls) <= 4
+    (logps * weights).sum().backward()
+    assert len(calls) == (1 if frozen else 2) * num_chunks
+    got = [hidden.grad] + [p.grad for p in head.parameters() if p.requires_grad]
+    hidden.grad = None
+    head.zero_grad()
+    ref_logps, ref_means = _reference(head(hidden), targets)
+    (ref_logps * weights).sum().backward()
+    expected = [hidden.grad] + [p.grad for p in head.parameters() if p.requires_grad]
+
+    torch.testing.assert_close(logps, ref_logps, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(means, ref_means, rtol=1e-6, atol=1e-6)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

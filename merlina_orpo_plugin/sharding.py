@@ -1,0 +1,107 @@
+"""The chunked loss under FSDP2 and DeepSpeed ZeRO-3: whole weights for the head, the same collectives on every rank.
+
+The chunked loss calls the LM head after the model's forward has returned (`scoring.score_hidden`).
+Two things then go wrong under parameter sharding, and this module fixes both:
+
+* FSDP2 (`fully_shard`, what accelerate and Axolotl apply for `fsdp_version: 2`) wraps the
+  decoder layers and the root model; the head, the final norm and the embeddings belong to the
+  root unit. Set to reshard after forward (accelerate passes `reshard_after_forward` explicitly),
+  the root's weights are DTensor shards by the time the head is called ("aten.mm.default got
+  mixed torch.Tensor and DTensor"), and since the loss reaches the model through the captured
+  hidden states rather than through an output of the root, FSDP's pre-backward hook never
+  gathers them again for backward. `whole_head` all-gathers the head's enclosing FSDP units
+  (`FSDPModule.unshard`) before the chunks; FSDP's end-of-backward callback then reduce-scatters
+  their gradients and reshards them as usual. Without a backward (evaluation) they are resharded
+  on exit.
+* Where the head's weight is gathered on every call of the head module (DeepSpeed ZeRO-3, or an
+  FSDP2 unit on the head itself or its LoRA adapters), each chunk is a collective. Ranks score
+  different numbers of tokens, so with fixed-size chunks they would make different numbers of
+  calls and the collectives would pair up wrongly (gloo: "Received data size doesn't match
+  expected size"; NCCL: a hang). `equal_chunk_count` makes every rank use the same count.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+def _fsdp_module_class():
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return None
+    return FSDPModule
+
+
+def _enclosing_units(model: torch.nn.Module, head: torch.nn.Module) -> list[torch.nn.Module]:
+    """FSDP2 units strictly above ``head`` in ``model`` (the root first)."""
+    fsdp_module = _fsdp_module_class()
+    if fsdp_module is None:
+        return []
+    head_name = next((name for name, module in model.named_modules() if module is head), None)
+    if head_name is None:
+        return []
+    return [
+        module for name, module in model.named_modules()
+        if isinstance(module, fsdp_module) and module is not head
+        and (name == "" or head_name.startswith(name + "."))
+    ]
+
+
+def _is_sharded(unit: torch.nn.Module) -> bool:
+    """Whether the unit's own parameters (not those of FSDP units inside it) are DTensor shards now."""
+    from torch.distributed.tensor import DTensor
+
+    fsdp_module = _fsdp_module_class()
+    stack = [unit]
+    while stack:
+        module = stack.pop()
+        if any(isinstance(p, DTensor) for p in module.parameters(recurse=False)):
+            return True
+        stack.extend(child for child in module.children() if not isinstance(child, fsdp_module))
+    return False
+
+
+@contextmanager
+def whole_head(model: torch.nn.Module, head: torch.nn.Module, backward_follows: bool):
+    """Run the body with the FSDP2 units around ``head`` unsharded; without FSDP2, do nothing.
+
+    ``backward_follows``: a backward through the head will run (training); FSDP reshards the
+    units after it. Otherwise the units this call unsharded are resharded when the body ends.
+    """
+    units = _enclosing_units(model, head) if torch.distributed.is_available() else []
+    gathered = [unit for unit in units if _is_sharded(unit)]
+    for unit in gathered:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        if not backward_follows:
+            for unit in gathered:
+                unit.reshard()
+
+
+def _gathered_per_call(head: torch.nn.Module) -> bool:
+    """Whether calling ``head`` runs a collective: ZeRO-3 partitioned weights, or an FSDP2 unit in it."""
+    fsdp_module = _fsdp_module_class()
+    if any(hasattr(p, "ds_status") for p in head.parameters()):  # DeepSpeed ZeRO-3
+        return True
+    return fsdp_module is not None and any(isinstance(m, fsdp_module) for m in head.modules())
+
+
+def equal_chunk_count(head: torch.nn.Module, rows: int, chunk_size: int, device: torch.device) -> int | None:
+    """The most ``chunk_size`` chunks any rank needs, where each head call is a collective; else None.
+
+    One all-reduce of one number per forward; every rank then calls the head that many times,
+    its rows split into near-equal chunks (none larger than ``chunk_size``, some maybe empty).
+    """
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
+        return None
+    if not _gathered_per_call(head):
+        return None
+    count = torch.tensor([max(1, -(-rows // chunk_size))], device=device)
+    distributed.all_reduce(count, op=distributed.ReduceOp.MAX)
+    return int(count.item())
