@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -184,6 +185,8 @@ def main(argv=None) -> None:
     )
     options = parser.parse_args(argv)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:  # accelerate and DeepSpeed reuse this group; a hung collective fails in 2 minutes
+        torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=120))
     results = {}
     for run in options.runs:
         shard, case = run.split(":")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,16 +41,18 @@ def runs(tmp_path_factory):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO / "tests" / "sharded_run.py"), "--out", str(out), *RUNS]
     log = (directory / "torchrun.log").open("w+")
-    process = subprocess.Popen(command, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # its own process group, so a hung run's ranks are ended with the launcher
+    process = subprocess.Popen(command, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         reference = {}
         for case in ("full", "lora", "tied"):
             with tempfile.TemporaryDirectory() as output_dir:
                 reference[case] = sharded_run.train(case, "none", 1, output_dir)
-        returncode = process.wait(timeout=600)
+        returncode = process.wait(timeout=300)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     log.seek(0)
     assert returncode == 0, f"torchrun failed ({returncode}); its output ends with:\n{log.read()[-6000:]}"
     return json.loads(out.read_text()), reference
