@@ -154,7 +154,8 @@ def train(case: str, shard: str, processes: int, output_dir: str) -> dict:
         gradient_accumulation_steps=spec["accumulation"], per_device_eval_batch_size=2, max_steps=STEPS,
         learning_rate=1e-2 if spec["lora"] else 1e-3, logging_steps=1, report_to="none", save_strategy="no",
         seed=0, train_sampling_strategy="sequential", loss_chunk_size=CHUNK, max_length=64, max_prompt_length=32,
-        ddp_backend="gloo" if processes > 1 else None, **extra,
+        ddp_backend="gloo" if processes > 1 else None, bf16=False, **extra,  # float32 compares at 1e-5;
+        # gradient checkpointing stays at its default (on, as in TRL): under ZeRO-3 it must recompute reentrantly
     )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0) if spec["lora"] else None
     data = pairs(GLOBAL_BATCH * STEPS + 4)
