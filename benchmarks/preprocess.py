@@ -119,7 +119,7 @@ def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
     and cold with the plain tokenizer call instead of ``TextEncoder`` (same run, same machine load)."""
     import datasets
 
-    import merlina_orpo_plugin.data as data
+    import merlina_orpo_plugin.data.pipeline as data  # the module whose `TextEncoder` the pipeline calls
 
     source = datasets.Dataset.from_list(rows)
     cold, warm, plain = [], [], []

@@ -20,14 +20,13 @@ from data_helpers import (
 )
 
 from merlina_orpo_plugin.data.formats import (
-    Layout,
     clean_messages,
-    detect_layout,
     render_batch,
     render_conversation,
     split_message_prompt,
     split_text_prompt,
 )
+from merlina_orpo_plugin.data.layouts import Layout, detect_layout
 
 USER = {"role": "user", "content": "What color is the sky?"}
 BLUE = {"role": "assistant", "content": "It is blue."}
@@ -115,9 +114,16 @@ def test_split_text_prompt_matches_trl_on_a_clean_split_and_differs_inside_a_wor
     assert split_text_prompt(**inside)[0] == "The sky is"
 
 
-def test_split_text_prompt_identical_raises():
-    with pytest.raises(ValueError, match="identical"):
-        split_text_prompt("same", "same")
+def test_identical_pairs_split_before_their_last_word_or_message():
+    """Identical pairs are legal (counted by the statistics): each completion keeps its last word,
+    or its last message, as TRL's `extract_prompt` keeps its last character / message."""
+    from trl.data_utils import extract_prompt
+
+    assert split_text_prompt("The sky is blue.", "The sky is blue.") == ("The sky is", " blue.", " blue.")
+    assert split_text_prompt("same", "same") == ("", "same", "same")
+    assert split_message_prompt([USER, BLUE], [USER, BLUE]) == ([USER], [BLUE], [BLUE])
+    trl = extract_prompt({"chosen": [USER, BLUE], "rejected": [USER, BLUE]})
+    assert (trl["prompt"], trl["chosen"], trl["rejected"]) == ([USER], [BLUE], [BLUE])
 
 
 def test_split_message_prompt_matches_trl_on_h4_rows():

@@ -26,7 +26,8 @@ from data_helpers import (
 
 from merlina_orpo_plugin.data import OUTPUT_COLUMNS, bytelevel, prepare_preference_dataset
 from merlina_orpo_plugin.data.encoding import TextEncoder, _plan
-from merlina_orpo_plugin.data.formats import detect_layout, render_batch
+from merlina_orpo_plugin.data.formats import render_batch
+from merlina_orpo_plugin.data.layouts import detect_layout
 from merlina_orpo_plugin.data.tokenize import BlankTokens, add_bos, ensure_eos, truncate_pair
 
 TRUNCATION = {

@@ -167,7 +167,7 @@ def test_argilla_reads_renamed_fields_mapped_keys_and_role_aliases():
             "chosen",
             "must hold a user turn before its answer",
         ),
-        ({"chosen": [user("Q"), assistant("  ")]}, "chosen", r"message 1 \(the answer\) has empty content"),
+        ({"chosen": [user("Q"), {"role": "assistant", "content": 5}]}, "chosen", r"message 1 `content` must be a string"),
         ({"chosen": None}, "chosen", "is None"),
         ({"chosen": []}, "chosen", "is empty"),
         ({"chosen": [{"role": "user"}, assistant("A")]}, "chosen", "message 0 has no `content`"),
@@ -254,11 +254,6 @@ def test_chat_template_field_messages_is_axolotls_name_for_the_prompt_column():
             "chosen",
             "different prompts: they differ from message 1 on",
         ),
-        (
-            {"chosen": [user("Q"), assistant("x")], "rejected": [user("Q"), assistant("x")]},
-            "chosen",
-            "same conversation",
-        ),
         (  # explicit prompt, but chosen repeats the user turn: it would be rendered twice
             {"prompt": [user("Q")], "chosen": [user("Q"), assistant("x")], "rejected": [assistant("y")]},
             "chosen",
@@ -294,8 +289,10 @@ def test_intel_renamed_prompt_column_and_errors():
     assert strategy("chat_template.intel", field_prompt="input")(row)["prompt"] == [user("2+2?")]
     with pytest.raises(RowError, match=r"`question` is missing .* `field_prompt`"):
         strategy("chat_template.intel")(row)
-    with pytest.raises(RowError, match="`rejected` is empty"):
-        strategy("chat_template.intel")({**INTEL_ROWS[1], "rejected": " \n"})
+    with pytest.raises(RowError, match="`rejected` is None"):
+        strategy("chat_template.intel")({**INTEL_ROWS[1], "rejected": None})
+    with pytest.raises(RowError, match="`question` is empty"):  # a question is not optional
+        strategy("chat_template.intel")({**INTEL_ROWS[1], "question": " \n"})
 
 
 # --- sharegpt ------------------------------------------------------------------------------------
@@ -434,7 +431,6 @@ def test_hh_rlhf_transcripts_split_into_shared_prompt_and_final_answers():
         ("\n\nHuman: Hi there\n\nAssistant: Hello", "different conversations before their final Assistant turns"),
         ("Preface\n\nHuman: Hi\n\nAssistant: Hello", 'text before its first "Human:" turn'),
         ("Hi, Hello", 'has no "Human:" / "Assistant:" turns'),
-        ("\n\nHuman: Hi\n\nAssistant:", 'empty final "Assistant:" turn'),
         ("\n\nAssistant: Hello", 'no "Human:" turn before'),
     ],
 )
@@ -442,6 +438,38 @@ def test_hh_rlhf_unparseable_transcripts_raise(chosen, match):
     with pytest.raises(RowError, match=match) as caught:
         strategy("hh_rlhf")({"chosen": chosen, "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."})
     assert caught.value.field == "chosen"
+
+
+# --- empty answers and identical pairs: legal in every type --------------------------------------
+
+EMPTY_ANSWER_CASES = {
+    "chat_template.argilla": ({**ARGILLA_ROWS[0], "rejected": [user("Name a primary colour."), assistant("")]},
+                              [assistant("")]),
+    "chat_template": ({"chosen": [user("Hi"), assistant("Hello!")], "rejected": [user("Hi"), assistant("")]},
+                      [assistant("")]),
+    "chat_template.intel": ({**INTEL_ROWS[1], "rejected": ""}, [assistant("")]),
+    "sharegpt": ({"conversations": [{"from": "human", "value": "Q"}], "chosen": {"from": "gpt", "value": "A"},
+                  "rejected": {"from": "gpt", "value": ""}}, [assistant("")]),
+    # Anthropic HH-RLHF ends some transcripts with "\n\nAssistant:" and nothing after it.
+    "hh_rlhf": ({"chosen": HH_ROWS[0]["chosen"], "rejected": "\n\nHuman: What is a good way to keep cut flowers "
+                 "fresh?\n\nAssistant:"}, [assistant("")]),
+    "prompt_pairs": ({"prompt": "2+2=", "chosen": "4", "rejected": ""}, ""),
+}
+
+
+@pytest.mark.parametrize("type_name", sorted(EMPTY_ANSWER_CASES))
+def test_an_empty_answer_is_an_empty_completion_in_every_type(type_name):
+    row, empty = EMPTY_ANSWER_CASES[type_name]
+    pair = strategy(type_name)(row)
+    assert pair["rejected"] == empty and pair["chosen"] != empty and pair["prompt"]
+
+
+def test_identical_conversations_split_before_their_final_message():
+    row = {"chosen": [user("Q"), assistant("x")], "rejected": [user("Q"), assistant("x")]}
+    assert strategy("chat_template")(row) == {"prompt": [user("Q")], "chosen": [assistant("x")],
+                                              "rejected": [assistant("x")]}
+    hh = {"chosen": "\n\nHuman: Hi\n\nAssistant:", "rejected": "\n\nHuman: Hi\n\nAssistant: "}
+    assert strategy("hh_rlhf")(hh) == {"prompt": [user("Hi")], "chosen": [assistant("")], "rejected": [assistant("")]}
 
 
 # --- prompt_pairs --------------------------------------------------------------------------------

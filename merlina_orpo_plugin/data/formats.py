@@ -1,112 +1,18 @@
-"""Row layouts of preference data, and their rendering to prompt / full-sequence text.
+"""Rows of each layout -> text: the prompt text and the two FULL texts (prompt + chosen, prompt + rejected).
 
-The layouts follow TRL's dataset conventions, detected from the column names and the column types:
-
-- ``standard``: ``prompt``, ``chosen``, ``rejected`` strings, used as they are (no chat template).
-- ``conversational``: ``prompt``, ``chosen``, ``rejected`` lists of ``{"role", "content"}`` messages,
-  rendered with the tokenizer's chat template.
-- ``implicit``: only ``chosen`` / ``rejected`` (strings or whole conversations); the prompt is their
-  longest common prefix. A string ``prompt`` column beside message-list ``chosen`` / ``rejected``
-  (HuggingFaceH4/ultrafeedback_binarized) is ignored, as TRL's ``maybe_extract_prompt`` does.
-- ``tokenized``: ``prompt_input_ids``, ``chosen_input_ids``, ``rejected_input_ids`` lists of ints.
-
-Rendering produces, per row, the prompt text and the two FULL texts (prompt + chosen, prompt +
-rejected). The split into prompt and completion happens later, on token ids (see ``tokenize.py``).
+Standard rows are joined as they are; implicit rows are split at their shared prefix
+(``split_text_prompt`` / ``split_message_prompt``); conversations are rendered with the tokenizer's
+chat template, the prompt with its generation prompt. The split into prompt and completion happens
+later, on token ids (see ``tokenize.py``), so a template that re-renders the prompt still splits right.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from enum import Enum
 from typing import Any
 
-import datasets
-
-
-class Layout(str, Enum):
-    STANDARD = "standard"
-    CONVERSATIONAL = "conversational"
-    IMPLICIT_TEXT = "implicit prompt (strings)"
-    IMPLICIT_CONVERSATIONAL = "implicit prompt (conversations)"
-    TOKENIZED = "tokenized"
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        """The columns this layout reads, in the order validation reports them."""
-        if self is Layout.TOKENIZED:
-            return TOKEN_COLUMNS
-        if self in (Layout.STANDARD, Layout.CONVERSATIONAL):
-            return ("prompt", "chosen", "rejected")
-        return ("chosen", "rejected")
-
-    @property
-    def uses_messages(self) -> bool:
-        return self in (Layout.CONVERSATIONAL, Layout.IMPLICIT_CONVERSATIONAL)
-
-
-TOKEN_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
-
-# Shown whenever no layout matches, so the user sees every accepted shape at once.
-ACCEPTED_LAYOUTS = (
-    "standard: `prompt`, `chosen`, `rejected` strings; "
-    "conversational: `prompt`, `chosen`, `rejected` lists of {role, content} messages; "
-    "implicit prompt: `chosen`, `rejected` (strings or whole conversations); "
-    "tokenized: `prompt_input_ids`, `chosen_input_ids`, `rejected_input_ids` lists of ints"
-)
-_REQUIRED = {
-    "standard or conversational": {"prompt", "chosen", "rejected"},
-    "implicit prompt": {"chosen", "rejected"},
-    "tokenized": set(TOKEN_COLUMNS),
-}
-
-
-def _column_kind(feature: Any) -> str:
-    """'messages', 'text' or 'other', from a column's Arrow feature (one type for all rows)."""
-    if isinstance(feature, datasets.Value):
-        return "text" if feature.dtype in ("string", "large_string") else "other"
-    inner = getattr(feature, "feature", None)
-    if isinstance(feature, list) and len(feature) == 1:  # the legacy `[feature]` spelling
-        inner = feature[0]
-    if isinstance(feature, (datasets.List, datasets.LargeList, list)) and isinstance(inner, dict):
-        return "messages"
-    return "other"
-
-
-def detect_layout(dataset: datasets.Dataset) -> Layout:
-    """The layout of ``dataset``, from its column names and types; ValueError when none matches."""
-    columns = set(dataset.column_names)
-    if set(TOKEN_COLUMNS) <= columns:
-        return Layout.TOKENIZED
-    if not {"chosen", "rejected"} <= columns:
-        raise ValueError(_unknown_layout_message(dataset.column_names))
-    kinds = {name: _column_kind(dataset.features[name]) for name in ("prompt", "chosen", "rejected") if name in columns}
-    # A wrongly typed column (ints, all-None) gets the layout its partner suggests; validation then
-    # reports the first bad row with its type.
-    answer_kind = kinds["chosen"] if kinds["chosen"] != "other" else kinds["rejected"]
-    prompt_kind = kinds.get("prompt")
-    if answer_kind == "messages":
-        # A string prompt beside whole conversations is a copy of the first user turn (H4 datasets);
-        # any other prompt column (all None, ints) is a broken conversational one for validation to report.
-        return Layout.IMPLICIT_CONVERSATIONAL if prompt_kind in (None, "text") else Layout.CONVERSATIONAL
-    if prompt_kind == "messages":
-        raise ValueError(
-            "`prompt` is a list of messages but `chosen` / `rejected` are not: in the conversational layout "
-            f"all three are lists of {{role, content}} messages. Accepted layouts: {ACCEPTED_LAYOUTS}"
-        )
-    return Layout.STANDARD if prompt_kind is not None else Layout.IMPLICIT_TEXT
-
-
-def _unknown_layout_message(column_names: Sequence[str]) -> str:
-    columns = set(column_names)
-    found = ", ".join(f"`{c}`" for c in column_names) or "none"
-    # Name the missing columns of the layout the data is closest to: usually a typo or a rename.
-    near = [(len(req - columns), name, req - columns) for name, req in _REQUIRED.items() if req & columns]
-    hint = ""
-    if near:
-        _, name, missing = min(near)
-        hint = f" Closest layout: {name}, missing " + ", ".join(f"`{c}`" for c in sorted(missing)) + "."
-    return f"unrecognised preference data layout: columns found: {found}.{hint} Accepted layouts: {ACCEPTED_LAYOUTS}"
+from .layouts import Layout
 
 
 def common_prefix_length(*sequences: Sequence) -> int:
@@ -127,11 +33,10 @@ def split_text_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
 
     The prompt is the longest common prefix, backed off to the start of a word when the first
     difference falls inside one ("blue" vs "bright" must not leave "b" in the prompt), and when
-    one string is a prefix of the other (so neither completion is empty). As in TRL's
-    ``extract_prompt``, a single space before the split goes to the completions (" blue.").
+    one string is a prefix of the other or both are the same (so that each completion keeps at
+    least its last word). As in TRL's ``extract_prompt``, a single space before the split goes to
+    the completions (" blue.").
     """
-    if chosen == rejected:
-        raise ValueError("`chosen` and `rejected` are identical, so no completion is left after the shared prompt")
     n = common_prefix_length(chosen, rejected)
 
     def inside_word(i: int) -> bool:
@@ -157,11 +62,10 @@ def clean_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
 def split_message_prompt(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
     """Split two conversations into (shared leading messages, chosen rest, rejected rest).
 
-    When one conversation is a prefix of the other, the last shared message moves to the
-    completions so neither is empty (TRL's ``extract_prompt`` does the same through its loop end).
+    When one conversation is a prefix of the other, or both are the same, the last shared message
+    moves to the completions so neither is empty (TRL's ``extract_prompt`` does the same through its
+    loop end).
     """
-    if chosen == rejected:
-        raise ValueError("`chosen` and `rejected` are identical, so no completion is left after the shared prompt")
     n = common_prefix_length(chosen, rejected)
     n = min(n, len(chosen) - 1, len(rejected) - 1)
     return chosen[:n], chosen[n:], rejected[n:]

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .encoding import encode_texts
-from .formats import Layout, common_prefix_length, render_batch
+from .formats import common_prefix_length, render_batch
+from .layouts import TOKEN_COLUMNS, Layout
 from .validation import where
 
 
@@ -174,10 +175,11 @@ def tokenize_batch(
 
     ``encode`` turns texts into ids (a ``TextEncoder``, which encodes each distinct piece once);
     without it, one plain ``tokenizer`` call. A completion already ending in a special token gets no
-    EOS (``TurnEnds``).
+    EOS (``TurnEnds``). An empty completion becomes the end token alone: EOS in the standard layout
+    (what TRL's ``tokenize_row`` makes of it), the template's end of turn in a conversation.
     """
     if layout is Layout.TOKENIZED:
-        rows = zip(*(batch[c] for c in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")), strict=True)
+        rows = zip(*(batch[c] for c in TOKEN_COLUMNS), strict=True)
     else:
         prompts, fulls_chosen, fulls_rejected = render_batch(batch, layout, tokenizer)
         size = len(prompts)
@@ -186,12 +188,18 @@ def tokenize_batch(
         rows = (split_prompt_ids(ids[i], ids[size + i], ids[2 * size + i]) for i in range(size))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     ends_turn = TurnEnds(tokenizer)
-    out: dict[str, list[Any]] = {k: [] for k in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")}
+    out: dict[str, list[Any]] = {k: [] for k in TOKEN_COLUMNS}
     out.update(_prompt_cut=[], _completion_cut=[])
     for index, (prompt, chosen, rejected) in zip(indices, rows, strict=True):
         if layout is not Layout.TOKENIZED:  # token ids given by the user are theirs: no BOS/EOS edits
             prompt = add_bos(prompt, bos)
             chosen, rejected = (ensure_eos(ids, eos, is_blank, ends_turn) for ids in (chosen, rejected))
+            for name, completion in (("chosen", chosen), ("rejected", rejected)):
+                if not completion:  # only possible without an EOS: the loss would have no token to score
+                    raise ValueError(
+                        f"{where(index, source)}: `{name}` is empty and the tokenizer has no EOS token to end it; "
+                        "set the tokenizer's `eos_token`"
+                    )
         try:
             cut = truncate_pair(prompt, chosen, rejected, bos_token_id=bos, **limits)
         except ValueError as error:

@@ -1,19 +1,36 @@
-"""Row checks for preference data, run over the whole dataset before anything is tokenised.
+"""Row checks for preference data: each row checked once, before anything is tokenised.
 
-Every problem raises ``ValueError`` naming the row, the field and the source, so a bad row 10,000
-fails in seconds with a message that says what to fix, instead of as a shape error in training:
-"row 17 of data/pairs.jsonl: `rejected` is empty".
+Only a row whose STRUCTURE is broken is refused: a missing field (absent, None, an empty prompt or
+an empty list of messages or ids), a wrong type, a message without a role or content. An empty
+completion is legal (it trains the end token alone) and so are identical chosen and rejected; both
+are counted by ``stats.py``, not refused here. Every problem names the row, the field and the source,
+so a bad row 10,000 fails in seconds with a message that says what to fix, instead of as a shape
+error in training: "row 17 of data/pairs.jsonl: `rejected` is None".
+
+A dataset that passed is a ``CheckedPairs``: the pipeline tokenises it without checking again. The
+Axolotl path checks each pair as its strategy makes it (``integration/mapping.py``) and builds the
+``CheckedPairs`` itself; the Python API checks the whole dataset with ``validate_preference_dataset``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
 
 import datasets
 
-from .formats import Layout, clean_messages
+from .layouts import Layout
+
+
+@dataclass(frozen=True)
+class CheckedPairs:
+    """Rows that passed ``check_row`` for ``layout``, and where they came from (for error messages)."""
+
+    dataset: datasets.Dataset
+    layout: Layout
+    source: str | None = None
 
 
 def where(index: int, source: str | None) -> str:
@@ -30,9 +47,13 @@ def check_text(value: Any, field: str, layout: Layout) -> str | None:
     if value is None:
         return f"`{field}` is None"
     if isinstance(value, str):
-        # An answer of only whitespace trains nothing but the end token; an empty prompt is a
-        # missing field more often than an intended unconditional pair.
-        blank = not value.strip() if field != "prompt" else value == ""
+        # An empty answer is legal (HH-RLHF has them): it becomes the end token alone. An empty
+        # prompt is a missing field more often than an intended unconditional pair, and an implicit
+        # row's `chosen` / `rejected` is the whole conversation, prompt included.
+        if field == "prompt":
+            blank = value == ""
+        else:
+            blank = layout is Layout.IMPLICIT_TEXT and not value.strip()
         return f"`{field}` is empty" if blank else None
     if isinstance(value, list):
         return f"`{field}` must be a string in the {layout.value} layout like the other columns, got list"
@@ -53,9 +74,7 @@ def check_messages(value: Any, field: str, layout: Layout) -> str | None:
         problem = _check_message(message, f"`{field}` message {i}")
         if problem:
             return problem
-    if field != "prompt" and not value[-1]["content"].strip():
-        return f"`{field}` message {len(value) - 1} (the answer) has empty `content`"
-    return None
+    return None  # an answer message with empty content is an empty completion: legal, counted
 
 
 def _check_message(message: Any, name: str) -> str | None:
@@ -100,18 +119,12 @@ def check_row(row: Mapping[str, Any], layout: Layout) -> str | None:
             problem = check_text(value, field, layout)
         if problem:
             return problem
-    if layout in (Layout.IMPLICIT_TEXT, Layout.IMPLICIT_CONVERSATIONAL):
-        chosen, rejected = row["chosen"], row["rejected"]
-        if layout.uses_messages:
-            chosen, rejected = clean_messages(chosen), clean_messages(rejected)
-        if chosen == rejected:
-            return "`chosen` and `rejected` are identical, so no completion is left after the shared prompt"
     return None
 
 
 def validate_preference_dataset(
     dataset: datasets.Dataset, layout: Layout, *, source: str | None = None, batch_size: int = 1000
-) -> None:
+) -> CheckedPairs:
     """Check every row of ``dataset`` for ``layout``; raise ValueError at the first bad one."""
     missing = [f for f in layout.fields if f not in dataset.column_names]
     if missing:
@@ -126,3 +139,4 @@ def validate_preference_dataset(
             if problem:
                 raise ValueError(f"{where(start + offset, source)}: {problem}")
         start += size
+    return CheckedPairs(dataset, layout, source)

@@ -157,9 +157,12 @@ def split_shared_prompt(
     chosen: list[dict], rejected: list[dict], chosen_col: str, rejected_col: str
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """(prompt, chosen answer, rejected answer) of two whole conversations: the prompt is their
-    longest common prefix, and everything after it must be model turns (assistant or tool)."""
+    longest common prefix, and everything after it must be model turns (assistant or tool).
+
+    The same conversation twice splits before its final message (TRL's ``extract_prompt`` does the
+    same): a legal pair with identical answers, which the statistics count and warn about."""
     if chosen == rejected:
-        raise RowError(chosen_col, f"and `{rejected_col}` are the same conversation, so no answer differs")
+        return chosen[:-1], chosen[-1:], rejected[-1:]
     n = 0
     for a, b in zip(chosen, rejected):  # noqa: B905 - stops at the shorter on purpose
         if a != b:

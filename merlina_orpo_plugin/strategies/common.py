@@ -1,7 +1,7 @@
 """Building blocks of the built-in dataset types, also usable by plugin authors.
 
 - ``read_fields``: a type's ``field_*`` options with its defaults, unknown options refused at build time.
-- ``get_value`` / ``require_text`` / ``optional_text``: one column of a row, or ``RowError``.
+- ``get_value`` / ``require_text`` / ``answer_text`` / ``optional_text``: one column of a row, or ``RowError``.
 - ``MessageFormat``: a dataset's message spelling (``message_property_mappings``, ``roles``) to
   ``{"role", "content"}`` messages with canonical roles (``DEFAULT_ROLE_ALIASES``); merged over the
   type's defaults, as Axolotl's ``chat_template`` types read the same keys.
@@ -77,11 +77,18 @@ def get_value(row: Mapping[str, Any], column: str, option: str) -> Any:
     return row[column]
 
 
-def require_text(row: Mapping[str, Any], column: str, option: str) -> str:
+def answer_text(row: Mapping[str, Any], column: str, option: str) -> str:
+    """A string column that may be empty: an answer ("" is an empty completion, trained as the end token)."""
     value = get_value(row, column, option)
     if not isinstance(value, str):
         raise RowError(column, f"must be a string, got {type(value).__name__}")
-    if not value.strip():  # whitespace alone trains nothing but the end token
+    return value
+
+
+def require_text(row: Mapping[str, Any], column: str, option: str) -> str:
+    """A string column that must hold text: a question or a transcript (blank means the field is missing)."""
+    value = answer_text(row, column, option)
+    if not value.strip():
         raise RowError(column, "is empty")
     return value
 
@@ -189,20 +196,18 @@ class MessageFormat:
 
 
 def answer_messages(fmt: MessageFormat, row: Mapping[str, Any], column: str, option: str) -> list[dict]:
-    """``chosen`` / ``rejected`` as messages ending in a non-empty assistant answer.
+    """``chosen`` / ``rejected`` as messages ending in an assistant answer (whose content may be empty).
 
     A string is one assistant answer and a dict one message (LLaMA-Factory stores answers so).
     """
     value = get_value(row, column, option)
     if isinstance(value, str):
-        return [{"role": "assistant", "content": require_text(row, column, option)}]
+        return [{"role": "assistant", "content": value}]
     messages = fmt.convert(value, column)
     if not messages:
         raise RowError(column, "is empty")
     if messages[-1]["role"] != "assistant":
         raise RowError(column, f"must end with an assistant message, ends with {a_turn(messages[-1]['role'])}")
-    if not messages[-1]["content"].strip():
-        raise RowError(column, f"message {len(messages) - 1} (the answer) has empty content")
     return messages
 
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .common import optional_text, read_fields, require_text, with_system
+from .common import answer_text, optional_text, read_fields, require_text, with_system
 from .hookspecs import CONVERSATIONAL, TEXT, RowError, hookimpl
 
 
@@ -29,6 +29,9 @@ class _StringType:
 
     def _text(self, row: Mapping[str, Any], option: str) -> str:
         return require_text(row, self.fields[option], option)
+
+    def _answer(self, row: Mapping[str, Any], option: str) -> str:
+        return answer_text(row, self.fields[option], option)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.fields})"
@@ -52,8 +55,8 @@ class IntelStrategy(_StringType):
         prompt = [{"role": "user", "content": self._text(row, "field_prompt")}]
         return {
             "prompt": with_system(optional_text(row, system_col), prompt, system_col),
-            "chosen": [{"role": "assistant", "content": self._text(row, "field_chosen")}],
-            "rejected": [{"role": "assistant", "content": self._text(row, "field_rejected")}],
+            "chosen": [{"role": "assistant", "content": self._answer(row, "field_chosen")}],
+            "rejected": [{"role": "assistant", "content": self._answer(row, "field_rejected")}],
         }
 
 
@@ -81,7 +84,8 @@ class HHRLHFStrategy(_StringType):
     ("\\n\\nHuman: ...\\n\\nAssistant: ...") that differ only in the final Assistant turn.
 
     Both parse into user/assistant messages; the turns before the final Assistant turn are the
-    prompt and must be the same in both, the final Assistant turn of each is its answer.
+    prompt and must be the same in both, the final Assistant turn of each is its answer. An empty
+    final turn ("...\\n\\nAssistant:" with nothing after, as some HH rows end) is an empty answer.
     """
 
     name = "hh_rlhf"
@@ -103,8 +107,6 @@ class HHRLHFStrategy(_StringType):
         messages = parse_hh_transcript(self._text(row, option), column)
         if messages[-1]["role"] != "assistant":
             raise RowError(column, 'does not end with an "Assistant:" turn')
-        if not messages[-1]["content"]:
-            raise RowError(column, 'has an empty final "Assistant:" turn')
         if not any(m["role"] == "user" for m in messages[:-1]):
             raise RowError(column, 'has no "Human:" turn before its final "Assistant:" turn')
         return messages
@@ -120,7 +122,11 @@ class PromptPairsStrategy(_StringType):
     layout = TEXT
 
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        return {key: self._text(row, f"field_{key}") for key in ("prompt", "chosen", "rejected")}
+        return {
+            "prompt": self._text(row, "field_prompt"),
+            "chosen": self._answer(row, "field_chosen"),
+            "rejected": self._answer(row, "field_rejected"),
+        }
 
 
 @hookimpl
