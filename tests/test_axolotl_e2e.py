@@ -16,6 +16,7 @@ pytest.importorskip("axolotl", reason="end-to-end tests drive the axolotl CLI (i
 
 from e2e_helpers import llamafactory_file, run_cli, tiny_model_dir, write_config  # noqa: E402
 from conftest import shared_path  # noqa: E402
+from public_layouts import HH_RLHF  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +33,8 @@ HH_RLHF_ROWS = [
         "rejected": "\n\nHuman: Can you help me write a haiku about rain?\n\nAssistant: Sure. Do you want it calm or "
         "stormy?\n\nHuman: Calm, please.\n\nAssistant: Rain rain rain rain rain.",
     },
+    # As in HH-RLHF: final Assistant turns with nothing after them. 3 empty completions, 1 identical pair.
+    *HH_RLHF["harmless-base"],
 ]
 
 
@@ -75,8 +78,9 @@ def _summary(prepared_dir) -> dict:
 
 
 def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_then_merge(tmp_path, model_dir):
-    """preprocess tokenises all six types once; train reuses that cache, logs ORPO metrics to W&B
-    (offline) and TensorBoard, evaluates on val_set_size; merge-lora gives a loadable model."""
+    """preprocess tokenises all six types once (HH-RLHF rows with empty final turns included, counted);
+    train reuses that cache, logs ORPO metrics to W&B (offline) and TensorBoard, evaluates on
+    val_set_size; merge-lora gives a loadable model."""
     entries = _every_type(tmp_path)
     config = write_config(
         tmp_path, model_dir, entries, val_set_size=0.05, max_steps=2, eval_strategy="steps", eval_steps=2,
@@ -85,14 +89,18 @@ def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_then_merg
     preprocess = run_cli(["axolotl", "preprocess", str(config)], cwd=tmp_path)
     summary = _summary(tmp_path / "prepared")
     assert [d["type"] for d in summary["datasets"]] == [e["type"] for e in entries]
-    assert [d["pairs"] for d in summary["datasets"]] == [16, 16, 300, 6, 2, 25]
+    assert [d["pairs"] for d in summary["datasets"]] == [16, 16, 300, 6, 4, 25]
     assert all(d["skipped"] == 0 for d in summary["datasets"])
-    assert summary["train_pairs"] + summary["eval_pairs"] == 365 and summary["eval_pairs"] > 0
+    assert [(d["empty_completions"], d["identical_pairs"]) for d in summary["datasets"]][4] == (3, 1)
+    assert summary["train_pairs"] + summary["eval_pairs"] == 367 and summary["eval_pairs"] > 0
     assert "prepared and saved" in preprocess.stdout + preprocess.stderr
+    counts = r"0 skipped, 3 empty completions \(trained as the end token alone\), 1 pairs with identical chosen"
+    assert re.search(counts, preprocess.stdout + preprocess.stderr), (preprocess.stdout + preprocess.stderr)[-3000:]
 
     train = run_cli(["axolotl", "train", str(config)], cwd=tmp_path, WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
     output = train.stdout + train.stderr
     assert "loading the prepared copy" in output and "prepared and saved" not in output
+    assert re.search(counts, output)  # trained by default on the empty completions, and said so
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert re.search(r"'eval_rewards/accuracies': '[0-9.]+'", output)
     # Shared prompt + packing are on by default: each distinct token is computed about once.
@@ -139,7 +147,8 @@ def _assert_merged_model_loads(merged_dir, base_dir):
 
 def test_bad_rows_are_refused_with_the_row_then_skipped_on_request(tmp_path, model_dir):
     rows = json.loads(llamafactory_file().read_text())[:12]
-    rows[4] = {**rows[4], "rejected": {"from": "gpt", "value": ""}}
+    rows[2] = {**rows[2], "rejected": {"from": "gpt", "value": ""}}  # an empty answer: legal, counted
+    rows[4] = {**rows[4], "rejected": {"from": "gpt"}}  # no `value`: structurally broken
     rows[9] = {**rows[9], "chosen": None}
     bad = tmp_path / "pairs.json"
     bad.write_text(json.dumps(rows))
@@ -149,13 +158,14 @@ def test_bad_rows_are_refused_with_the_row_then_skipped_on_request(tmp_path, mod
                       check=False)
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0
-    assert re.search(rf"row 4 of {re.escape(str(bad))}: `rejected`.*empty", output), output[-3000:]
+    assert re.search(rf"row 4 of {re.escape(str(bad))}: `rejected` message 0 has no `value`", output), output[-3000:]
     assert "1 more bad rows" in output
 
     config = write_config(tmp_path, model_dir, entry, merlina_skip_bad_rows=True)
     skipped = run_cli(["axolotl", "preprocess", str(config)], cwd=tmp_path)
     assert re.search(r"skipped 2 of 12 rows", skipped.stdout + skipped.stderr)
-    assert _summary(tmp_path / "prepared")["datasets"][0]["pairs"] == 10
+    (entry_summary,) = _summary(tmp_path / "prepared")["datasets"]
+    assert (entry_summary["pairs"], entry_summary["empty_completions"]) == (10, 1)
 
 
 def test_qlora_with_python_launcher_then_resume(tmp_path, model_dir):

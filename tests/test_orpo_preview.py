@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -95,8 +96,8 @@ def test_length_table_has_a_row_per_column_and_sequence_is_prompt_plus_longer_an
 
 def test_counts_name_the_refused_rows_and_what_training_would_do():
     stats = PreferenceDataStats("conversational", pairs=8, truncated_pairs=3, prompt_truncated=1,
-                                completion_truncated=2, max_prompt_tokens=9, max_completion_tokens=9,
-                                max_sequence_tokens=18)
+                                completion_truncated=2, empty_completions=2, identical_pairs=1, max_prompt_tokens=9,
+                                max_completion_tokens=9, max_sequence_tokens=18)
     bad = [(2, "`rejected` is empty"), (5, "`chosen` is None")]
     stops = format_counts(stats, refused=4, skip_bad_rows=False, bad_rows=bad)
     assert stops.splitlines() == [
@@ -106,9 +107,14 @@ def test_counts_name_the_refused_rows_and_what_training_would_do():
         "    row 5: `chosen` is None",
         "    … and 2 more",
         "  truncated: 3 (prompt cut: 1, completion cut: 2)",
+        "  empty completions: 2 (each trains its end token alone)",
+        "  identical chosen and rejected: 1 (they teach no preference)",
     ]
     assert "refused: 4 (skipped: `merlina_skip_bad_rows: true`)" in format_counts(stats, refused=4, skip_bad_rows=True)
     assert "refused: 0\n" in format_counts(stats, refused=0, skip_bad_rows=False)
+    none = replace(stats, empty_completions=0, identical_pairs=0)
+    assert format_counts(none, refused=0, skip_bad_rows=False).splitlines()[-2:] == [
+        "  empty completions: 0", "  identical chosen and rejected: 0"]
 
 
 @pytest.mark.parametrize(
@@ -150,8 +156,9 @@ def test_real_cli_lists_the_command_and_previews_pairs_with_a_bad_row(tmp_path):
 
     model = tmp_path / "model"  # built below, once the two runs that never read it have started
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"prompt": "2+2=", "chosen": "4", "rejected": ""}) + "\n"
-                   + json.dumps({"prompt": "3+3=", "chosen": "6", "rejected": "7"}) + "\n")
+    bad.write_text(json.dumps({"prompt": "2+2=", "chosen": "4"}) + "\n"  # no `rejected`: refused
+                   + json.dumps({"prompt": "3+3=", "chosen": "6", "rejected": ""}) + "\n"  # empty: legal, counted
+                   + json.dumps({"prompt": "4+4=", "chosen": "8", "rejected": "9"}) + "\n")
     entries = [{"path": str(llamafactory_file()), "ds_type": "json", "type": "sharegpt"},
                {"path": str(bad), "ds_type": "json", "type": "prompt_pairs"}]
     orpo = write_config(tmp_path, model, entries, sequence_len=1024)
@@ -181,9 +188,10 @@ def test_real_cli_lists_the_command_and_previews_pairs_with_a_bad_row(tmp_path):
     assert re.search(r"<\|im_end\|>\n  first 4 ids: .*\n  last 4 ids:  .*, 2 '<\|im_end\|>', 198 '\\n'\n"
                      r"──── rejected", sharegpt), sharegpt[:3000]
     assert "refused: 0" in sharegpt and "pairs: 300" in sharegpt
-    assert re.search(r"^  refused: 1 \(training stops at the first.*\n    row 0: `rejected` is empty$",
+    assert re.search(r"^  refused: 1 \(training stops at the first.*\n    row 0: `rejected` is None$",
                      bad_file, re.M), bad_file
-    assert "pairs: 1" in bad_file
+    assert "pairs: 2" in bad_file and "empty completions: 1 (each trains its end token alone)" in bad_file
+    assert "empty completions: 0" in sharegpt
     for section in (sharegpt, bad_file):
         assert re.search(r"^  tokens\s+p50\s+p90\s+p99\s+max\n  prompt(\s+\d+){4}\n", section, re.M), section[-1500:]
         assert re.search(r"^  sequence(\s+\d+){4}$", section, re.M)

@@ -127,3 +127,13 @@ def test_prepared_data_cache_key_covers_what_changes_the_tokens(tmp_path, tokeni
     data.write_text('{"prompt": "a", "chosen": "b", "rejected": "d"}\n')
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert dataset_hash(cfg, tokenizer) != key
+
+
+def test_total_steps_count_zero_values_as_given():
+    """`max_steps` wins when > 0 (the Trainer ignores 0); `num_epochs` counts as written, 0 included."""
+    from merlina_orpo_plugin.integration.plugin import total_num_steps
+
+    assert total_num_steps({"max_steps": 5, "num_epochs": 3, "batch_size": 4}, 100) == 5
+    assert total_num_steps({"max_steps": 0, "num_epochs": 2, "batch_size": 4}, 10) == 5  # ceil(10 * 2 / 4)
+    assert total_num_steps({"num_epochs": None, "batch_size": 4}, 10) == 3  # unset: one epoch
+    assert total_num_steps({"num_epochs": 0, "batch_size": 4}, 10) == 0

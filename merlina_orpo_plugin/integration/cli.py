@@ -1,9 +1,10 @@
 """`axolotl orpo-preview CONFIG.yml`: the pairs `rl: orpo_standalone` would train on, as tokens.
 
 Where chat templates are debugged: each `datasets:` entry goes through the plugin's own pipeline
-(`datasets.py`: load, strategy, row checks; `data.prepare_preference_dataset`: render, tokenise,
-truncate) and the first pairs are printed with the prompt / completion boundary marked and the
-token ids on both sides of it, then counts of refused and truncated rows and length percentiles.
+(`datasets.prepare_entry`: load; `mapping.py`: strategy and row check, then the data pipeline:
+render, tokenise, truncate) and the first pairs are printed with the prompt / completion boundary
+marked and the token ids on both sides of it, then counts (refused and truncated rows, empty
+completions, identical pairs) and length percentiles.
 
 Registered in `pyproject.toml` under Axolotl's `axolotl.cli_commands` entry-point group. Axolotl
 imports this module to render `axolotl --help`, so Axolotl, datasets and transformers are
@@ -41,7 +42,8 @@ def orpo_preview(config: str, rows: int, dataset_index: int | None, max_chars: i
 
     For each dataset: the first pairs decoded with special tokens, marked where the prompt ends and
     each completion starts, with the token ids at that boundary; then the pairs, the rows that would
-    be refused, the truncated pairs and the token-length percentiles. Nothing is trained and
+    be refused, the truncated pairs, the empty completions, the pairs whose chosen and rejected are the
+    same, and the token-length percentiles. Nothing is trained and
     `dataset_prepared_path` is not written.
     """
     _check_config_file(config)
@@ -138,15 +140,13 @@ def _preview_entry(entry: dict, cfg, tokenizer, *, rows: int, max_chars: int) ->
     import datasets
 
     from ..data import OUTPUT_COLUMNS
-    from .datasets import apply_strategy, describe_source, load_raw_dataset, tokenise_pairs
+    from .datasets import prepare_entry
 
     datasets.disable_progress_bars()
-    source = describe_source(entry)
-    raw = load_raw_dataset(entry, cfg)
     # Always skip here, so that every bad row is counted instead of stopping at the first.
-    pairs, refused = apply_strategy(raw, entry, source=source, skip_bad_rows=True)
-    tokenised, stats = tokenise_pairs(pairs, cfg, tokenizer, source=source)
-    out = [f"{len(raw)} rows, {stats.layout} layout"]
+    prepared = prepare_entry(entry, cfg, tokenizer, skip_bad_rows=True)
+    tokenised, stats, refused = prepared.tokenised, prepared.stats, prepared.skipped
+    out = [f"{prepared.rows} rows, {stats.layout} layout"]
     for index, row in enumerate(tokenised.select(range(min(rows, len(tokenised))))):
         out.append(f"\n── pair {index} ──")
         out.append(format_pair(*(row[name] for name in OUTPUT_COLUMNS), tokenizer, max_chars=max_chars))

@@ -1,17 +1,20 @@
-"""Preference datasets for `rl: orpo_standalone`: load, map by strategy, check, tokenise, split, cache.
+"""Preference datasets for `rl: orpo_standalone`: loaded, joined and split once, cached under a file lock.
 
-Axolotl's loaders only know SFT and TRL's preference layouts, so the plugin owns the whole path:
-each `datasets:` entry is loaded with Axolotl's own file/hub loader, mapped row by row by its
-strategy (`type:`), checked, and tokenised by `merlina_orpo_plugin.data`. The result is cached
-under `dataset_prepared_path` by a hash of everything that changes the tokens; the first process
-builds it under a file lock and the others (ranks, later `train` runs) load it.
+Axolotl's loaders only know SFT and TRL's preference layouts, so the plugin owns the path: each
+`datasets:` entry is read with Axolotl's own file/hub loader and turned into token ids by
+`mapping.py` (strategy, one check per row, tokeniser); the entries are joined, split off for
+`val_set_size` and shuffled by `seed`. The result is cached under `dataset_prepared_path` by a hash
+of everything that changes the tokens; the first process builds it under a file lock and the others
+(ranks, later `train` runs) load it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+import logging
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +22,27 @@ import datasets
 from filelock import FileLock
 
 from .. import __version__
-from ..data import prepare_preference_dataset
-from ..data.formats import Layout
-from ..data.validation import check_row
-from ..strategies import RowError, get_strategy
-from . import LOG
+from ..data import PreferenceDataStats
+from ..data.fingerprint import code_sources, source_text
+from ..data.stats import IDENTICAL_NOTE
+from ..strategies import chat, common, text
+from . import LOG, mapping
 from .args import max_prompt_length
 
 DEFAULT_PREPARED_PATH = "last_run_prepared"
+DEFAULT_SEED = 42  # the split and shuffle seed when the config sets none (`seed: 0` is a seed)
 _COMPLETE = "merlina_orpo_complete.json"
-_LAYOUTS = {"conversational": Layout.CONVERSATIONAL, "text": Layout.STANDARD}
+
+
+@dataclass(frozen=True)
+class PreparedEntry:
+    """One `datasets:` entry, tokenised: what was read, what came out, what was skipped and why."""
+
+    source: str
+    rows: int
+    tokenised: datasets.Dataset
+    stats: PreferenceDataStats
+    skipped: list[tuple[int, str]]
 
 
 def load_orpo_datasets(cfg, tokenizer) -> tuple[datasets.Dataset, datasets.Dataset | None, dict]:
@@ -46,14 +60,27 @@ def load_orpo_datasets(cfg, tokenizer) -> tuple[datasets.Dataset, datasets.Datas
             LOG.info("ORPO datasets: prepared and saved to %s", target)
     loaded = datasets.load_from_disk(str(target))
     summary = json.loads((target / _COMPLETE).read_text())
+    _log_summary(summary)
     return loaded["train"], loaded["eval"] if "eval" in loaded else None, summary
 
 
-def total_num_steps(cfg, train_size: int) -> int:
-    """Optimizer steps of the run: `max_steps`, else epochs over the global batch (Axolotl's rule)."""
-    if cfg.get("max_steps"):
-        return int(cfg["max_steps"])
-    return math.ceil(train_size * float(cfg.get("num_epochs") or 1) / int(cfg["batch_size"]))
+def _log_summary(summary: dict) -> None:
+    totals = {key: sum(d[key] for d in summary["datasets"])
+              for key in ("truncated_pairs", "skipped", "empty_completions", "identical_pairs")}
+    identical = totals["identical_pairs"]
+    LOG.log(
+        logging.WARNING if identical else logging.INFO,
+        "ORPO datasets: %d train pairs, %d eval pairs, %d truncated, %d skipped, %d empty completions "
+        "(trained as the end token alone), %d pairs with identical chosen and rejected%s",
+        summary["train_pairs"], summary["eval_pairs"], totals["truncated_pairs"], totals["skipped"],
+        totals["empty_completions"], identical, f" ({IDENTICAL_NOTE})" if identical else "",
+    )
+
+
+def seed(cfg) -> int:
+    """The config's `seed`, 0 included; `DEFAULT_SEED` only when it is not set."""
+    value = cfg.get("seed")
+    return DEFAULT_SEED if value is None else int(value)
 
 
 def _build(cfg, tokenizer) -> tuple[dict[str, datasets.Dataset], dict]:
@@ -63,10 +90,10 @@ def _build(cfg, tokenizer) -> tuple[dict[str, datasets.Dataset], dict]:
     if cfg.get("merlina_test_datasets"):
         eval_dataset = _prepare_entries(cfg["merlina_test_datasets"], cfg, tokenizer, summary)
     elif cfg.get("val_set_size"):
-        parts = train.train_test_split(test_size=cfg["val_set_size"], shuffle=True, seed=cfg.get("seed") or 42)
+        parts = train.train_test_split(test_size=cfg["val_set_size"], shuffle=True, seed=seed(cfg))
         train, eval_dataset = parts["train"], parts["test"]
     if cfg.get("shuffle_merged_datasets", True) is not False:
-        train = train.shuffle(seed=cfg.get("seed") or 42)
+        train = train.shuffle(seed=seed(cfg))
     splits = {"train": train}
     if eval_dataset is not None:
         splits["eval"] = eval_dataset
@@ -77,27 +104,20 @@ def _build(cfg, tokenizer) -> tuple[dict[str, datasets.Dataset], dict]:
 def _prepare_entries(entries: list[dict], cfg, tokenizer, summary: dict) -> datasets.Dataset:
     parts = []
     for entry in entries:
-        source = describe_source(entry)
-        raw = load_raw_dataset(entry, cfg)
-        pairs, errors = apply_strategy(raw, entry, source=source, skip_bad_rows=bool(cfg.get("merlina_skip_bad_rows")))
-        tokenised, stats = tokenise_pairs(pairs, cfg, tokenizer, source=source)
-        summary["datasets"].append({"source": source, "type": entry.get("type"), "rows": len(raw),
-                                    "skipped": len(errors), **vars(stats)})
-        parts.append(tokenised)
+        prepared = prepare_entry(entry, cfg, tokenizer, skip_bad_rows=bool(cfg.get("merlina_skip_bad_rows")))
+        summary["datasets"].append({"source": prepared.source, "type": entry.get("type"), "rows": prepared.rows,
+                                    "skipped": len(prepared.skipped), **vars(prepared.stats)})
+        parts.append(prepared.tokenised)
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def tokenise_pairs(pairs: datasets.Dataset, cfg, tokenizer, *, source: str):
-    """`prepare_preference_dataset` with the limits the config sets: (token ids, stats)."""
-    return prepare_preference_dataset(
-        pairs,
-        tokenizer,
-        max_length=cfg.get("sequence_len"),
-        max_prompt_length=max_prompt_length(cfg),
-        max_completion_length=cfg.get("merlina_max_completion_length"),
-        num_proc=cfg.get("dataset_processes") if len(pairs) > 10_000 else None,
-        source=source,
-    )
+def prepare_entry(entry: dict, cfg, tokenizer, *, skip_bad_rows: bool) -> PreparedEntry:
+    """One `datasets:` entry read, mapped through its strategy, checked and tokenised."""
+    source = describe_source(entry)
+    raw = load_raw_dataset(entry, cfg)
+    checked, skipped = mapping.apply_strategy(raw, entry, source=source, skip_bad_rows=skip_bad_rows)
+    tokenised, stats = mapping.tokenise_pairs(checked, cfg, tokenizer)
+    return PreparedEntry(source, len(raw), tokenised, stats, skipped)
 
 
 def describe_source(entry: dict) -> str:
@@ -126,68 +146,14 @@ def load_raw_dataset(entry: dict, cfg) -> datasets.Dataset:
     return loaded
 
 
-def apply_strategy(
-    raw: datasets.Dataset, entry: dict, *, source: str, skip_bad_rows: bool
-) -> tuple[datasets.Dataset, list[tuple[int, str]]]:
-    """Map every row through the entry's strategy and check the result; bad rows stop or are skipped.
-
-    Returns (pairs, skipped rows as (index, reason)). Without ``skip_bad_rows`` the first bad row raises a
-    ValueError naming the source, the row and the field; with it, the count and the first
-    examples are logged.
-    """
-    strategy = get_strategy(entry)
-    layout = _LAYOUTS[strategy.layout]
-    mapped = raw.map(
-        _map_rows,
-        with_indices=True,
-        batched=True,
-        remove_columns=raw.column_names,
-        fn_kwargs={"strategy": strategy, "layout": layout},
-        desc=f"Mapping {entry.get('type')} rows",
-    )
-    errors = [(i, e) for i, e in enumerate(mapped["_error"]) if e]
-    if errors and not skip_bad_rows:
-        index, error = errors[0]
-        more = f" ({len(errors) - 1} more bad rows; `merlina_skip_bad_rows: true` skips them)" if len(errors) > 1 else ""
-        raise ValueError(f"row {index} of {source}: {error}{more}")
-    if errors:
-        examples = "; ".join(f"row {i}: {e}" for i, e in errors[:3])
-        LOG.warning("%s: skipped %d of %d rows (merlina_skip_bad_rows): %s", source, len(errors), len(raw), examples)
-        mapped = mapped.filter(lambda error: not error, input_columns="_error")
-    return mapped.remove_columns("_error"), errors
-
-
-def _map_rows(batch: dict[str, list], indices: list[int], *, strategy, layout: Layout) -> dict[str, list]:
-    out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "_error": []}
-    names = list(batch)
-    for position in range(len(indices)):
-        row = {name: batch[name][position] for name in names}
-        try:
-            pair = strategy(row)
-            error = check_row(pair, layout)
-        except RowError as row_error:
-            pair, error = None, str(row_error)
-        if error:
-            pair = _placeholder(layout)
-        for key in ("prompt", "chosen", "rejected"):
-            out[key].append(pair[key])
-        out["_error"].append(error or "")
-    return out
-
-
-def _placeholder(layout: Layout) -> dict[str, Any]:
-    """A well-typed stand-in for a bad row (filtered out or reported before tokenisation)."""
-    if layout is Layout.STANDARD:
-        return {"prompt": "", "chosen": "", "rejected": ""}
-    empty = [{"role": "user", "content": ""}]
-    return {"prompt": empty, "chosen": empty, "rejected": empty}
-
-
 def dataset_hash(cfg, tokenizer) -> str:
-    """Everything the prepared tokens depend on, hashed: data entries, files, limits, tokenizer, plugin."""
+    """Everything the prepared tokens depend on, hashed: data entries, files, limits, tokenizer, code."""
     entries = [*(cfg.get("merlina_datasets") or []), *(cfg.get("merlina_test_datasets") or [])]
     material = {
         "plugin": ["merlina_orpo_plugin", __version__],
+        # The code that reads, checks and tokenises rows: an edit (a row newly accepted, a new count
+        # in the summary) never reuses a copy prepared before it, whatever the version says.
+        "code": [*code_sources(), *(source_text(m) for m in (chat, common, text, mapping, sys.modules[__name__]))],
         "datasets": cfg.get("merlina_datasets"),
         "test_datasets": cfg.get("merlina_test_datasets"),
         "files": [_file_signature(entry.get("path")) for entry in entries],

@@ -10,11 +10,11 @@ and training arguments. See `../shared/notes/axolotl-integration.md` for why thi
 from __future__ import annotations
 
 import copy
+import math
 import os
 
 from axolotl.integrations.base import BasePlugin
 
-from . import LOG
 from .args import training_args
 
 RL_NAME = "orpo_standalone"
@@ -69,17 +69,12 @@ class MerlinaORPOPlugin(BasePlugin):
         from axolotl.common.datasets import TrainDatasetMeta
         from axolotl.loaders import load_tokenizer
 
-        from .datasets import load_orpo_datasets, total_num_steps
+        from .datasets import load_orpo_datasets
 
         if _is_multi_process_cpu():  # see _set_process_environment
             cfg.device_map = {"": "cpu"}
         tokenizer = load_tokenizer(cfg)
-        train, evaluation, summary = load_orpo_datasets(cfg, tokenizer)
-        LOG.info(
-            "ORPO datasets: %d train pairs, %d eval pairs, %d truncated, %d skipped",
-            summary["train_pairs"], summary["eval_pairs"],
-            sum(d["truncated_pairs"] for d in summary["datasets"]), sum(d["skipped"] for d in summary["datasets"]),
-        )
+        train, evaluation, _summary = load_orpo_datasets(cfg, tokenizer)  # logs the summary line
         return TrainDatasetMeta(
             train_dataset=train, eval_dataset=evaluation, total_num_steps=total_num_steps(cfg, len(train))
         )
@@ -110,6 +105,15 @@ class MerlinaORPOPlugin(BasePlugin):
         if _is_multi_process_cpu():
             args.update(use_cpu=True, ddp_backend="gloo")  # see _set_process_environment
         return args
+
+
+def total_num_steps(cfg, train_size: int) -> int:
+    """Optimizer steps of the run: `max_steps` when > 0 (the Trainer ignores 0 and less), else
+    epochs over the global batch (Axolotl's rule); `num_epochs: 0` stays 0."""
+    if cfg.get("max_steps"):
+        return int(cfg["max_steps"])
+    epochs = 1 if cfg.get("num_epochs") is None else float(cfg["num_epochs"])
+    return math.ceil(train_size * epochs / int(cfg["batch_size"]))
 
 
 def _set_process_environment() -> None:

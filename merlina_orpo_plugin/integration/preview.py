@@ -98,7 +98,8 @@ def pair_lengths(prompt: Sequence[int], chosen: Sequence[int], rejected: Sequenc
 
 
 def format_counts(stats, *, refused: int, skip_bad_rows: bool, bad_rows: Sequence[tuple[int, str]] = ()) -> str:
-    """Pairs, refused rows (with the first reasons) and truncations, from ``PreferenceDataStats``."""
+    """Pairs, refused rows (with the first reasons), truncations, empty completions and identical
+    pairs, from ``PreferenceDataStats``."""
     if not refused:
         verdict = ""
     elif skip_bad_rows:
@@ -111,6 +112,10 @@ def format_counts(stats, *, refused: int, skip_bad_rows: bool, bad_rows: Sequenc
         *(f"    row {index}: {reason}" for index, reason in bad_rows),
         f"  truncated: {stats.truncated_pairs} (prompt cut: {stats.prompt_truncated}, "
         f"completion cut: {stats.completion_truncated})",
+        f"  empty completions: {stats.empty_completions}" + (" (each trains its end token alone)"
+                                                             if stats.empty_completions else ""),
+        f"  identical chosen and rejected: {stats.identical_pairs}" + (" (they teach no preference)"
+                                                                       if stats.identical_pairs else ""),
     ]
     if len(bad_rows) < refused:
         lines.insert(2 + len(bad_rows), f"    … and {refused - len(bad_rows)} more")
