@@ -44,7 +44,9 @@ def apply_strategy(
     errors = [(i, e) for i, e in enumerate(mapped["_error"]) if e]
     if errors and not skip_bad_rows:
         index, error = errors[0]
-        more = f" ({len(errors) - 1} more bad rows; `merlina_skip_bad_rows: true` skips them)" if len(errors) > 1 else ""
+        more = ""
+        if len(errors) > 1:
+            more = f" ({len(errors) - 1} more bad rows; `merlina_skip_bad_rows: true` skips them)"
         raise ValueError(f"row {index} of {source}: {error}{more}")
     if errors:
         examples = "; ".join(f"row {i}: {e}" for i, e in errors[:3])
