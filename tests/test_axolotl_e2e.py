@@ -16,27 +16,9 @@ pytest.importorskip("axolotl", reason="end-to-end tests drive the axolotl CLI (i
 
 from e2e_helpers import llamafactory_file, run_cli, tiny_model_dir, write_config  # noqa: E402
 from conftest import shared_path  # noqa: E402
-from public_layouts import HH_RLHF  # noqa: E402
+import pairs_files  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-HH_RLHF_ROWS = [
-    {
-        "chosen": "\n\nHuman: What is a good way to keep basil fresh?\n\nAssistant: Trim the stems and keep it in a "
-        "glass of water on the counter, loosely covered with a bag.",
-        "rejected": "\n\nHuman: What is a good way to keep basil fresh?\n\nAssistant: Put it in the freezer.",
-    },
-    {
-        "chosen": "\n\nHuman: Can you help me write a haiku about rain?\n\nAssistant: Sure. Do you want it calm or "
-        "stormy?\n\nHuman: Calm, please.\n\nAssistant: Soft rain on the roof / the kettle hums beside me / "
-        "gray light, slow and warm",
-        "rejected": "\n\nHuman: Can you help me write a haiku about rain?\n\nAssistant: Sure. Do you want it calm or "
-        "stormy?\n\nHuman: Calm, please.\n\nAssistant: Rain rain rain rain rain.",
-    },
-    # As in HH-RLHF: final Assistant turns with nothing after them. 3 empty completions, 1 identical pair.
-    *HH_RLHF["harmless-base"],
-]
-
 
 def _jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -60,7 +42,8 @@ def _every_type(tmp_path) -> list[dict]:
         {"path": h4, "ds_type": "json", "type": "chat_template"},
         {"path": str(llamafactory_file()), "ds_type": "json", "type": "sharegpt"},
         {"path": str(intel), "ds_type": "json", "type": "chat_template.intel"},
-        {"path": str(_jsonl(tmp_path / "hh.jsonl", HH_RLHF_ROWS)), "ds_type": "json", "type": "hh_rlhf"},
+        # HH-RLHF's four subsets, with empty final Assistant turns and identical pairs
+        {"path": str(pairs_files.path("hh_rlhf.jsonl")), "ds_type": "json", "type": "hh_rlhf"},
         {"path": str(shared_path("stack-exchange-paired-sample", "stack_exchange_paired_tiny.json")),
          "ds_type": "json", "type": "prompt_pairs", "field_prompt": "question",
          "field_chosen": "response_j", "field_rejected": "response_k"},
@@ -89,12 +72,16 @@ def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_then_merg
     preprocess = run_cli(["axolotl", "preprocess", str(config)], cwd=tmp_path)
     summary = _summary(tmp_path / "prepared")
     assert [d["type"] for d in summary["datasets"]] == [e["type"] for e in entries]
-    assert [d["pairs"] for d in summary["datasets"]] == [16, 16, 300, 6, 4, 25]
+    hh = pairs_files.rows("hh_rlhf.jsonl")
+    empty, identical = pairs_files.quirks(hh)
+    assert [d["pairs"] for d in summary["datasets"]] == [16, 16, 300, 6, len(hh), 25]
     assert all(d["skipped"] == 0 for d in summary["datasets"])
-    assert [(d["empty_completions"], d["identical_pairs"]) for d in summary["datasets"]][4] == (3, 1)
-    assert summary["train_pairs"] + summary["eval_pairs"] == 367 and summary["eval_pairs"] > 0
+    assert [(d["empty_completions"], d["identical_pairs"]) for d in summary["datasets"]] == [
+        (0, 0), (0, 0), (0, 0), (0, 0), (empty, identical), (0, 0)]
+    assert summary["train_pairs"] + summary["eval_pairs"] == 363 + len(hh) and summary["eval_pairs"] > 0
     assert "prepared and saved" in preprocess.stdout + preprocess.stderr
-    counts = r"0 skipped, 3 empty completions \(trained as the end token alone\), 1 pairs with identical chosen"
+    counts = (rf"0 skipped, {empty} empty completions \(trained as the end token alone\), "
+              rf"{identical} pairs with identical chosen and rejected")
     assert re.search(counts, preprocess.stdout + preprocess.stderr), (preprocess.stdout + preprocess.stderr)[-3000:]
 
     train = run_cli(["axolotl", "train", str(config)], cwd=tmp_path, WANDB_MODE="offline", WANDB_DIR=str(tmp_path))

@@ -4,11 +4,12 @@ Checked: a declared layout is used as declared (never detected); on the Axolotl 
 checked exactly once and the pipeline neither detects nor checks again (spies on the real
 functions); an empty answer tokenises to what TRL 1.9's `ORPOTrainer.tokenize_row` makes of it
 (the same ids in the standard layout; on ChatML TRL's ids less the second end token it appends, as
-for every answer); rows in the column layouts of Anthropic/hh-rlhf (its four subsets),
-HuggingFaceH4/ultrafeedback_binarized, Intel/orca_dpo_pairs, argilla/dpo-mix-7k and
-argilla/distilabel-capybara-dpo-7k-binarized go through the strategies, the check and the real
-SmolLM2 tokenizer, with their empty completions and identical pairs counted, not refused; only
-structurally broken rows stop, naming the file, the row and the field.
+for every answer); the project's files in the column layouts of Anthropic/hh-rlhf (its four
+subsets), HuggingFaceH4/ultrafeedback_binarized, Intel/orca_dpo_pairs, argilla/dpo-mix-7k and
+argilla/distilabel-capybara-dpo-7k-binarized (tests/assets/pairs) go through the strategies, the
+check and the real SmolLM2 tokenizer, with their empty completions and identical pairs counted
+(against a count on the raw rows), not refused; only structurally broken rows stop, naming the
+file, the row and the field.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import logging
 
 import datasets
 import pytest
+import pairs_files
 from data_helpers import dataset, smollm2_tokenizer
-from public_layouts import CAPYBARA, DPO_MIX, HH_RLHF, ORCA_DPO_PAIRS, ULTRAFEEDBACK
 from test_data_tokenize import trl_tokenize_row
 
 from merlina_orpo_plugin.data import Layout, prepare_preference_dataset
@@ -59,7 +60,7 @@ def test_the_axolotl_path_checks_each_row_once_and_never_detects(monkeypatch):
 
     monkeypatch.setattr(pipeline_module, "detect_layout", forbidden)
     monkeypatch.setattr(pipeline_module, "validate_preference_dataset", forbidden)
-    rows = [row for subset in HH_RLHF.values() for row in subset]
+    rows = pairs_files.rows("hh_rlhf.jsonl")
     checked, tokenised, stats, _ = _through_strategy(rows, "hh_rlhf")
     assert checks == [Layout.CONVERSATIONAL] * len(rows)  # once per row, in the declared layout
     assert checked.layout is Layout.CONVERSATIONAL and (stats.layout, stats.pairs) == ("conversational", len(rows))
@@ -91,24 +92,24 @@ def test_an_empty_chat_answer_is_the_templates_turn_end_as_trl_less_its_second_e
     assert (stats.empty_completions, stats.identical_pairs) == (1, 0)
 
 
-PUBLIC = {  # name: (type, options, rows, empty completions, identical pairs)
-    **{f"hh-rlhf/{subset}": ("hh_rlhf", {}, rows, *counts)
-       for (subset, rows), counts in zip(HH_RLHF.items(), [(3, 1), (0, 0), (0, 0), (0, 1)], strict=True)},
-    "ultrafeedback_binarized": ("chat_template", {}, ULTRAFEEDBACK, 1, 0),
-    "ultrafeedback_binarized (argilla type)": ("chat_template.argilla", {}, ULTRAFEEDBACK, 1, 0),
-    "orca_dpo_pairs": ("chat_template.intel", {}, ORCA_DPO_PAIRS, 1, 0),
-    "dpo-mix-7k": ("chat_template.argilla", {}, DPO_MIX, 0, 0),
-    "dpo-mix-7k (implicit)": ("chat_template", {}, DPO_MIX, 0, 0),
-    "distilabel-capybara": ("chat_template.argilla", {}, CAPYBARA, 0, 0),
+PUBLIC = {  # (file, dataset type): the public dataset's layout, read by the type its users name
+    "hh-rlhf (4 subsets)": ("hh_rlhf.jsonl", "hh_rlhf"),
+    "ultrafeedback_binarized": ("ultrafeedback_h4.jsonl", "chat_template"),
+    "ultrafeedback_binarized, argilla type": ("ultrafeedback_h4.jsonl", "chat_template.argilla"),
+    "orca_dpo_pairs": ("orca_dpo_pairs.jsonl", "chat_template.intel"),
+    "dpo-mix-7k": ("argilla_dpo_mix.jsonl", "chat_template.argilla"),
+    "dpo-mix-7k, implicit prompt": ("argilla_dpo_mix.jsonl", "chat_template"),
+    "distilabel-capybara": ("capybara_argilla.jsonl", "chat_template.argilla"),
 }
 
 
 @pytest.mark.parametrize("name", list(PUBLIC))
 def test_public_layouts_prepare_with_their_quirks_counted(name):
-    type_name, options, rows, empty, identical = PUBLIC[name]
-    _, tokenised, stats, skipped = _through_strategy(rows, type_name, **options)
+    file_name, type_name = PUBLIC[name]
+    rows = pairs_files.rows(file_name)
+    _, tokenised, stats, skipped = _through_strategy(rows, type_name)
     assert skipped == [] and (stats.pairs, len(tokenised)) == (len(rows), len(rows))
-    assert (stats.empty_completions, stats.identical_pairs) == (empty, identical)
+    assert (stats.empty_completions, stats.identical_pairs) == pairs_files.quirks(rows)
     tok = smollm2_tokenizer()
     for pair in tokenised:
         assert tok.decode(pair["prompt_input_ids"]).endswith("<|im_start|>assistant\n")
@@ -116,18 +117,28 @@ def test_public_layouts_prepare_with_their_quirks_counted(name):
             assert completion and tok.decode(completion).endswith("<|im_end|>\n")  # never empty
 
 
+def test_hh_rlhf_quirks_are_in_the_file_and_each_empty_answer_is_the_turn_end_alone():
+    rows = pairs_files.rows("hh_rlhf.jsonl")
+    empty, identical = pairs_files.quirks(rows)
+    assert empty >= 6 and identical >= 3  # both spellings of an empty final turn, identical pairs
+    _, tokenised, stats, _ = _through_strategy(rows, "hh_rlhf")
+    ends = [ids for pair in tokenised for ids in (pair["chosen_input_ids"], pair["rejected_input_ids"])]
+    assert sum(ids == [EOS, NEWLINE] for ids in ends) == stats.empty_completions == empty
+
+
 def test_identical_pairs_are_warned_about(caplog):
-    rows = HH_RLHF["helpful-rejection-sampled"]
+    rows = pairs_files.rows("hh_rlhf.jsonl")
+    _, identical = pairs_files.quirks(rows)
     with caplog.at_level(logging.INFO, logger="merlina_orpo_plugin.data"):
         _through_strategy(rows, "hh_rlhf")
     (record,) = [r for r in caplog.records if r.name == "merlina_orpo_plugin.data"]
     assert record.levelno == logging.WARNING
-    assert "data/hh_rlhf.jsonl: 2 pairs (conversational layout)" in record.getMessage()
-    assert "1 pairs with identical chosen and rejected (they teach no preference" in record.getMessage()
+    assert f"data/hh_rlhf.jsonl: {len(rows)} pairs (conversational layout)" in record.getMessage()
+    assert f"{identical} pairs with identical chosen and rejected (they teach no preference" in record.getMessage()
 
 
 BROKEN = [  # (a bad row, its problem) at row 1 of data/hh_rlhf.jsonl
-    ({"chosen": None, "rejected": HH_RLHF["helpful-base"][0]["rejected"]}, r"`chosen` is None"),  # missing
+    ({"chosen": None, "rejected": "\n\nHuman: Hi\n\nAssistant: Go."}, r"`chosen` is None"),  # missing
     ({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hey\n\nAssistant: Go."},
      r"`chosen` and `rejected` have different conversations before their final Assistant turns"),
 ]
@@ -135,7 +146,7 @@ BROKEN = [  # (a bad row, its problem) at row 1 of data/hh_rlhf.jsonl
 
 @pytest.mark.parametrize("bad, message", BROKEN, ids=["missing", "different-prompts"])
 def test_only_structurally_broken_rows_stop_naming_file_row_and_field(bad, message):
-    good = HH_RLHF["helpful-online"][0]
+    good = {key: pairs_files.rows("hh_rlhf.jsonl")[0][key] for key in ("chosen", "rejected")}
     rows = [good, bad, good]
     with pytest.raises(ValueError, match=rf"^row 1 of data/hh_rlhf\.jsonl: {message}$"):
         _through_strategy(rows, "hh_rlhf")

@@ -21,7 +21,7 @@ from .layouts import TOKEN_COLUMNS, Layout
 
 logger = logging.getLogger("merlina_orpo_plugin.data")
 # What an identical pair does to ORPO: log-odds ratio 0 for every weight, so only the NLL term learns.
-IDENTICAL_NOTE = "they teach no preference (the odds-ratio term has no gradient on them; only the NLL learns)"
+IDENTICAL_NOTE = "they teach no preference: the odds-ratio term has no gradient on them, only the NLL learns"
 
 # Per-row flags the pipeline's map writes beside the ids and drops once counted.
 FLAG_FEATURES = datasets.Features(
