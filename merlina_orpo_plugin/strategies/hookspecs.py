@@ -51,7 +51,9 @@ class DatasetStrategy(Protocol):
 
     ``layout`` is ``"conversational"`` (``{"prompt": [messages], "chosen": [messages], "rejected":
     [messages]}``) or ``"text"`` (``{"prompt": str, "chosen": str, "rejected": str}``); one strategy
-    always returns the same layout. A malformed row raises ``RowError``.
+    always returns the same layout, and the pipeline takes it as declared. A row the strategy cannot
+    read raises ``RowError``; an empty answer is not such a row (it is an empty completion, trained
+    as the end token alone), nor is a pair whose answers are the same (counted and warned about).
     """
 
     layout: str
