@@ -98,13 +98,13 @@ def test_counts_name_the_refused_rows_and_what_training_would_do():
     stats = PreferenceDataStats("conversational", pairs=8, truncated_pairs=3, prompt_truncated=1,
                                 completion_truncated=2, empty_completions=2, identical_pairs=1, max_prompt_tokens=9,
                                 max_completion_tokens=9, max_sequence_tokens=18)
-    bad = [(2, "`rejected` is empty"), (5, "`chosen` is None")]
+    bad = [(2, "`rejected` is None"), (5, "`chosen` must be a string, got int")]
     stops = format_counts(stats, refused=4, skip_bad_rows=False, bad_rows=bad)
     assert stops.splitlines() == [
         "  pairs: 8",
         "  refused: 4 (training stops at the first; fix them or set `merlina_skip_bad_rows: true`)",
-        "    row 2: `rejected` is empty",
-        "    row 5: `chosen` is None",
+        "    row 2: `rejected` is None",
+        "    row 5: `chosen` must be a string, got int",
         "    … and 2 more",
         "  truncated: 3 (prompt cut: 1, completion cut: 2)",
         "  empty completions: 2 (each trains its end token alone)",

@@ -212,8 +212,8 @@ def test_moe_router_loss_is_added(tmp_path, tokenizer, pairs):
 
 def test_bad_row_fails_before_training(tmp_path, tokenizer, pairs):
     rows = pairs.to_list()
-    rows[5]["rejected"] = ""
-    with pytest.raises(ValueError, match=r"row 5 of train_dataset: `rejected` is empty"):
+    rows[5]["rejected"] = None  # missing; an empty answer would be legal (the end token alone)
+    with pytest.raises(ValueError, match=r"row 5 of train_dataset: `rejected` is None"):
         MerlinaORPOTrainer(
             model=tiny_llama(), args=orpo_args(tmp_path), train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
