@@ -77,6 +77,18 @@ def test_an_empty_answer_is_the_end_token_alone_as_trl_tokenises_it():
     assert stats.empty_completions == 1
 
 
+def test_an_empty_answer_without_an_eos_token_is_refused_naming_the_row():
+    # The tokenised completion must never be empty (the loss would score no token); only a tokenizer
+    # without EOS can leave it so.
+    tok = smollm2_tokenizer()
+    tok = tok.__class__.from_pretrained(tok.name_or_path)  # a copy we may change
+    tok.eos_token = None
+    rows = dataset([{"prompt": "Q:", "chosen": " a", "rejected": " b"},
+                    {"prompt": "Q:", "chosen": " a", "rejected": ""}])
+    with pytest.raises(ValueError, match=r"^row 1 of x\.jsonl: `rejected` is empty and the tokenizer has no EOS token"):
+        prepare_preference_dataset(rows, tok, source="x.jsonl")
+
+
 def test_an_empty_chat_answer_is_the_templates_turn_end_as_trl_less_its_second_end_token():
     from trl.data_utils import maybe_apply_chat_template
 
