@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .packing import PADDED, BatchLayout, pack
+from .packing import PADDED, BatchLayout, encoder_decoder_rows, pack
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class ORPODataCollator:
         score_target (the token predicted), score_owner (which sequence)     [N]
         pair_lengths (prompt, chosen, rejected tokens of each pair)          [B, 3]
         layout                                                               the `BatchLayout`
+
+    An encoder-decoder layout (``layout.decoder_start`` set) gives instead ``input_ids`` and
+    ``attention_mask`` ``[B, P]`` (each prompt once, for the encoder) and ``decoder_input_ids``
+    ``[2B, L]`` (chosen rows then rejected rows), scored tokens indexing the decoder rows
+    (`packing.encoder_decoder_rows`).
 
     The default layout is TRL's: ``prompt + chosen`` rows then ``prompt + rejected`` rows,
     right-padded. The trainer builds its collators from its speed plan (`speed.plan_speed`); the
@@ -58,6 +63,11 @@ class ORPODataCollator:
             (list(f["prompt_input_ids"]), list(f["chosen_input_ids"]), list(f["rejected_input_ids"]))
             for f in features
         ]
+        lengths = torch.tensor([[len(p), len(c), len(r)] for p, c, r in pairs], dtype=torch.long)
+        if self.layout.encoder_decoder:
+            rows = encoder_decoder_rows(pairs, self.layout.decoder_start, self.pad_token_id)
+            return {**{key: torch.tensor(value, dtype=torch.long) for key, value in rows.items()},
+                    "pair_lengths": lengths, "layout": self.layout}
         packed = pack(
             pairs,
             self.layout,
@@ -75,7 +85,7 @@ class ORPODataCollator:
             "score_index": torch.tensor(packed.score_index, dtype=torch.long),
             "score_target": torch.tensor(packed.score_target, dtype=torch.long),
             "score_owner": torch.tensor(packed.score_owner, dtype=torch.long),
-            "pair_lengths": torch.tensor([[len(p), len(c), len(r)] for p, c, r in pairs], dtype=torch.long),
+            "pair_lengths": lengths,
             "layout": self.layout,  # not a tensor: moved nowhere, read without a device sync
         }
 

@@ -52,7 +52,10 @@ def concatenated_forward(
     """
     num_pairs = batch["pair_lengths"].shape[0]
     index, targets, owner = scored_tokens(batch, nll_include_prompt)
-    kwargs = {"input_ids": batch["input_ids"], "use_cache": False, **_attention_inputs(model, batch)}
+    if batch["layout"].encoder_decoder:
+        kwargs = _encoder_decoder_inputs(model, batch)
+    else:
+        kwargs = {"input_ids": batch["input_ids"], "use_cache": False, **_attention_inputs(model, batch)}
     if output_router_logits:
         kwargs["output_router_logits"] = True
     if loss_chunk_size > 0:
@@ -81,6 +84,9 @@ def concatenated_forward(
     nll_sum = -(sums[:num_pairs].sum() + sums[2 * num_pairs :].sum())
     nll_tokens = counts[:num_pairs].sum() + counts[2 * num_pairs :].sum()
     aux_loss = getattr(outputs, "aux_loss", None) if output_router_logits else None
+    processed = batch["input_ids"].numel()
+    if "decoder_input_ids" in batch:
+        processed += batch["decoder_input_ids"].numel()
     return ORPOForwardOutput(
         chosen_logps=logps[:num_pairs],
         rejected_logps=logps[num_pairs:],
@@ -90,7 +96,7 @@ def concatenated_forward(
         aux_loss=aux_loss,
         nll_sum=nll_sum,
         nll_tokens=nll_tokens,
-        processed_tokens=batch["input_ids"].numel(),
+        processed_tokens=processed,
         unique_tokens=batch["pair_lengths"].sum(),
     )
 
@@ -116,6 +122,25 @@ def nll_token_count(batch: dict[str, torch.Tensor], nll_include_prompt: bool = T
     if nll_include_prompt:
         counted = counted | (owner >= 2 * num_pairs)
     return counted.sum()
+
+
+def _encoder_decoder_inputs(model: torch.nn.Module, batch: dict) -> dict:
+    """Encoder once per prompt, its output repeated for the chosen and the rejected decoder rows.
+
+    TRL's encoder-decoder path encodes every prompt twice (its rows are repeated); gradients reach
+    the encoder through the repeat exactly as through two copies.
+    """
+    from transformers.modeling_outputs import BaseModelOutput
+
+    encoder = unwrap_model(model).get_encoder()
+    encoded = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True)
+    hidden = encoded.last_hidden_state.repeat(2, 1, 1)
+    return {
+        "encoder_outputs": BaseModelOutput(last_hidden_state=hidden),
+        "attention_mask": batch["attention_mask"].repeat(2, 1),
+        "decoder_input_ids": batch["decoder_input_ids"],
+        "use_cache": False,
+    }
 
 
 def _attention_inputs(model: torch.nn.Module, batch: dict) -> dict:

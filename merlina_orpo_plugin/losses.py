@@ -49,6 +49,7 @@ def sequence_logps(
     labels: torch.Tensor,
     average_log_prob: bool = True,
     ignore_index: int = IGNORE_INDEX,
+    shift: bool = True,
 ) -> torch.Tensor:
     """Sum or mean log-prob of the labelled tokens of each sequence.
 
@@ -56,17 +57,17 @@ def sequence_logps(
         logits: ``[B, T, V]`` next-token logits, position t predicts token t + 1.
         labels: ``[B, T]`` token ids, ``ignore_index`` where a token is not scored (prompt, padding).
         average_log_prob: mean over scored tokens (ORPO's ``log P(y|x)``) instead of the sum.
+        shift: decoder-only logits predict the NEXT token: ``labels[:, 1:]`` against ``logits[:, :-1]``,
+            as in TRL's ``get_batch_logps``; an encoder-decoder's decoder logit ``t`` predicts label ``t``.
 
     Returns:
         ``[B]`` in the dtype of ``logits``.
-
-    Shifting happens here, as in TRL's ``get_batch_logps``: ``labels[:, 1:]`` against
-    ``logits[:, :-1]``.
     """
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
-    labels = labels[:, 1:]
-    logits = logits[:, :-1, :]
+    if shift:
+        labels = labels[:, 1:]
+        logits = logits[:, :-1, :]
     mask = labels != ignore_index
     safe_labels = labels.masked_fill(~mask, 0)
     token_logps = token_log_probs(logits, safe_labels)

@@ -76,6 +76,17 @@ def disable_dropout_in_model(model: torch.nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
+def _auto_class(name: str, args, init_kwargs: dict):
+    """`AutoModelForSeq2SeqLM` for encoder-decoder checkpoints (or `is_encoder_decoder=True`), else causal."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    encoder_decoder = getattr(args, "is_encoder_decoder", None)
+    if encoder_decoder is None:
+        trust = init_kwargs.get("trust_remote_code", False)
+        encoder_decoder = bool(getattr(AutoConfig.from_pretrained(name, trust_remote_code=trust), "is_encoder_decoder", False))
+    return AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+
+
 def prepare_model(model: PreTrainedModel | str, args, peft_config=None) -> torch.nn.Module:
     """Load ``model`` if it is a name or path, wrap it with ``peft_config``, apply ``args.disable_dropout``.
 
@@ -86,7 +97,7 @@ def prepare_model(model: PreTrainedModel | str, args, peft_config=None) -> torch
     if getattr(args, "trust_remote_code", False):
         init_kwargs.setdefault("trust_remote_code", True)
     if isinstance(model, str):
-        model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
+        model = _auto_class(model, args, init_kwargs).from_pretrained(model, **init_kwargs)
     elif init_kwargs:
         raise ValueError("`model_init_kwargs` only applies when `model` is a string; the model is already loaded")
     if model is None:

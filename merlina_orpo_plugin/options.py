@@ -111,7 +111,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("trust_remote_code", bool, False, where=PYTHON,
            help="Allow models with custom code when `model` is a string (passed to `from_pretrained`)."),
     Option("is_encoder_decoder", bool, None, where=PYTHON, nullable=True,
-           help="Accepted for TRL compatibility; the model itself says whether it is an encoder-decoder."),
+           help="Whether `model`, given as a name, is an encoder-decoder (T5, BART); None: read from its config."),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 #: What the trainer reads at run time: set from Python and from YAML alike.

@@ -29,12 +29,22 @@ class BatchLayout:
     """How a batch's rows are laid out; every collated batch carries one under ``"layout"``.
 
     ``padded``: TRL's rows (``prefix_sharing`` and ``padding_free`` off), one sequence per row, a 2D
-    padding mask. Every other layout has rows holding more than one attention segment or branch and
-    needs a custom mask (``custom_mask``).
+    padding mask. Every other decoder-only layout has rows holding more than one attention segment
+    or branch and needs a custom mask (``custom_mask``). ``decoder_start`` set: an encoder-decoder
+    batch (`encoder_decoder_rows`): ``B`` prompt rows for the encoder, ``2B`` decoder rows.
     """
 
     prefix_sharing: bool = False
     padding_free: bool = False
+    decoder_start: int | None = None
+
+    def __post_init__(self):
+        if self.decoder_start is not None and (self.prefix_sharing or self.padding_free):
+            raise ValueError("an encoder-decoder layout takes neither prefix_sharing nor padding_free")
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return self.decoder_start is not None
 
     @property
     def custom_mask(self) -> bool:
@@ -42,7 +52,7 @@ class BatchLayout:
 
     @property
     def name(self) -> str:
-        return _LAYOUT_NAMES[(self.prefix_sharing, self.padding_free)]
+        return "encoder_decoder" if self.encoder_decoder else _LAYOUT_NAMES[(self.prefix_sharing, self.padding_free)]
 
     def to(self, *args, **kwargs) -> BatchLayout:
         """A layout lives on no device: moving a batch with ``{k: v.to(device)}`` (or accelerate's
@@ -207,3 +217,31 @@ def _score_item(out: PackedBatch, item: Item, start: int, num_pairs: int) -> Non
             out.score_target += s.tokens[1:]
             out.score_owner += [owner] * (n - 1)
         cursor += n
+
+
+def encoder_decoder_rows(
+    pairs: list[tuple[list[int], list[int], list[int]]], decoder_start: int, pad_token_id: int
+) -> dict[str, list]:
+    """An encoder-decoder batch: each prompt once for the encoder, chosen then rejected decoder rows.
+
+    As TRL's ``is_encoder_decoder`` path: a completion's ids are the decoder labels, its decoder
+    input the labels shifted right behind ``decoder_start``; decoder position ``t`` predicts label
+    ``t``. Unlike TRL, the encoder reads each prompt once (``B`` rows) and the forward repeats its
+    output for the ``2B`` decoder rows, instead of encoding every prompt twice.
+    """
+    prompt_width = max(len(p) for p, _, _ in pairs)
+    completions = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
+    width = max(map(len, completions))
+    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "decoder_input_ids": [],
+                            "score_index": [], "score_target": [], "score_owner": []}
+    for prompt, _, _ in pairs:
+        pad = prompt_width - len(prompt)
+        out["input_ids"].append(prompt + [pad_token_id] * pad)
+        out["attention_mask"].append([1] * len(prompt) + [0] * pad)
+    for row, labels in enumerate(completions):
+        shifted = ([decoder_start] + labels)[:width]
+        out["decoder_input_ids"].append(shifted + [pad_token_id] * (width - len(shifted)))
+        out["score_index"] += range(row * width, row * width + len(labels))
+        out["score_target"] += labels
+        out["score_owner"] += [row] * len(labels)  # chosen i is row i, rejected i is row B + i
+    return out

@@ -64,6 +64,8 @@ def plan_speed(
     """
     fallbacks, notes = [], []
     config = unwrap_model(model).config
+    if getattr(config, "is_encoder_decoder", False):
+        return _encoder_decoder_plan(model, config, loss_chunk_size)
     if (prefix_sharing or padding_free) and flex_attention and device_type == "cuda":
         note = use_flex_attention(model)
         (notes if note.startswith("attention:") else fallbacks).append(note)
@@ -86,6 +88,26 @@ def plan_speed(
         logger.info("ORPO speed plan: %s", note)
     for note in plan.fallbacks:
         logger.warning("ORPO speed feature %s (falling back to the padded, unchunked path)", note)
+    return plan
+
+
+def _encoder_decoder_plan(model: torch.nn.Module, config, loss_chunk_size: int) -> SpeedPlan:
+    """Encoder-decoder models: the encoder reads each prompt once (the shared prompt's saving, built in),
+    decoder rows are padded, and the loss is scored on the model's own logits."""
+    start = getattr(config, "decoder_start_token_id", None)
+    if start is None:
+        raise ValueError(f"{type(unwrap_model(model)).__name__}'s config has no `decoder_start_token_id`, which the "
+                         "decoder inputs start with; set it (usually the pad token id)")
+    notes = ["encoder-decoder model: each prompt is encoded once for both answers; decoder rows are padded"]
+    fallbacks = []
+    if loss_chunk_size and loss_chunk_size > 0:
+        fallbacks.append(f"loss_chunk_size off: {unsupported_reason(model) or 'encoder-decoder forwards return every logit'}")
+    plan = SpeedPlan(BatchLayout(decoder_start=int(start)), 0, getattr(config, "_attn_implementation", None),
+                     tuple(fallbacks), tuple(notes))
+    for note in plan.notes:
+        logger.info("ORPO speed plan: %s", note)
+    for note in plan.fallbacks:
+        logger.warning("ORPO speed feature %s", note)
     return plan
 
 

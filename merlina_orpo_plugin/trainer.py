@@ -85,9 +85,7 @@ class ORPOTrainerMixin:
         is_encoder_decoder: bool = False,
     ) -> torch.Tensor:
         """``[B]`` mean (or sum) log-prob of the tokens of ``labels`` that are not ``-100``."""
-        if is_encoder_decoder:
-            raise ValueError("MerlinaORPOTrainer supports decoder-only (causal LM) models only")
-        return L.sequence_logps(logits, labels, average_log_prob=average_log_prob)
+        return L.sequence_logps(logits, labels, average_log_prob=average_log_prob, shift=not is_encoder_decoder)
 
     def odds_ratio_loss(self, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor):
         """TRL's convention: ``(losses [B], chosen_rewards [B], rejected_rewards [B], mean ratio, mean log_odds)``.

@@ -1,0 +1,103 @@
+"""Encoder-decoder ORPO (T5, BART built from their configs) against TRL 1.9's `is_encoder_decoder` path.
+
+TRL tokenises the pairs (prompt into the encoder, each completion as decoder labels); the same token
+ids go into ours as the tokenised layout, so what is compared is the forward, the loss, every metric
+and the gradients, in float32. Ours encodes each prompt once; TRL encodes it twice.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from datasets import Dataset
+
+from conftest import orpo_args
+from merlina_orpo_plugin import MerlinaORPOTrainer
+
+trl_orpo = pytest.importorskip("trl.experimental.orpo")
+
+METRICS = ("loss", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+           "logps/chosen", "logps/rejected", "log_odds_ratio", "log_odds_chosen")
+PAD, BOS, EOS = 0, 1, 2  # SmolLM2's <|endoftext|>, <|im_start|>, <|im_end|>
+
+
+def _seq2seq_tokenizer(tokenizer, bos: bool):
+    """SmolLM2's vocabulary with a T5-style (`text </s>`) or BART-style (`<s> text </s>`) post-processor."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    template = "<|im_start|> $A <|im_end|>" if bos else "$A <|im_end|>"
+    backend.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[("<|im_start|>", BOS), ("<|im_end|>", EOS)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+
+
+def _t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    return T5ForConditionalGeneration(T5Config(
+        vocab_size=49152, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, dropout_rate=0.0,
+        pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD))
+
+
+def _bart():
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    return BartForConditionalGeneration(BartConfig(
+        vocab_size=49152, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, dropout=0.0, attention_dropout=0.0,
+        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=EOS,
+        forced_eos_token_id=None))
+
+
+def _pairs() -> Dataset:
+    topics = ["tides", "volcanoes", "bread", "bees", "glass", "comets"]
+    return Dataset.from_list([
+        {"prompt": f"Explain {t} in one short sentence.", "chosen": f"{t.capitalize()} follow simple physics.",
+         "rejected": f"I would rather not talk about {t} today, sorry."}
+        for t in topics
+    ])
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_encoder_decoder_loss_metrics_and_gradients_match_trl(tmp_path, tokenizer, family):
+    model = _t5() if family == "t5" else _bart()
+    tok = _seq2seq_tokenizer(tokenizer, bos=family == "bart")
+    common = dict(beta=0.2, max_length=128, max_completion_length=64, per_device_eval_batch_size=3,
+                  report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, seed=0)
+    theirs = trl_orpo.ORPOTrainer(model=copy.deepcopy(model), args=trl_orpo.ORPOConfig(output_dir=str(tmp_path / "trl"),
+                                  **common), train_dataset=_pairs(), eval_dataset=_pairs(), processing_class=tok)
+    rows = theirs.eval_dataset
+    assert all(r["chosen_labels"][-1] == EOS for r in rows) and (family == "t5") == (rows[0]["prompt_input_ids"][0] != BOS)
+    tokenised = Dataset.from_dict({"prompt_input_ids": rows["prompt_input_ids"], "chosen_input_ids": rows["chosen_labels"],
+                                   "rejected_input_ids": rows["rejected_labels"]})
+    ours = MerlinaORPOTrainer(model=copy.deepcopy(model), args=orpo_args(tmp_path / "ours", **common),
+                              eval_dataset=tokenised, processing_class=tok)
+    assert ours.speed.layout.encoder_decoder and ours.speed.loss_chunk_size == 0
+
+    mine, reference = ours.evaluate(), theirs.evaluate()
+    for name in METRICS:
+        assert mine[f"eval_{name}"] == pytest.approx(reference[f"eval_{name}"], rel=1e-5, abs=1e-6), name
+
+    def gradients(trainer, batch):
+        trainer.model.zero_grad()
+        trainer.model.train()
+        trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)).backward()
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+    got = gradients(ours, next(iter(ours.get_eval_dataloader())))
+    expected = gradients(theirs, next(iter(theirs.get_eval_dataloader())))
+    assert got.keys() == expected.keys() and got
+    largest = max(g.abs().max() for g in expected.values())
+    for name in got:
+        # Key-projection biases get an exactly-zero gradient in exact arithmetic (softmax ignores a
+        # shift shared by a row), so theirs is rounding noise: measure against the largest gradient.
+        scale = max(expected[name].abs().max(), 1e-3 * largest)
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5 * scale, msg=name)
