@@ -23,7 +23,7 @@ from .forward import ORPOForwardOutput, concatenated_forward, nll_token_count
 from .generation import GenerationSettings, sample_rows, write_rows
 from .metrics import MetricStore, batch_metrics
 from .model_setup import check_4bit_cpu_layers, prepare_model
-from .options import ORPOSettings, prompt_floor, settings_from
+from .options import ORPOSettings, settings_from
 from .schedules import beta_at, is_scheduled
 from .speed import SpeedPlan, plan_speed
 
@@ -264,14 +264,15 @@ class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
         if processing_class is None:
             raise ValueError("`processing_class` (the tokenizer) is required to tokenise the preference pairs")
         model = prepare_model(model, args, peft_config)
-        train_dataset = self._tokenise(train_dataset, processing_class, args, "train_dataset")
+        seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+        train_dataset = self._tokenise(train_dataset, processing_class, args, "train_dataset", seq2seq)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
-                name: self._tokenise(ds, processing_class, args, f"eval_dataset[{name!r}]")
+                name: self._tokenise(ds, processing_class, args, f"eval_dataset[{name!r}]", seq2seq)
                 for name, ds in eval_dataset.items()
             }
         else:
-            eval_dataset = self._tokenise(eval_dataset, processing_class, args, "eval_dataset")
+            eval_dataset = self._tokenise(eval_dataset, processing_class, args, "eval_dataset", seq2seq)
         if data_collator is None:
             data_collator = ORPODataCollator(processing_class, pad_token_id=args.padding_value)
         super().__init__(
@@ -293,7 +294,7 @@ class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
             self.model.add_model_tags(self._tag_names)
 
     @staticmethod
-    def _tokenise(dataset, tokenizer, args: ORPOConfig, source: str):
+    def _tokenise(dataset, tokenizer, args: ORPOConfig, source: str, encoder_decoder: bool):
         if dataset is None:
             return None
         from accelerate import PartialState
@@ -304,9 +305,10 @@ class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
                 dataset,
                 tokenizer,
                 max_length=args.max_length,
-                max_prompt_length=prompt_floor(args.max_length, args.max_prompt_length),
+                max_prompt_length=args.max_prompt_length,
                 max_completion_length=args.max_completion_length,
                 num_proc=args.dataset_num_proc,
                 source=source,
+                encoder_decoder=encoder_decoder,
             )
         return tokenised

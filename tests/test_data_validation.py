@@ -194,8 +194,11 @@ def test_validation_row_numbers_follow_batches():
         validate_preference_dataset(rows_with({"prompt": None}, at=2503, n=2600), Layout.STANDARD, batch_size=1000)
 
 
-def test_errors_name_the_row_in_the_tokenising_step_too():
-    # max_prompt_length=None never cuts the prompt: BOS + 5 prompt tokens leave no room in 4
+def test_limits_that_leave_no_room_are_refused_before_any_row_is_read():
+    # A prompt floor at max_length would leave no completion token; the options check says so
+    # (the same message ORPOConfig and the YAML give), and unset the floor is half the limit.
     rows = rows_with({"prompt": "A longer question here?"}, at=1, n=3)
-    with pytest.raises(ValueError, match=r"^row 1 of x\.jsonl: the prompt has 6 tokens and `max_length` is 4"):
-        prepare_preference_dataset(rows, smollm2_tokenizer(), max_length=4, max_prompt_length=None, source="x.jsonl")
+    with pytest.raises(ValueError, match=r"`max_prompt_length` \(YAML: `merlina_max_prompt_length`\) must be smaller"):
+        prepare_preference_dataset(rows, smollm2_tokenizer(), max_length=4, max_prompt_length=4, source="x.jsonl")
+    out, stats = prepare_preference_dataset(rows, smollm2_tokenizer(), max_length=4, source="x.jsonl")
+    assert stats.prompt_truncated >= 1 and all(len(r["prompt_input_ids"]) == 2 for r in out if len(r["prompt_input_ids"]) > 2)

@@ -1,8 +1,8 @@
 """Encoder-decoder ORPO (T5, BART built from their configs) against TRL 1.9's `is_encoder_decoder` path.
 
-TRL tokenises the pairs (prompt into the encoder, each completion as decoder labels); the same token
-ids go into ours as the tokenised layout, so what is compared is the forward, the loss, every metric
-and the gradients, in float32. Ours encodes each prompt once; TRL encodes it twice.
+Both tokenise the same text pairs (prompt into the encoder, each completion as decoder labels, the
+tokenizer's own special tokens on each): the ids, the loss, every metric and the gradients must
+agree, in float32. Ours encodes each prompt once; TRL encodes it twice.
 """
 
 from __future__ import annotations
@@ -74,13 +74,14 @@ def test_encoder_decoder_loss_metrics_and_gradients_match_trl(tmp_path, tokenize
                   report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, seed=0)
     theirs = trl_orpo.ORPOTrainer(model=copy.deepcopy(model), args=trl_orpo.ORPOConfig(output_dir=str(tmp_path / "trl"),
                                   **common), train_dataset=_pairs(), eval_dataset=_pairs(), processing_class=tok)
-    rows = theirs.eval_dataset
-    assert all(r["chosen_labels"][-1] == EOS for r in rows) and (family == "t5") == (rows[0]["prompt_input_ids"][0] != BOS)
-    tokenised = Dataset.from_dict({"prompt_input_ids": rows["prompt_input_ids"], "chosen_input_ids": rows["chosen_labels"],
-                                   "rejected_input_ids": rows["rejected_labels"]})
     ours = MerlinaORPOTrainer(model=copy.deepcopy(model), args=orpo_args(tmp_path / "ours", **common),
-                              eval_dataset=tokenised, processing_class=tok)
+                              eval_dataset=_pairs(), processing_class=tok)
     assert ours.speed.layout.encoder_decoder and ours.speed.loss_chunk_size == 0
+    rows = theirs.eval_dataset  # the same ids: the prompt and each completion with the tokenizer's own specials
+    assert all(r["chosen_labels"][-1] == EOS for r in rows) and (family == "t5") == (rows[0]["prompt_input_ids"][0] != BOS)
+    assert ours.eval_dataset["prompt_input_ids"] == rows["prompt_input_ids"]
+    assert ours.eval_dataset["chosen_input_ids"] == rows["chosen_labels"]
+    assert ours.eval_dataset["rejected_input_ids"] == rows["rejected_labels"]
 
     mine, reference = ours.evaluate(), theirs.evaluate()
     for name in METRICS:

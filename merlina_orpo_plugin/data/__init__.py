@@ -17,7 +17,7 @@ from .formats import render_batch, split_message_prompt, split_text_prompt
 from .layouts import ACCEPTED_LAYOUTS, Layout, detect_layout
 from .pipeline import OUTPUT_COLUMNS, OUTPUT_FEATURES, prepare_preference_dataset, tokenise_checked
 from .stats import PreferenceDataStats
-from .tokenize import add_bos, check_length_limits, ensure_eos, split_prompt_ids, truncate_pair
+from .tokenize import add_bos, ensure_eos, split_prompt_ids, truncate_pair
 from .validation import CheckedPairs, check_row, validate_preference_dataset
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "Layout",
     "PreferenceDataStats",
     "add_bos",
-    "check_length_limits",
     "check_row",
     "detect_layout",
     "ensure_eos",

@@ -18,7 +18,7 @@ from datasets.fingerprint import Hasher
 from .layouts import Layout
 
 # The modules of this package whose code decides the ids, the flags or what is refused.
-CODE_MODULES = ("bytelevel", "encoding", "formats", "layouts", "pipeline", "stats", "tokenize", "validation")
+CODE_MODULES = ("bytelevel", "encoding", "formats", "layouts", "pipeline", "seq2seq", "stats", "tokenize", "validation")
 
 
 def source_text(module) -> str:

@@ -14,12 +14,16 @@ from typing import Any
 
 import datasets
 
+from ..options import BY_NAME, check_options, prompt_floor
 from .encoding import TextEncoder
 from .fingerprint import tokenised_fingerprint
 from .layouts import TOKEN_COLUMNS, Layout, detect_layout
+from .seq2seq import tokenize_encoder_decoder_batch
 from .stats import FLAG_FEATURES, PreferenceDataStats, collect, completion_flags, empty_stats, report
-from .tokenize import BlankTokens, check_length_limits, tokenize_batch
+from .tokenize import BlankTokens, tokenize_batch
 from .validation import CheckedPairs, validate_preference_dataset
+
+_MAX_LENGTH = BY_NAME["max_length"].default
 
 # The output is the tokenized layout: a prepared dataset can be prepared again (only truncated).
 OUTPUT_COLUMNS = TOKEN_COLUMNS
@@ -33,12 +37,13 @@ def prepare_preference_dataset(
     tokenizer,
     *,
     layout: Layout | str | None = None,
-    max_length: int | None = 1024,
-    max_prompt_length: int | None = 512,
+    max_length: int | None = _MAX_LENGTH,
+    max_prompt_length: int | None = None,
     max_completion_length: int | None = None,
     num_proc: int | None = None,
     batch_size: int = 1000,
     source: str | None = None,
+    encoder_decoder: bool = False,
 ) -> tuple[datasets.Dataset, PreferenceDataStats]:
     """Tokenise preference pairs in any accepted layout (see ``layouts.ACCEPTED_LAYOUTS``).
 
@@ -48,38 +53,46 @@ def prepare_preference_dataset(
     chosen / rejected COMPLETION ids (ending with the end token; an empty completion is that token
     alone), every ``prompt + completion`` at most ``max_length`` tokens (see ``truncate_pair``).
     Already tokenised rows are only checked and truncated. Raises ValueError naming the row, field
-    and ``source`` for a structurally bad row, before any tokenisation.
+    and ``source`` for a structurally bad row, before any tokenisation. ``max_prompt_length`` None
+    is the options' rule (`options.prompt_floor`: half of ``max_length``). ``encoder_decoder``: the
+    prompt and each completion tokenised apart, for the encoder and the decoder (``seq2seq``).
     """
     limits = _limits(max_length, max_prompt_length, max_completion_length, batch_size)
     layout = detect_layout(dataset) if layout is None else Layout(layout)
     checked = validate_preference_dataset(dataset, layout, source=source, batch_size=batch_size)
-    return _tokenise(checked, tokenizer, limits, num_proc=num_proc, batch_size=batch_size)
+    return _tokenise(checked, tokenizer, limits, num_proc=num_proc, batch_size=batch_size,
+                     encoder_decoder=encoder_decoder)
 
 
 def tokenise_checked(
     checked: CheckedPairs,
     tokenizer,
     *,
-    max_length: int | None = 1024,
-    max_prompt_length: int | None = 512,
+    max_length: int | None = _MAX_LENGTH,
+    max_prompt_length: int | None = None,
     max_completion_length: int | None = None,
     num_proc: int | None = None,
     batch_size: int = 1000,
+    encoder_decoder: bool = False,
 ) -> tuple[datasets.Dataset, PreferenceDataStats]:
     """``prepare_preference_dataset`` for rows already checked for their layout: no detection, no checks."""
     limits = _limits(max_length, max_prompt_length, max_completion_length, batch_size)
-    return _tokenise(checked, tokenizer, limits, num_proc=num_proc, batch_size=batch_size)
+    return _tokenise(checked, tokenizer, limits, num_proc=num_proc, batch_size=batch_size,
+                     encoder_decoder=encoder_decoder)
 
 
 def _limits(max_length, max_prompt_length, max_completion_length, batch_size: int) -> dict[str, int | None]:
-    check_length_limits(max_length, max_prompt_length, max_completion_length)
+    """The length limits, checked by the one validator every entry point uses, the prompt floor resolved."""
+    check_options(dict(max_length=max_length, max_prompt_length=max_prompt_length,
+                       max_completion_length=max_completion_length))
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-    return dict(max_length=max_length, max_prompt_length=max_prompt_length, max_completion_length=max_completion_length)
+    return dict(max_length=max_length, max_prompt_length=prompt_floor(max_length, max_prompt_length),
+                max_completion_length=max_completion_length)
 
 
 def _tokenise(
-    checked: CheckedPairs, tokenizer, limits: dict, *, num_proc: int | None, batch_size: int
+    checked: CheckedPairs, tokenizer, limits: dict, *, num_proc: int | None, batch_size: int, encoder_decoder: bool
 ) -> tuple[datasets.Dataset, PreferenceDataStats]:
     dataset, layout, source = checked.dataset, checked.layout, checked.source
     if len(dataset) == 0:  # `Dataset.map` skips empty datasets and would return no columns at all
@@ -100,9 +113,10 @@ def _tokenise(
             limits=limits,
             source=source,
             encode=TextEncoder(tokenizer),
+            encoder_decoder=encoder_decoder,
         ),
         desc="Tokenising preference pairs",
-        new_fingerprint=tokenised_fingerprint(dataset, tokenizer, layout, limits),
+        new_fingerprint=tokenised_fingerprint(dataset, tokenizer, layout, {**limits, "encoder_decoder": encoder_decoder}),
     )
     if len(tokenised) != len(dataset):  # map keeps rows 1:1; guard against a future change silently dropping any
         raise RuntimeError(f"tokenisation returned {len(tokenised)} rows for {len(dataset)} input rows")
@@ -111,6 +125,9 @@ def _tokenise(
     return tokenised.remove_columns(list(FLAG_FEATURES)), stats
 
 
-def _prepare_batch(batch: dict[str, list], indices: list[int], *, layout: Layout, **tokenize_kwargs) -> dict[str, Any]:
+def _prepare_batch(
+    batch: dict[str, list], indices: list[int], *, layout: Layout, encoder_decoder: bool, **tokenize_kwargs
+) -> dict[str, Any]:
     """The map function: ids and cut flags (``tokenize_batch``) plus the statistics flags."""
-    return {**tokenize_batch(batch, indices, layout=layout, **tokenize_kwargs), **completion_flags(batch, layout)}
+    tokenize = tokenize_encoder_decoder_batch if encoder_decoder else tokenize_batch
+    return {**tokenize(batch, indices, layout=layout, **tokenize_kwargs), **completion_flags(batch, layout)}

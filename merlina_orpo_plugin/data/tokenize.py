@@ -16,20 +16,6 @@ from .layouts import TOKEN_COLUMNS, Layout
 from .validation import where
 
 
-def check_length_limits(max_length: int | None, max_prompt_length: int | None, max_completion_length: int | None):
-    """ValueError naming the key when the limits contradict each other."""
-    for key, value in (("max_length", max_length), ("max_completion_length", max_completion_length)):
-        if value is not None and value < 1:
-            raise ValueError(f"`{key}` must be >= 1 or None, got {value}")
-    if max_prompt_length is not None and max_prompt_length < 0:
-        raise ValueError(f"`max_prompt_length` must be >= 0 or None, got {max_prompt_length}")
-    if max_length is not None and max_prompt_length is not None and max_prompt_length >= max_length:
-        raise ValueError(
-            f"`max_prompt_length` ({max_prompt_length}) must be smaller than `max_length` ({max_length}), "
-            "so that a prompt cut to `max_prompt_length` leaves room for the completions"
-        )
-
-
 def split_prompt_ids(
     prompt_ids: list[int], chosen_full: list[int], rejected_full: list[int]
 ) -> tuple[list[int], list[int], list[int]]:
