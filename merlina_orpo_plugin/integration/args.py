@@ -102,3 +102,13 @@ def resolve_beta(cfg: Any) -> float:
 def max_prompt_length(cfg: Any) -> int | None:
     """How far a long prompt may be cut under this config (`options.prompt_floor`)."""
     return prompt_floor(cfg.get("sequence_len"), cfg.get("merlina_max_prompt_length"))
+
+
+def is_encoder_decoder(cfg: Any) -> bool:
+    """Whether the recipe's model is an encoder-decoder (T5, BART): its data are tokenised for the encoder
+    and the decoder apart (`data.seq2seq`). Read from the model's config as Axolotl loads it."""
+    if not cfg.get("base_model"):
+        return False
+    from axolotl.loaders.utils import load_model_config
+
+    return bool(getattr(load_model_config(cfg), "is_encoder_decoder", False))

@@ -27,7 +27,7 @@ from ..data.fingerprint import code_sources, source_text
 from ..data.stats import IDENTICAL_NOTE
 from ..strategies import chat, common, text
 from . import LOG, mapping
-from .args import max_prompt_length
+from .args import is_encoder_decoder, max_prompt_length
 
 DEFAULT_PREPARED_PATH = "last_run_prepared"
 DEFAULT_SEED = 42  # the split and shuffle seed when the config sets none (`seed: 0` is a seed)
@@ -163,6 +163,7 @@ def dataset_hash(cfg, tokenizer) -> str:
         "sequence_len": cfg.get("sequence_len"),
         "max_prompt_length": max_prompt_length(cfg),
         "max_completion_length": cfg.get("merlina_max_completion_length"),
+        "encoder_decoder": is_encoder_decoder(cfg),
         "skip_bad_rows": bool(cfg.get("merlina_skip_bad_rows")),
         "tokenizer": [getattr(tokenizer, "name_or_path", None), tokenizer.chat_template, len(tokenizer),
                       tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],

@@ -17,7 +17,7 @@ import datasets
 from ..data import CheckedPairs, Layout, check_row, tokenise_checked
 from ..strategies import RowError, get_strategy
 from . import LOG
-from .args import max_prompt_length
+from .args import is_encoder_decoder, max_prompt_length
 
 _PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -90,4 +90,5 @@ def tokenise_pairs(checked: CheckedPairs, cfg, tokenizer):
         max_prompt_length=max_prompt_length(cfg),
         max_completion_length=cfg.get("merlina_max_completion_length"),
         num_proc=cfg.get("dataset_processes") if len(checked.dataset) > 10_000 else None,
+        encoder_decoder=is_encoder_decoder(cfg),
     )
