@@ -47,8 +47,11 @@ def sample_rows(model, tokenizer, rows: list[dict], settings: GenerationSettings
             input_ids=ids, attention_mask=attention, max_new_tokens=settings.max_new_tokens, do_sample=True,
             temperature=settings.temperature, top_k=0, top_p=1.0, pad_token_id=pad,
         )
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    # A decoder-only model continues the prompt; an encoder-decoder's output starts at its decoder start.
+    continuations = generated[:, 1:] if seq2seq else generated[:, width:]
     out = []
-    for row, prompt, full in zip(rows, prompts, generated[:, width:].tolist()):
+    for row, prompt, full in zip(rows, prompts, continuations.tolist()):
         sample = _until_end(full, tokenizer.eos_token_id, pad)
         out.append({
             "step": step,
@@ -56,7 +59,7 @@ def sample_rows(model, tokenizer, rows: list[dict], settings: GenerationSettings
             "chosen": tokenizer.decode(row["chosen_input_ids"], skip_special_tokens=False),
             "rejected": tokenizer.decode(row["rejected_input_ids"], skip_special_tokens=False),
             "sample": tokenizer.decode(sample, skip_special_tokens=False),
-            "sample_mean_logp": _mean_logp(model, prompt, sample, device),
+            "sample_mean_logp": _mean_logp(model, prompt, sample, device, seq2seq),
         })
     model.train(was_training)
     return out
@@ -69,13 +72,19 @@ def _until_end(tokens: list[int], eos: int | None, pad: int) -> list[int]:
     return tokens if pad == eos else [t for t in tokens if t != pad]
 
 
-def _mean_logp(model, prompt: list[int], sample: list[int], device) -> float:
+def _mean_logp(model, prompt: list[int], sample: list[int], device, seq2seq: bool) -> float:
+    """Mean log-prob of the sample's tokens given the prompt, under ``model``."""
     if not sample:
         return float("nan")
-    ids = torch.tensor([prompt + sample], device=device)
-    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
-    targets = ids[0, len(prompt):]
-    return float(torch.log_softmax(logits, -1).gather(-1, targets[:, None]).mean())
+    targets = torch.tensor(sample, device=device)
+    if seq2seq:
+        start = model.config.decoder_start_token_id
+        decoder = torch.tensor([[start] + sample[:-1]], device=device)
+        logits = model(input_ids=torch.tensor([prompt], device=device), decoder_input_ids=decoder).logits[0]
+    else:
+        ids = torch.tensor([prompt + sample], device=device)
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    return float(torch.log_softmax(logits.float(), -1).gather(-1, targets[:, None]).mean())
 
 
 def write_rows(rows: list[dict], output_dir: str, callbacks, prefix: str = "eval") -> None:
