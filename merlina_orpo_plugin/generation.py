@@ -30,6 +30,20 @@ class GenerationSettings:
     seed: int
 
 
+def log_generations(trainer, dataset, prefix: str) -> None:
+    """At an evaluation of ``trainer``: every process samples the same prompts, the main one writes them."""
+    options = trainer.settings
+    rows = [dataset[i] for i in range(min(options.num_generation_samples, len(dataset)))]
+    if not rows:
+        return
+    settings = GenerationSettings(options.num_generation_samples, options.generation_max_new_tokens,
+                                  options.generation_temperature, trainer.args.seed)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    sampled = sample_rows(model, trainer.processing_class, rows, settings, trainer.state.global_step)
+    if trainer.is_world_process_zero():
+        write_rows(sampled, trainer.args.output_dir, trainer.callback_handler.callbacks, prefix=prefix)
+
+
 @torch.no_grad()
 def sample_rows(model, tokenizer, rows: list[dict], settings: GenerationSettings, step: int) -> list[dict]:
     """Sample one answer per prompt of ``rows`` (tokenised pairs) and score it under ``model``."""

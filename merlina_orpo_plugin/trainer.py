@@ -20,7 +20,7 @@ from .collator import ORPODataCollator
 from .config import ORPOConfig
 from .data import prepare_preference_dataset
 from .forward import ORPOForwardOutput, concatenated_forward, nll_token_count
-from .generation import GenerationSettings, sample_rows, write_rows
+from .generation import log_generations
 from .metrics import MetricStore, batch_metrics
 from .model_setup import check_4bit_cpu_layers, prepare_model
 from .options import ORPOSettings, settings_from
@@ -198,21 +198,8 @@ class ORPOTrainerMixin:
         for name, value in self._orpo_metrics.pop("eval", self.accelerator).items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         if self.settings.generate_during_eval:
-            self._log_generations(dataloader.dataset, metric_key_prefix)
+            log_generations(self, dataloader.dataset, metric_key_prefix)
         return output
-
-    def _log_generations(self, dataset, prefix: str) -> None:
-        """Every process samples the same prompts (see `generation.py`); the main one writes them."""
-        s = self.settings
-        rows = [dataset[i] for i in range(min(s.num_generation_samples, len(dataset)))]
-        if not rows:
-            return
-        settings = GenerationSettings(s.num_generation_samples, s.generation_max_new_tokens, s.generation_temperature,
-                                      self.args.seed)
-        model = self.accelerator.unwrap_model(self.model)
-        sampled = sample_rows(model, self.processing_class, rows, settings, self.state.global_step)
-        if self.is_world_process_zero():
-            write_rows(sampled, self.args.output_dir, self.callback_handler.callbacks, prefix=prefix)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: add the ORPO metrics accumulated since the last one
