@@ -1,9 +1,9 @@
 """The implementations compared, whether each can run here, and how one configuration is launched:
-each in its own fresh process, so peak memory is per configuration."""
+in a fresh process (peak memory per configuration), or in this one (``inline``: no start-up cost;
+GPU peaks stay per configuration, CPU RSS peaks do not)."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -11,55 +11,58 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from .workload import REPO
 
 VENV_BIN = Path(sys.executable).parent
-#: ORPOConfig kwargs that turn our speed features off (variant "merlina_nospeed").
-SPEED_OFF = {"prefix_sharing": False, "padding_free": False, "loss_chunk_size": 0}
 
 
 @dataclass(frozen=True)
 class Impl:
     name: str
-    letter: str
     label: str
-    kind: str  # "axolotl" (the real `axolotl train` CLI) or "direct" (Python, `benchmarks.direct`)
+    kind: str  # "axolotl" (the real `axolotl train` CLI) or "python" (`benchmarks.child`)
     requires: tuple[str, ...]
 
 
-IMPLS = {
-    i.name: i
-    for i in (
-        Impl("axolotl_orpo", "a", "Axolotl `rl: orpo` (TRL 1.9)", "axolotl", ("axolotl", "trl")),
-        Impl("axolotl_merlina", "b", "Axolotl `rl: orpo_standalone` (ours)", "axolotl", ("axolotl",)),
-        Impl("trl", "c", "TRL `ORPOTrainer` direct", "direct", ("trl",)),
-        Impl("merlina", "d", "ours direct", "direct", ()),
-        Impl("merlina_nospeed", "e", "ours direct, speed features off", "direct", ()),
-    )
-}
-BASELINES = ("trl", "axolotl_orpo")
+IMPLS = {i.name: i for i in (
+    Impl("trl", "TRL 1.9 `ORPOTrainer`", "python", ("trl",)),
+    Impl("trl_liger", "TRL + Liger `LigerFusedLinearORPOLoss`", "python", ("trl", "liger_kernel")),
+    Impl("merlina", "ours, defaults", "python", ()),
+    Impl("merlina_nospeed", "ours, speed features off", "python", ()),
+    Impl("axolotl_orpo", "Axolotl `rl: orpo` (TRL)", "axolotl", ("axolotl", "trl")),
+    Impl("axolotl_merlina", "Axolotl `rl: orpo_standalone` (ours)", "axolotl", ("axolotl",)),
+    Impl("causal_lm", "causal-LM limit (HF loss)", "python", ()),
+)}
+#: ratio columns: speed and memory against these, and the share of the causal-LM limit
+BASELINES = {"trl": "TRL", "trl_liger": "TRL+Liger", "axolotl_orpo": "rl: orpo"}
+LIMIT = "causal_lm"
 
 
-def missing_speed_fields() -> list[str]:
-    from merlina_orpo_plugin import ORPOConfig
+def absent_reason(module: str) -> str | None:
+    """None when ``module`` is importable; else why not, in the words `gpu_check/fetch_wheels.sh` left in
+    ``.whl/SKIPPED.json`` when it could not carry the package to the GPU machine."""
+    if importlib.util.find_spec(module) is not None:
+        return None
+    note = REPO / ".whl" / "SKIPPED.json"
+    return (json.loads(note.read_text()) if note.exists() else {}).get(module) or f"`{module}` is not installed"
 
-    names = {f.name for f in dataclasses.fields(ORPOConfig)}
-    return [k for k in SPEED_OFF if k not in names]
 
-
-def skip_reason(impl: Impl, device: str) -> str | None:
-    """Why ``impl`` cannot run in this environment, or None."""
+def skip_reason(impl: Impl, device: str, tune: str) -> str | None:
+    """Why ``impl`` cannot run here, or None."""
     for module in impl.requires:
-        if importlib.util.find_spec(module) is None:
-            return f"`{module}` is not installed"
+        if absent_reason(module):
+            return absent_reason(module)
     if impl.kind == "axolotl":
+        if device != "cpu":
+            return "the Axolotl CLI runs are CPU-only in this harness (Axolotl is not carried to the GPU machine)"
+        if tune != "full":
+            return "the Axolotl recipes here are full fine-tunes"
         if shutil.which("axolotl", path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}") is None:
             return "the `axolotl` command is not on PATH"
-    if impl.name == "merlina_nospeed" and missing_speed_fields():
-        return f"ORPOConfig has no {', '.join(missing_speed_fields())} yet"
     return None
 
 
@@ -72,66 +75,62 @@ def cpu_threads() -> int:
     return torch.get_num_threads()
 
 
+OFFLINE = dict(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled",
+               AXOLOTL_DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false", TRL_EXPERIMENTAL_SILENCE="1")
+
+
 def child_env(job_path: Path | None, device: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        WANDB_MODE="disabled",
-        AXOLOTL_DO_NOT_TRACK="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-        TRL_EXPERIMENTAL_SILENCE="1",
-    )
+    env = dict(os.environ, **OFFLINE, PYTHONUNBUFFERED="1",
+               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     if job_path is not None:
         env["MERLINA_BENCH_JOB"] = str(job_path)
     # `accelerate launch` (which `axolotl train` runs) sets OMP_NUM_THREADS=1 on CPU when it is unset,
-    # so the Axolotl runs would train on one thread and the direct ones on all: pin one count for all.
+    # so the Axolotl runs would train on one thread and the others on all: pin one count for all.
     env.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 
-def command(impl: Impl, job: dict, job_path: Path) -> list[str]:
+def _command(impl: Impl, job: dict, job_path: Path) -> list[str]:
     if impl.kind == "axolotl":
         from .axolotl_yaml import write_config
 
-        return [str(VENV_BIN / "axolotl") if (VENV_BIN / "axolotl").exists() else "axolotl",
-                "train", str(write_config(job))]
-    return [sys.executable, "-m", "benchmarks.direct", str(job_path)]
+        exe = VENV_BIN / "axolotl"
+        return [str(exe) if exe.exists() else "axolotl", "train", str(write_config(job))]
+    return [sys.executable, "-m", "benchmarks.child", str(job_path)]
 
 
-def run(impl: Impl, job: dict, timeout: int) -> dict:
-    """Run one configuration in a fresh process; the measurement JSON, or ``{"error": ...}``."""
+def run(impl: Impl, job: dict, timeout: int, inline: bool = False) -> dict:
+    """Run one configuration; its measurement, or ``{"error": ..., "log_tail": ...}``."""
     work = Path(job["work_dir"])
     work.mkdir(parents=True, exist_ok=True)
     job = {**job, "impl": impl.name, "result_path": str(work / "result.json")}
-    if impl.name == "merlina_nospeed":
-        job["merlina_kwargs"] = SPEED_OFF
+    loads = {"loadavg_before": os.getloadavg()[0]}
+    start = time.perf_counter()
+    if inline and impl.kind == "python":
+        from .child import run_job
+
+        try:
+            result = run_job(job)
+        except Exception:
+            return {"error": "exception", "log_tail": traceback.format_exc()[-4000:], **loads}
+        return {**result, "process_seconds": time.perf_counter() - start, "isolation": "inline", **loads}
     job_path = work / "job.json"
     job_path.write_text(json.dumps(job, indent=1))
     log_path = work / "log.txt"
-    load_before = list(os.getloadavg())
-    start = time.perf_counter()
     try:
-        cmd = command(impl, job, job_path)
         with log_path.open("w") as log:
-            proc = subprocess.run(cmd, cwd=work, env=child_env(job_path, job["device"]), stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=timeout)
-        returncode = proc.returncode
+            returncode = subprocess.run(_command(impl, job, job_path), cwd=work, env=child_env(job_path, job["device"]),
+                                        stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
         returncode = f"timeout after {timeout}s"
-    wall = time.perf_counter() - start
-    loads = {"loadavg_before": load_before, "loadavg_after": list(os.getloadavg())}
+    loads["process_seconds"] = time.perf_counter() - start
     result_path = Path(job["result_path"])
+    if returncode != 0 and job.get("mode") == "max_batch" and result_path.exists():  # the trials before the cut
+        return {**json.loads(result_path.read_text()), "stopped": f"exit {returncode}", "isolation": "process", **loads}
     if returncode != 0 or not result_path.exists():
         tail = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
-        return {"impl": impl.name, "error": f"exit {returncode}; no result" if returncode == 0 else f"exit {returncode}",
-                "log": str(log_path), "log_tail": tail, "process_seconds": wall, **loads}
-    result = json.loads(result_path.read_text())
-    result.update(process_seconds=wall, log=str(log_path), command=" ".join(cmd), **loads)
-    return result
+        return {"error": f"exit {returncode}" + ("; no result" if returncode == 0 else ""), "log_tail": tail, **loads}
+    return {**json.loads(result_path.read_text()), "isolation": "process", **loads}

@@ -39,8 +39,9 @@ def _inputs(args, device):
 
     torch.manual_seed(0)
     rows, half = 2 * args.pairs, args.tokens // 2
-    hidden = torch.randn(rows, args.tokens, args.hidden, device=device, requires_grad=True)
-    head = torch.nn.Linear(args.hidden, args.vocab, bias=False, device=device)
+    dtype = getattr(torch, args.dtype)
+    hidden = torch.randn(rows, args.tokens, args.hidden, device=device, dtype=dtype, requires_grad=True)
+    head = torch.nn.Linear(args.hidden, args.vocab, bias=False, device=device, dtype=dtype)
     head.requires_grad_(not args.frozen_head)
     input_ids = torch.randint(3, min(args.vocab, 49152), (rows, args.tokens), device=device)  # SmolLM2-range ids
     input_ids[args.pairs:, :half] = input_ids[: args.pairs, :half]  # shared prompts
@@ -155,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--chunk-size", type=int, default=512)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--frozen-head", action="store_true", help="head weight without gradient (LoRA / QLoRA)")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="write <machine>-loss-memory.json/.md here")
@@ -169,7 +171,8 @@ def measure_all(args) -> dict:
     for side in SIDES:
         cmd = [sys.executable, "-m", "benchmarks.loss_memory", "--side", side, "--vocab", str(args.vocab),
                "--tokens", str(args.tokens), "--pairs", str(args.pairs), "--hidden", str(args.hidden),
-               "--chunk-size", str(args.chunk_size), "--device", args.device] + ["--frozen-head"] * args.frozen_head
+               "--chunk-size", str(args.chunk_size), "--device", args.device, "--dtype", args.dtype]
+        cmd += ["--frozen-head"] * args.frozen_head
         env = child_env(None, args.device)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -177,16 +180,17 @@ def measure_all(args) -> dict:
             sides[side] = json.loads(lines[-1])
         else:
             sides[side] = {"error": (proc.stderr or proc.stdout)[-1500:].strip().splitlines()[-1:] or ["no output"]}
-    settings = {k: getattr(args, k) for k in ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device", "frozen_head")}
+    settings = {k: getattr(args, k) for k in ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device", "dtype",
+                                              "frozen_head")}
     return {"settings": settings, "sides": sides}
 
 
 def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [f"Loss only (hidden states -> loss, forward + backward), vocab {s['vocab']:,}, {2 * s['pairs']} rows x "
-             f"{s['tokens']} tokens, hidden {s['hidden']}, float32 on {s['device']}, "
+             f"{s['tokens']} tokens, hidden {s['hidden']}, {s.get('dtype', 'float32')} on {s['device']}, "
              f"{'frozen' if s.get('frozen_head') else 'trainable'} head; full logits would be "
-             f"{2 * s['pairs'] * s['tokens'] * s['vocab'] * 4 / 2**20:,.0f} MiB.", "",
+             f"{2 * s['pairs'] * s['tokens'] * s['vocab'] * (2 if s.get('dtype') == 'bfloat16' else 4) / 2**20:,.0f} MiB.", "",
              "| side | peak memory delta MiB | vs TRL | seconds | loss |", "|---|---|---|---|---|"]
     trl = result["sides"].get("trl", {}).get("peak_delta_bytes")
     names = {"trl": "TRL 1.9 (full logits)", "ours": f"ours, chunked ({s['chunk_size']} tokens)",

@@ -1,9 +1,9 @@
 """Preprocessing throughput: ``prepare_preference_dataset`` against TRL's ``ORPOTrainer.tokenize_row``.
 
-``python benchmarks/preprocess.py [--repeats N]`` prints JSON. Data: the 300 English and the 300
-Chinese LLaMA-Factory DPO demo pairs (ShareGPT, from ../shared/data), in the conversational layout;
-tokenizer: the real SmolLM2 tokenizer (ChatML template); limits: the library defaults
-(max_length 1024, max_prompt_length 512); ``num_proc`` None (one process).
+``python benchmarks/preprocess.py [--repeats N]`` prints JSON. Data: the English and Chinese
+LLaMA-Factory ShareGPT pairs the project writes (``tests/assets/pairs/sharegpt_{en,zh}.json``), in
+the conversational layout; tokenizer: the SmolLM2 tokenizer of ``make assets`` (ChatML template);
+limits: the library defaults (max_length 1024, max_prompt_length 512); ``num_proc`` None (one process).
 
 - ``ours_cold``: ``prepare_preference_dataset`` on a file-backed copy of the rows in a NEW datasets
   cache directory each repeat, so nothing is cached: render, validate, tokenise, truncate, write
@@ -52,11 +52,10 @@ for _key, _value in (
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a file: `python benchmarks/preprocess.py`
-SHARED_DATA = REPO.parent / "shared" / "data"
-TOKENIZER_DIR = SHARED_DATA / "tokenizers" / "smollm2"
-DATASETS = {
-    "llamafactory_en": SHARED_DATA / "llamafactory-dpo-demo" / "dpo_en_demo.json",
-    "llamafactory_zh": SHARED_DATA / "llamafactory-dpo-demo" / "dpo_zh_demo.json",
+TOKENIZER_DIR = REPO / ".assets" / "tokenizers" / "smollm2"  # `make assets`
+DATASETS = {  # written by the project (tests/assets/pairs/build.py), LLaMA-Factory's ShareGPT layout
+    "llamafactory_en": REPO / "tests" / "assets" / "pairs" / "sharegpt_en.json",
+    "llamafactory_zh": REPO / "tests" / "assets" / "pairs" / "sharegpt_zh.json",
 }
 LIMITS = dict(max_length=1024, max_prompt_length=512)  # prepare_preference_dataset's defaults
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT speakers, as LLaMA-Factory maps them
@@ -257,7 +256,7 @@ def measure_preprocessing(repeats: int = 3) -> dict:
         entry["encode_step"] = measure_encode_step(rows, tokenizer, repeats)
         results[name] = entry
     return {
-        "tokenizer": str(TOKENIZER_DIR),
+        "tokenizer": str(TOKENIZER_DIR.relative_to(REPO)),
         "limits": LIMITS,
         "num_proc": None,
         "repeats": repeats,

@@ -1,4 +1,9 @@
-"""Derived numbers (pairs/s, tokens/s, memory, ratios against the baselines) and the Markdown report."""
+"""Derived numbers (medians, spreads, MFU, ratios), the environment record, and the Markdown report.
+
+Result files carry versions, the command and the git revision, and no absolute path: `scrub`
+rewrites the checkout, temporary folders, ``$OUT``, the home folder and the Python install as
+placeholders before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,43 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
+import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
-from .impls import BASELINES, IMPLS
+from .impls import BASELINES, IMPLS, LIMIT
 from .workload import REPO
 
-MiB = 1024 * 1024
-PACKAGES = ("torch", "transformers", "trl", "axolotl", "accelerate", "datasets", "merlina-orpo-plugin")
+GiB = 2**30
+PACKAGES = ("torch", "transformers", "trl", "peft", "liger-kernel", "accelerate", "datasets", "axolotl",
+            "bitsandbytes", "merlina-orpo-plugin")
+#: an absolute POSIX path of two or more parts that does not continue a word, number, URL or placeholder
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~>\-])/(?:[\w.\-]+/)+[\w.\-]*")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def scrub(value, extra_roots: dict[str, str] | None = None):
+    """``value`` (str / list / dict, recursively) with machine paths replaced by placeholders."""
+    if isinstance(value, dict):
+        return {k: scrub(v, extra_roots) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v, extra_roots) for v in value]
+    if not isinstance(value, str):
+        return value
+    roots = dict(extra_roots or {})
+    for path in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        roots.setdefault(path, "<site-packages>")
+    roots.update({str(REPO): ".", sys.prefix: "<python>", sys.base_prefix: "<python>"})
+    if os.environ.get("OUT"):
+        roots[os.environ["OUT"]] = "$OUT"
+    roots.setdefault(tempfile.gettempdir(), "<tmp>")
+    roots.setdefault(str(Path.home()), "~")
+    for root, placeholder in sorted(roots.items(), key=lambda kv: -len(kv[0])):  # longest first
+        if root and root != "/":
+            value = value.replace(root, placeholder)
+    return ABSOLUTE_PATH.sub(lambda m: "<abs>/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], value)
 
 
 def machine_slug(device: str) -> str:
@@ -36,183 +60,178 @@ def machine_slug(device: str) -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
-def machine_info(device: str) -> dict:
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_revision() -> str | None:
+    try:
+        run = dict(cwd=REPO, capture_output=True, text=True)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+        return f"{head}{' + uncommitted changes' if dirty else ''}" if head else None
+    except OSError:
+        return None
+
+
+def environment(device: str) -> dict:
+    """Date, machine, versions (torch, transformers, trl, peft, liger, ..., CUDA, GPU name), git revision."""
+    import torch
+
     versions = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device,
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "git": _git_revision(),
-    }
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
+            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "versions": versions, "cuda": torch.version.cuda,
+            "git": git_revision()}
     if device == "cuda":
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name()
+        info.update(gpu=torch.cuda.get_device_name(), gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory / GiB)
     return info
 
 
-def _git_revision() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        return f"{head}{' + uncommitted changes' if dirty else ''}" if head else None
-    except OSError:
-        return None
-
-
-def metrics(result: dict, device: str, peak_tflops: float) -> dict:
-    """pairs/s, tokens/s, memory and the processed/unique ratio of one configuration's result."""
-    if "error" in result or "skipped" in result:
+def metrics(result: dict, device: str, peaks: dict[str, float]) -> dict:
+    """Median step, pairs/s, unique tokens/s, spread, MFU, peak GiB and processed/unique of one result."""
+    if "error" in result or "skipped" in result or "step_seconds" not in result:
         return {}
-    seconds = sum(result["step_seconds"])
-    tokens, memory = result["tokens"], result["memory"]
+    seconds, tokens, memory = result["step_seconds"], result["tokens"], result["memory"]
+    unique = tokens["unique_per_batch"][: len(seconds)]
+    per_step = [u / s for u, s in zip(unique, seconds)]
+    median = statistics.median(seconds)
     out = {
-        "step_seconds_mean": seconds / len(result["step_seconds"]),
-        "step_seconds_median": sorted(result["step_seconds"])[len(result["step_seconds"]) // 2],
-        "pairs_per_s": tokens["pairs"] / seconds,
-        "tokens_per_s": tokens["unique_tokens"] / seconds,
+        "step_s_median": median, "step_s_min": min(seconds), "step_s_max": max(seconds),
+        "pairs_per_s": tokens["pairs_per_batch"][0] / median,
+        "tokens_per_s": statistics.median(per_step),
+        "tokens_per_s_min": min(per_step), "tokens_per_s_max": max(per_step),
         "processed_unique_ratio": tokens["processed_unique_ratio"],
     }
-    if device == "cuda" and "cuda_max_allocated" in memory:
-        out["peak_mib"] = memory["cuda_max_allocated"] / MiB
-        out["growth_mib"] = (memory["cuda_max_allocated"] - memory["cuda_allocated_before_train"]) / MiB
-        params = result["trainer"]["params_without_input_embeddings"]
-        out["mfu"] = 6 * params * out["tokens_per_s"] / (peak_tflops * 1e12)
+    if device == "cuda":
+        out["peak_gib"] = memory["cuda_max_allocated"] / GiB
+        out["growth_gib"] = (memory["cuda_max_allocated"] - memory["cuda_allocated_before"]) / GiB
     else:
-        out["peak_mib"] = memory["peak_rss_train_kb"] / 1024
-        out["before_mib"] = memory["rss_before_train_kb"] / 1024
-        out["growth_mib"] = out["peak_mib"] - out["before_mib"]
+        out["peak_gib"] = memory["peak_rss_kb"] / 2**20
+        out["growth_gib"] = (memory["peak_rss_kb"] - (memory["rss_before_kb"] or 0)) / 2**20
         cpu = result.get("step_cpu_seconds") or []
-        out["cpu_seconds_per_step"] = sum(cpu) / len(cpu) if cpu else None
+        out["cpu_s_per_step"] = statistics.median(cpu) if cpu else None
+    flops = 6 * result["trainer"]["matmul_params"] * out["tokens_per_s"]
+    for name, tflops in peaks.items():
+        out[f"mfu_{name}"] = flops / (tflops * 1e12)
     return out
 
 
 def add_ratios(group: dict[str, dict]) -> None:
-    """Speed and memory of each implementation against each baseline present in ``group``."""
-    for base in BASELINES:
-        ref = group.get(base, {}).get("metrics")
-        if not ref:
+    """Speed and peak memory of each implementation over each baseline present; share of the limit."""
+    refs = {base: group.get(base, {}).get("metrics") for base in (*BASELINES, LIMIT)}
+    for entry in group.values():
+        m = entry.get("metrics")
+        if not m:
             continue
-        for entry in group.values():
-            m = entry.get("metrics")
-            if m:
-                m[f"speedup_vs_{base}"] = m["pairs_per_s"] / ref["pairs_per_s"]
-                m[f"peak_vs_{base}"] = m["peak_mib"] / ref["peak_mib"]
-                if ref["growth_mib"] > 0:
-                    m[f"growth_vs_{base}"] = m["growth_mib"] / ref["growth_mib"]
+        for base in BASELINES:
+            if refs[base]:
+                m[f"speed_vs_{base}"] = m["pairs_per_s"] / refs[base]["pairs_per_s"]
+                m[f"peak_vs_{base}"] = m["peak_gib"] / refs[base]["peak_gib"]
+        if refs[LIMIT]:
+            m["of_limit"] = m["tokens_per_s"] / refs[LIMIT]["tokens_per_s"]
 
 
-def _fmt(value, spec: str = ".2f") -> str:
+def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
-    return format(value, spec)
+    return format(value, spec) + suffix
 
 
-def group_table(group: dict[str, dict], device: str) -> list[str]:
-    mem = "GPU peak alloc MiB" if device == "cuda" else "peak RSS MiB (train)"
-    head = ["impl", "pairs/s", "tokens/s", "s/step"] + ([] if device == "cuda" else ["CPU s/step"]) + [mem, "growth MiB", "processed/unique",
-            "speed vs c", "speed vs a", "peak vs c", "peak vs a", "growth vs c", "growth vs a"]
-    if device == "cuda":
-        head.append("MFU")
+def group_table(group: dict[str, dict], device: str, peaks: dict[str, float]) -> list[str]:
+    present = [b for b in BASELINES if group.get(b, {}).get("metrics")]
+    head = (["implementation", "pairs/s", "step s median [min-max]", "unique tok/s"]
+            + [f"MFU ({name})" for name in peaks] + ["peak GiB" if device == "cuda" else "peak RSS GiB",
+                                                      "processed/unique"]
+            + [f"speed vs {BASELINES[b]}" for b in present] + [f"peak vs {BASELINES[b]}" for b in present]
+            + (["of limit"] if group.get(LIMIT, {}).get("metrics") else []))
+    if device == "cpu":
+        head.insert(3, "CPU s/step")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, entry in group.items():
-        impl = IMPLS[name]
-        label = f"({impl.letter}) {impl.label}"
-        if "skipped" in entry["result"]:
-            lines.append(f"| {label} | skipped: {entry['result']['skipped']} |" + " |" * (len(head) - 2))
+        label, result, m = IMPLS[name].label, entry["result"], entry.get("metrics")
+        if not m:
+            why = f"skipped: {result['skipped']}" if "skipped" in result else f"FAILED: {result.get('error')}"
+            lines.append(f"| {label} | {why} |" + " |" * (len(head) - 2))
             continue
-        if "error" in entry["result"]:
-            lines.append(f"| {label} | FAILED ({entry['result']['error']}, log: {entry['result'].get('log')}) |"
-                         + " |" * (len(head) - 2))
-            continue
-        m = entry["metrics"]
-        cells = [label, _fmt(m["pairs_per_s"]), _fmt(m["tokens_per_s"], ".0f"), _fmt(m["step_seconds_mean"])]
-        if device != "cuda":
-            cells.append(_fmt(m.get("cpu_seconds_per_step")))
-        cells += [_fmt(m["peak_mib"], ".0f"), _fmt(m["growth_mib"], ".0f"), _fmt(m["processed_unique_ratio"])]
-        for key in ("speedup_vs_trl", "speedup_vs_axolotl_orpo", "peak_vs_trl", "peak_vs_axolotl_orpo",
-                    "growth_vs_trl", "growth_vs_axolotl_orpo"):
-            cells.append(_fmt(m.get(key)) + ("x" if key in m else ""))
-        if device == "cuda":
-            cells.append(_fmt(m.get("mfu", float("nan")) * 100, ".1f") + "%")
+        cells = [label, _fmt(m["pairs_per_s"], ".3g"),
+                 f"{m['step_s_median']:.3g} [{m['step_s_min']:.3g}-{m['step_s_max']:.3g}]", _fmt(m["tokens_per_s"], ",.0f")]
+        if device == "cpu":
+            cells.insert(3, _fmt(m.get("cpu_s_per_step"), ".3g"))
+        cells += [_fmt(100 * m[f"mfu_{n}"], ".1f", "%") for n in peaks]
+        cells += [_fmt(m["peak_gib"], ".2f"), _fmt(m["processed_unique_ratio"])]
+        cells += [_fmt(m.get(f"speed_vs_{b}"), ".2f", "x") for b in present]
+        cells += [_fmt(m.get(f"peak_vs_{b}"), ".2f", "x") for b in present]
+        if group.get(LIMIT, {}).get("metrics"):
+            cells.append(_fmt(100 * m["of_limit"], ".0f", "%") if "of_limit" in m else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _flatten(value, prefix: str = "") -> list[tuple[str, object]]:
-    if isinstance(value, dict):
-        return [item for k, v in value.items() for item in _flatten(v, f"{prefix}{k}." if prefix or k else k)]
-    return [(prefix.rstrip("."), value)]
-
-
 def markdown(report: dict) -> str:
-    info, settings = report["machine"], report["settings"]
+    env, s = report["environment"], report["settings"]
+    cuda = s["device"] == "cuda"
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     lines = [
-        f"# ORPO benchmark: {report['machine_slug']}{' (smoke)' if settings['smoke'] else ''}",
-        "",
-        f"- date: {info['date']}; git: {info['git']}",
-        f"- machine: {info['cpu']}, {info['cpu_count']} CPUs, {info['platform']}"
-        + (f"; GPU: {info['gpu']}" if info.get("gpu") else ""),
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v),
-        f"- command: `{settings['command']}`",
-        f"- training: full fine-tune, AdamW (adamw_torch), lr {settings['learning_rate']}, constant schedule, "
-        f"max_grad_norm 1.0, micro batch {settings['micro_batch']} pairs, grad accumulation 1, "
-        f"max length {settings['max_length']}, beta {settings['beta']}, "
-        f"{'bf16' if settings['device'] == 'cuda' else 'float32'}, sdpa attention, no gradient checkpointing, "
-        + (f"{settings['cpu_threads']} CPU threads per run (OMP_NUM_THREADS), " if settings.get("cpu_threads") else "")
-        + f"sequential sampling, seed {settings['seed']}",
-        f"- timing: {settings['warmup']} warm-up step(s) excluded, then {settings['steps']} timed steps "
-        "(on_step_begin -> on_step_end wall clock: forward, backward, clipping, optimizer step); each "
-        "configuration in its own fresh process"
-        + ("" if settings["device"] == "cuda" else "; CPU s/step = the training process's CPU time (all threads) "
-           "per timed step, less sensitive than wall clock to other work on the machine"),
-        "- tokens/s counts unique tokens (prompt once + chosen + rejected, each implementation's own "
-        "tokenisation); processed/unique = token positions the model ran (padding and repeated prompts "
-        "included) / unique tokens, over the same timed batches",
-        "- memory: " + ("`torch.cuda.max_memory_allocated` during training; growth = peak - allocated before training"
-                        if settings["device"] == "cuda" else
-                        "peak RSS of the training process during training (high-water mark reset at train begin); "
-                        "growth = peak - RSS right before training (optimizer state, activations, logits)"),
-        "- ratios: speed = pairs/s over the baseline's; peak/growth = memory over the baseline's; "
-        "(c) = TRL direct, (a) = Axolotl `rl: orpo`",
+        f"# ORPO benchmark: {report['name']}", "",
+        f"- command: `{s['command']}`; date {env['date']}; git {env['git']}",
+        f"- machine: {env['cpu']}, {env['cpu_count']} CPUs" + (f"; GPU {env['gpu']}" if env.get("gpu") else "")
+        + f"; Python {env['python']}; CUDA {env['cuda']}",
+        f"- versions: {versions}",
+        f"- training: AdamW ({'fused' if cuda else 'adamw_torch'}), lr {s['learning_rate']} constant, max_grad_norm 1.0, "
+        f"grad accumulation 1, beta {s['beta']}, max_length {s['max_length']}, max_prompt_length "
+        f"{s['max_prompt_length']}, {'bf16' if cuda else 'float32'}, sdpa attention (transformers' default), "
+        f"no gradient checkpointing, sequential sampling, seed {s['seed']}"
+        + (f", {s['cpu_threads']} CPU threads per run" if s.get("cpu_threads") else ""),
+        f"- timing: {s['warmup']} warm-up step(s), then {s['steps']} timed steps (on_step_begin -> on_step_end: "
+        f"forward, backward, clipping, optimizer step); pairs/s = pairs per step / median step; unique tok/s = "
+        f"median over steps of the step's unique tokens (prompt once + chosen + rejected, each implementation's "
+        f"own tokenisation) / its time; isolation: {s['isolation']}",
+        "- MFU = 6 x parameters in matmuls (all but the input embedding; a tied head once) x unique tok/s / peak "
+        "(" + ", ".join(f"{k}: {v:.0f} TFLOP/s" for k, v in report["peaks_tflops"].items())
+        + "); attention FLOPs not counted; LoRA counted the same way (its real FLOPs are about 2/3)",
+        "- memory: " + ("`torch.cuda.max_memory_allocated` during training" if cuda else
+                        "peak RSS of the training process during training (high-water mark reset at train begin)"
+                        + ("; inline runs share one process, so RSS peaks are not per configuration"
+                           if s["isolation"] == "inline" else "")),
+        "- of limit = unique tok/s over the causal-LM limit's: a plain causal-LM step (the model's own loss, "
+        "plain `Trainer`) over rows holding one pair's unique tokens, same model and optimizer",
     ]
-    if settings["device"] == "cuda":
-        lines.append(f"- MFU = 6 x parameters (without the input embedding) x unique tokens/s / "
-                     f"{settings['peak_tflops']} TFLOP/s (bf16 peak)")
+    if s.get("liger_compiled") is False:
+        lines.append("- TRL+Liger: `LigerFusedLinearORPOLoss(compiled=False)` on CPU, where compiling its chunk "
+                     "took minutes per new shape; `compiled=True` (Liger's default) on CUDA")
     for group in report["groups"]:
-        model = group["model"]
-        lines += ["", f"## {group['shape']['name']}, vocab {model['vocab_size']:,}", "",
-                  f"Workload: {group['workload']['rows']} rows, {group['shape_text']}; measured plain-text "
-                  f"means: prompt {group['workload']['mean_prompt_tokens']:.0f}, chosen "
-                  f"{group['workload']['mean_chosen_tokens']:.0f}, rejected {group['workload']['mean_rejected_tokens']:.0f} "
-                  f"tokens. Model: Llama, hidden {model['hidden_size']}, {model['num_hidden_layers']} layers, "
-                  f"{model['num_attention_heads']} heads, intermediate {model['intermediate_size']}, "
-                  f"{model['params'] / 1e6:.1f}M parameters.", ""]
-        lines += group_table(group["impls"], settings["device"])
-        loads = [f"{n}: {e['result'].get('loadavg_before', ['?'])[0]:.1f}" for n, e in group["impls"].items()
-                 if isinstance(e["result"].get("loadavg_before", [None])[0], float)]
-        if loads:
-            lines += ["", "1-minute load average when each run started (other work on the machine skews timings): "
-                      + ", ".join(loads)]
-    if report.get("loss_memory"):
-        from .loss_memory import markdown as loss_markdown
-
-        lines += ["", "## Loss-only memory (`python -m benchmarks.loss_memory`)", "", loss_markdown(report["loss_memory"]).rstrip()]
+        model, w = group["model"], group["workload"]
+        lines += ["", f"## {group['shape']['name']}, {group['tune']}, vocab {model['vocab_size']:,}", "",
+                  f"Workload: {w['rows']} rows, {group['shape_text']}; plain-text means: prompt "
+                  f"{w['mean_prompt_tokens']:.0f}, chosen {w['mean_chosen_tokens']:.0f}, rejected "
+                  f"{w['mean_rejected_tokens']:.0f} tokens. Model: Llama, hidden {model['hidden_size']}, "
+                  f"{model['num_hidden_layers']} layers, {model['params'] / 1e6:,.0f}M parameters"
+                  f"{', tied embeddings' if model['tie_word_embeddings'] else ''}.", ""]
+        lines += group_table(group["impls"], s["device"], report["peaks_tflops"])
+    for mb in report.get("max_batch") or ():
+        lines += ["", f"## Largest micro-batch: {mb['shape']}, {mb['tune']}, vocab {mb['vocab']:,}, "
+                      f"max_length {mb['max_length']}", "", mb["method"], "",
+                  "| implementation | pairs | trials (pairs: peak memory, or out of memory) |", "|---|---|---|"]
+        for name, r in mb["impls"].items():
+            if "max_pairs" not in r:
+                lines.append(f"| {IMPLS[name].label} | {r.get('skipped') or 'FAILED: ' + str(r.get('error'))} | |")
+                continue
+            pairs = (f">= {r['max_pairs']} (the limit)" if r["limit_reached"] else str(r["max_pairs"]) if r.get("complete")
+                     else f">= {r['max_pairs']} (search cut short: {r.get('stopped', 'unfinished')})")
+            trials = ", ".join(f"{t['pairs']}: " + (f"{t['peak_gib']:.1f} GiB" if t["fits"] else "OOM")
+                               for t in r["trials"])
+            lines.append(f"| {IMPLS[name].label} | {pairs} | {trials} |")
     lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
-    lines += ["", "## Preprocessing", ""]
-    pre = report.get("preprocessing")
-    if isinstance(pre, dict) and "message" not in pre:
-        lines += ["| measurement | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v, '.4g') if isinstance(v, float) else v} |" for k, v in _flatten(pre)]
-    else:
-        lines.append(pre["message"] if isinstance(pre, dict) else str(pre))
     return "\n".join(lines) + "\n"

@@ -1,12 +1,13 @@
-"""``python -m benchmarks.run``: the same ORPO workload through every implementation, one process each.
+"""``python -m benchmarks.run``: one ORPO workload through every implementation, shape, tuning and device.
 
-    python -m benchmarks.run                      # full CPU run: 2 shapes x 2 vocabularies x 5 implementations
-    python -m benchmarks.run --smoke              # smallest configuration, all five implementations
-    python -m benchmarks.run --shapes long-prompt --vocabs 49152 --impls axolotl_orpo axolotl_merlina trl merlina
-    python -m benchmarks.run --device cuda        # bigger bf16 model, direct implementations, MFU
+    python -m benchmarks.run                        # CPU: both shapes (CPU-sized), full fine-tune, every implementation
+    python -m benchmarks.run --smoke --isolation inline     # tiny model, 1 warm-up + 2 timed steps, in this process
+    python -m benchmarks.run --device cuda --tunes full lora  # Llama-3.2-1B shape, bf16, both shapes, MFU
+    python -m benchmarks.run --device cuda --max-batch      # largest micro-batch at max_length 4096, long-prompt
 
-Writes ``<out>/<machine>.json`` and ``<out>/<machine>.md`` (``-smoke`` added in smoke mode) and
-prints the Markdown. Exit status 1 when a configuration that could run failed.
+Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (name: the machine, then ``-smoke``,
+``-max-batch`` and ``--tag`` where given) and prints the Markdown. Exit status 1 when a
+configuration that could run failed.
 """
 
 from __future__ import annotations
@@ -15,173 +16,189 @@ import argparse
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from . import loss_memory, report
+from . import report
 from .impls import IMPLS, cpu_threads, run, skip_reason
-from .model import SIZES, build_model_dir
+from .model import DEFAULT_VOCABS, build_model_dir
 from .workload import SHAPES, load_tokenizer, missing_inputs, write_workload
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+NOMINAL_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="tiny model, short long-prompt shape, 1 warm-up + 2 timed steps")
-    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="default: both (smoke: long-prompt)")
-    p.add_argument("--vocabs", nargs="+", type=int, help="default: 49152 128256 (smoke: 49152)")
-    p.add_argument("--impls", nargs="+", choices=list(IMPLS), help="default: all five")
-    p.add_argument("--steps", type=int, help="timed steps (default 6; smoke 2; cuda 10)")
-    p.add_argument("--warmup", type=int, help="warm-up steps, not timed (default 2; smoke 1; cuda 3)")
-    p.add_argument("--micro-batch", type=int, default=4, help="pairs per step (default 4)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--model-size", choices=sorted(SIZES), help="default: smoke / cpu / cuda by mode")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 peak for MFU (default 989: H100 SXM)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--smoke", action="store_true", help="smallest model and shapes, 1 warm-up + 2 timed steps")
+    p.add_argument("--scale", choices=("smoke", "cpu", "gpu"), help="model and shape sizes (default: by device)")
+    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="default: both")
+    p.add_argument("--tunes", nargs="+", choices=("full", "lora"), default=["full"], help="default: full")
+    p.add_argument("--impls", nargs="+", choices=list(IMPLS), help="default: all")
+    p.add_argument("--vocabs", nargs="+", type=int, help="default: 49,152 (smoke, cpu), 128,256 (gpu)")
+    p.add_argument("--steps", type=int, help="timed steps (default 6; smoke 2; cuda 8)")
+    p.add_argument("--warmup", type=int, help="warm-up steps (default 2; smoke 1; cuda 3)")
+    p.add_argument("--isolation", choices=("process", "inline"), default="process",
+                   help="a fresh process per configuration (default), or all in this one")
+    p.add_argument("--liger-compiled", choices=("auto", "on", "off"), default="auto",
+                   help="LigerFusedLinearORPOLoss(compiled=...): auto = on for CUDA, off on CPU")
+    p.add_argument("--max-batch", action="store_true", help="find the largest micro-batch (pairs) per implementation")
+    p.add_argument("--max-length", type=int, help="default 1024 (cpu, smoke), 2048 (gpu), 4096 with --max-batch")
+    p.add_argument("--max-batch-limit", type=int, default=256, help="largest micro-batch tried (default 256)")
+    p.add_argument("--memory-cap-mib", type=float, help="treat more than this as out of memory (tests the search on CPU)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default benchmarks/results)")
+    p.add_argument("--tag", help="added to the output name")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration (default 1800)")
-    p.add_argument("--preprocess", dest="preprocess", action="store_true", default=None,
-                   help="include benchmarks.preprocess numbers (default: on, off with --smoke)")
-    p.add_argument("--no-preprocess", dest="preprocess", action="store_false")
-    p.add_argument("--loss-memory", dest="loss_memory", action="store_true", default=None,
-                   help="include the loss-only memory micro-benchmark (default: on, off with --smoke)")
-    p.add_argument("--no-loss-memory", dest="loss_memory", action="store_false")
     p.add_argument("--keep", action="store_true", help="keep the temporary models, data and logs")
-    args = p.parse_args(argv)
-    smoke, cuda = args.smoke, args.device == "cuda"
-    args.shapes = args.shapes or (["long-prompt"] if smoke else ["ultrafeedback", "long-prompt"])
-    args.vocabs = args.vocabs or ([49152] if smoke else [49152, 128256])
-    args.impls = args.impls or list(IMPLS)
-    args.steps = args.steps or (2 if smoke else 10 if cuda else 6)
-    args.warmup = args.warmup if args.warmup is not None else (1 if smoke else 3 if cuda else 2)
-    args.model_size = args.model_size or ("smoke" if smoke else "cuda" if cuda else "cpu")
-    args.preprocess = (not smoke) if args.preprocess is None else args.preprocess
-    args.loss_memory = (not smoke) if args.loss_memory is None else args.loss_memory
-    return args
+    a = p.parse_args(argv)
+    cuda = a.device == "cuda"
+    a.scale = a.scale or ("smoke" if a.smoke else "gpu" if cuda else "cpu")
+    a.shapes = a.shapes or (["long-prompt"] if a.max_batch else list(SHAPES))
+    a.impls = a.impls or [n for n in IMPLS if not (a.max_batch and IMPLS[n].kind == "axolotl")]
+    a.vocabs = a.vocabs or list(DEFAULT_VOCABS[a.scale])
+    a.steps = a.steps or (2 if a.smoke else 8 if cuda else 6)
+    a.warmup = a.warmup if a.warmup is not None else (1 if a.smoke else 3 if cuda else 2)
+    a.max_length = a.max_length or (4096 if a.max_batch else 2048 if a.scale == "gpu" else 1024)
+    a.liger_compiled = cuda if a.liger_compiled == "auto" else a.liger_compiled == "on"
+    return a
 
 
-def preprocessing(repeats: int) -> dict:
-    try:
-        from . import preprocess
-    except ModuleNotFoundError as error:
-        if error.name != "benchmarks.preprocess":
-            raise
-        return {"message": "No preprocessing numbers: `benchmarks/preprocess.py` does not exist yet."}
-    if not hasattr(preprocess, "measure_preprocessing"):
-        return {"message": "No preprocessing numbers: `benchmarks.preprocess` has no `measure_preprocessing` yet."}
-    try:
-        return preprocess.measure_preprocessing(repeats)
-    except Exception as error:  # someone else's module: report, do not invent numbers
-        return {"message": f"`benchmarks.preprocess.measure_preprocessing({repeats})` failed: {error!r}"}
+def measured_peak(inline: bool) -> float:
+    """The bf16 matmul TFLOP/s of this GPU, timed now (in a child process unless ``inline``)."""
+    if inline:
+        from .measure import matmul_peak_tflops
+
+        return matmul_peak_tflops()
+    code = "from benchmarks.measure import matmul_peak_tflops; print(matmul_peak_tflops())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    return float(out.stdout.strip().splitlines()[-1])
 
 
-def notes_for(groups: list[dict]) -> list[str]:
-    notes = [
-        "(a) and (b) run the real `axolotl train config.yml` CLI (accelerate launcher); the timing callback "
-        "is the Axolotl plugin `benchmarks.axolotl_timing.BenchTimingPlugin` inside the launched process.",
-        "Same texts everywhere, no chat template: (a) gets the JSONL entry with no `type`, so Axolotl hands "
-        "the plain prompt/chosen/rejected strings to TRL's ORPOTrainer, which tokenises them as in (c); (b) "
-        "uses `type: prompt_pairs`. Axolotl's only ORPO type (`chat_template.argilla`) needs message lists "
-        "and renders a chat template, so it is not used.",
-        "Same rows in the same order: `shuffle_merged_datasets: false` in the YAML and a sequential sampler "
-        "(`train_sampling_strategy: sequential`, set through the timing plugin's training args; TRL's trainer "
-        "under `rl: orpo` ignores `curriculum_sampling`).",
-        "Every training process gets the same `OMP_NUM_THREADS` (threads per run in the JSON, "
-        "`trainer.torch_threads`): `accelerate launch`, which `axolotl train` re-executes itself under, "
-        "sets it to 1 on CPU when it is unset, which would leave the Axolotl runs on one thread.",
-    ]
+def notes(groups: list[dict], settings: dict) -> list[str]:
+    out = ["Same texts everywhere, no chat template. The Axolotl runs use the real `axolotl train config.yml` "
+           "(accelerate launcher): `rl: orpo` gets the JSONL entry with no `type` (Axolotl hands the strings to "
+           "TRL's trainer), `rl: orpo_standalone` uses `type: prompt_pairs`; the timing callback is the Axolotl "
+           "plugin `benchmarks.axolotl_timing.BenchTimingPlugin`, which also makes the sampler sequential."]
     seen = set()
     for group in groups:
         for name, entry in group["impls"].items():
-            result = entry["result"]
-            if "skipped" in result and name not in seen:
-                notes.append(f"({IMPLS[name].letter}) skipped: {result['skipped']}.")
-                seen.add(name)
-            trainer = result.get("trainer") or {}
-            collator, plan = trainer.get("collator") or {}, trainer.get("speed_plan")
-            key = (name, json.dumps(collator, sort_keys=True), json.dumps(plan, sort_keys=True))
-            if trainer and key not in seen:
-                seen.add(key)
-                text = f"({IMPLS[name].letter}) ran `{trainer['trainer_class']}` with `{trainer['collator_class']}`"
-                if collator:
-                    text += " " + ", ".join(f"{k}={v}" for k, v in collator.items())
-                if plan:
-                    text += "; speed plan " + ", ".join(f"{k}={v}" for k, v in plan.items() if k != "fallbacks")
-                    text += "".join(f"; fallback: {f}" for f in plan.get("fallbacks") or ())
-                notes.append(text + ".")
-        uniques = {n: e["result"]["tokens"]["unique_tokens"] for n, e in group["impls"].items() if "tokens" in e["result"]}
+            trainer = entry["result"].get("trainer") or {}
+            text = f"{IMPLS[name].label}: `{trainer.get('trainer_class')}` with `{trainer.get('collator_class')}`"
+            text += "".join(f", {k}={v}" for k, v in (trainer.get("collator") or {}).items())
+            plan = trainer.get("speed_plan") or {}
+            text += "".join(f"; plan {k}={v}" for k, v in plan.items() if k != "fallbacks")
+            text += "".join(f"; fallback: {f}" for f in plan.get("fallbacks") or ())
+            if trainer and text not in seen:
+                seen.add(text)
+                out.append(text + ".")
+        uniques = {n: sum(e["result"]["tokens"]["unique_per_batch"]) for n, e in group["impls"].items()
+                   if "tokens" in e["result"]}
         if len(set(uniques.values())) > 1:
-            notes.append(f"{group['shape']['name']}/{group['model']['vocab_size']}: unique tokens of the timed batches "
-                         f"differ by tokenisation: {uniques}.")
-    return notes
+            out.append(f"{group['shape']['name']}/{group['tune']}: unique tokens of the timed batches differ by "
+                       f"tokenisation: {uniques}.")
+    return out
+
+
+def max_batch_summary(group: dict, args) -> dict:
+    return {"shape": group["shape"]["name"], "tune": group["tune"], "vocab": group["model"]["vocab_size"],
+            "max_length": args.max_length,
+            "method": f"Micro-batches of the {group['shape']['name']} rows ({group['shape_text']}) at max_length "
+                      f"{args.max_length}: two training steps each (the second holds the optimizer state); 1, 2, 4, "
+                      f"... pairs up to {args.max_batch_limit}, then bisection between the largest fit and the smallest "
+                      f"out-of-memory; each out-of-memory is caught and its memory freed"
+                      + (f"; memory cap {args.memory_cap_mib:g} MiB (a stand-in for a smaller card)"
+                         if args.memory_cap_mib else ""),
+            "impls": {n: e["result"] for n, e in group["impls"].items()}}
+
+
+def write(full: dict, args, root: Path, final: bool) -> None:
+    """Write the JSON and Markdown (after every configuration, so a run cut short keeps what it measured)."""
+    out = dict(full, groups=[] if args.max_batch else full["groups"], notes=notes(full["groups"], full["settings"]),
+               complete=final)
+    if args.max_batch:
+        out["max_batch"] = [max_batch_summary(g, args) for g in full["groups"]]
+    out = report.scrub(out, {str(root): "<work>"})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{full['name']}.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+    text = report.markdown(out)
+    (args.out / f"{full['name']}.md").write_text(text)
+    if final:
+        print("\n" + text)
+        print(f"written: {report.scrub(str(args.out / full['name']))}.md and .json", flush=True)
+
+
+def run_one(args, impl_name: str, job: dict, peaks: dict) -> dict:
+    impl, label = IMPLS[impl_name], f"[{job['shape']} / {job['tune']}] {IMPLS[impl_name].label}"
+    reason = skip_reason(impl, args.device, job["tune"]) or (
+        "the search drives Python trainers only" if args.max_batch and impl.kind != "python" else None)
+    if reason:
+        print(f"{label}: skipped, {reason}", flush=True)
+        return {"result": {"skipped": reason}}
+    print(f"{label}: running ...", flush=True)
+    result = run(impl, job, args.timeout, args.isolation == "inline")
+    entry = {"result": result, "metrics": report.metrics(result, args.device, peaks)}
+    if "error" in result:
+        print(f"{label}: FAILED ({result['error']})\n{result['log_tail'][-3000:]}", flush=True)
+    elif args.max_batch:
+        print(f"{label}: largest micro-batch {result['max_pairs']} pairs", flush=True)
+    else:
+        m = entry["metrics"]
+        print(f"{label}: {m['pairs_per_s']:.3g} pairs/s, {m['tokens_per_s']:.0f} unique tok/s, peak "
+              f"{m['peak_gib']:.2f} GiB, processed/unique {m['processed_unique_ratio']:.2f} "
+              f"({result['process_seconds']:.0f} s)", flush=True)
+    return entry
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     missing = missing_inputs()
     if missing:
-        print("benchmark inputs are absent (../shared/data beside the repo): " + ", ".join(map(str, missing)))
+        print("benchmark inputs are absent: " + "; ".join(missing))
         return 2
     root = Path(tempfile.mkdtemp(prefix="merlina-bench-"))
-    slug = report.machine_slug(args.device) + ("-smoke" if args.smoke else "")
-    settings = dict(smoke=args.smoke, device=args.device, steps=args.steps, warmup=args.warmup,
-                    micro_batch=args.micro_batch, learning_rate=1e-5, beta=0.1, max_length=1024, seed=0,
-                    model_size=args.model_size, peak_tflops=args.peak_tflops,
-                    cpu_threads=cpu_threads() if args.device == "cpu" else None,
-                    command="python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]))
+    name = "-".join([report.machine_slug(args.device)] + ["smoke"] * args.smoke + ["max-batch"] * args.max_batch
+                    + ([args.tag] if args.tag else []))
+    settings = dict(command="python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv),
+                    device=args.device, scale=args.scale, steps=args.steps, warmup=args.warmup, learning_rate=1e-5,
+                    beta=0.1, max_length=args.max_length, max_prompt_length=args.max_length * 7 // 8, seed=0,
+                    isolation=args.isolation, liger_compiled=args.liger_compiled,
+                    cpu_threads=cpu_threads() if args.device == "cpu" else None)
+    peaks = {}
+    if args.device == "cuda" and not args.max_batch:
+        peaks = {"measured": measured_peak(args.isolation == "inline"), "nominal": NOMINAL_TFLOPS}
+        print(f"bf16 matmul peak: {peaks['measured']:.0f} TFLOP/s measured", flush=True)
+    full = {"name": name, "settings": settings, "environment": report.environment(args.device), "peaks_tflops": peaks,
+            "groups": []}
     tokenizer = load_tokenizer()
-    rows = (args.warmup + args.steps) * args.micro_batch
-    groups, failed = [], False
     try:
         for vocab in args.vocabs:
             model_dir = root / f"model-{vocab}"
-            model = build_model_dir(model_dir, args.model_size, vocab, seed=settings["seed"])
+            model = build_model_dir(model_dir, args.scale, vocab, args.device, seed=settings["seed"])
             for shape_name in args.shapes:
-                shape = SHAPES[shape_name][1 if args.smoke else 0]
+                shape = SHAPES[shape_name][args.scale]
                 data_path = root / f"{shape_name}.jsonl"
+                rows = 64 if args.max_batch else (args.warmup + args.steps) * shape.pairs_per_step
                 workload = write_workload(data_path, tokenizer, shape, rows, seed=settings["seed"])
-                group = {"shape": workload["shape"], "shape_text": shape.describe(), "model": model,
-                         "workload": workload, "impls": {}}
-                for name in args.impls:
-                    impl = IMPLS[name]
-                    reason = skip_reason(impl, args.device)
-                    label = f"[{shape_name} / vocab {vocab}] ({impl.letter}) {impl.label}"
-                    if reason:
-                        print(f"{label}: skipped, {reason}", flush=True)
-                        group["impls"][name] = {"result": {"skipped": reason}}
-                        continue
-                    print(f"{label}: running ...", flush=True)
-                    job = dict(settings, model_dir=str(model_dir), data_path=str(data_path),
-                               work_dir=str(root / "runs" / f"{shape_name}-{vocab}-{name}"))
-                    result = run(impl, job, args.timeout)
-                    entry = {"result": result, "metrics": report.metrics(result, args.device, args.peak_tflops)}
-                    group["impls"][name] = entry
-                    if "error" in result:
-                        failed = True
-                        print(f"{label}: FAILED ({result['error']}); log {result['log']}\n{result['log_tail'][-2000:]}",
-                              flush=True)
-                    else:
-                        m = entry["metrics"]
-                        print(f"{label}: {m['pairs_per_s']:.3f} pairs/s, {m['tokens_per_s']:.0f} tokens/s, "
-                              f"peak {m['peak_mib']:.0f} MiB, processed/unique {m['processed_unique_ratio']:.2f} "
-                              f"(process {result['process_seconds']:.0f} s)", flush=True)
-                report.add_ratios(group["impls"])
-                groups.append(group)
-        full = {"machine_slug": slug, "machine": report.machine_info(args.device), "settings": settings,
-                "groups": groups, "notes": notes_for(groups),
-                "preprocessing": preprocessing(1 if args.smoke else 3) if args.preprocess else
-                {"message": "Preprocessing not measured in this run (`--smoke` or `--no-preprocess`)."}}
-        if args.loss_memory:
-            print("loss-only memory micro-benchmark (python -m benchmarks.loss_memory) ...", flush=True)
-            full["loss_memory"] = loss_memory.measure_all(loss_memory.parser().parse_args(["--device", args.device]))
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{slug}.json").write_text(json.dumps(full, indent=1, default=str))
-        text = report.markdown(full)
-        (args.out / f"{slug}.md").write_text(text)
-        print("\n" + text)
-        print(f"written: {args.out / (slug + '.md')}, {args.out / (slug + '.json')}")
+                for tune in args.tunes:
+                    group = {"shape": workload["shape"], "shape_text": shape.describe(), "tune": tune, "model": model,
+                             "workload": workload, "impls": {}}
+                    full["groups"].append(group)
+                    for impl_name in args.impls:
+                        job = dict(settings, model_dir=str(model_dir), data_path=str(data_path), shape=shape_name,
+                                   micro_batch=shape.pairs_per_step, tune=tune,
+                                   work_dir=str(root / "runs" / f"{shape_name}-{tune}-{vocab}-{impl_name}"),
+                                   mode="max_batch" if args.max_batch else "time",
+                                   max_batch_limit=args.max_batch_limit, memory_cap_mib=args.memory_cap_mib)
+                        group["impls"][impl_name] = run_one(args, impl_name, job, peaks)
+                        report.add_ratios(group["impls"])
+                        write(full, args, root, final=False)
+        write(full, args, root, final=True)
     finally:
+        failed = any("error" in e["result"] for g in full["groups"] for e in g["impls"].values())
         if args.keep or failed:
             print(f"models, data and logs kept in {root}")
         else:

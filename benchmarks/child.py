@@ -1,0 +1,210 @@
+"""One configuration of the Python-driven implementations: load the model, build the trainer, time it.
+
+``python -m benchmarks.child JOB.json`` (a fresh process per configuration) or `run_job(job)` in
+the caller's process. ``job["mode"]`` is ``"time"`` (warm-up + timed steps, `measure.StepTimer`) or
+``"max_batch"`` (the largest micro-batch in pairs that trains two steps without running out of
+memory: doubling, then bisection, each out-of-memory caught and its memory freed).
+
+Implementations: TRL 1.9's ``ORPOTrainer``; the same with Liger-Kernel's fused linear ORPO loss
+(`benchmarks.trl_liger`); ``MerlinaORPOTrainer`` with its defaults or with its speed features off;
+and the causal-LM limit, a plain ``transformers.Trainer`` step with the model's own loss over rows
+that hold one pair's unique tokens (prompt + chosen + rejected).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import sys
+from pathlib import Path
+
+#: ORPOConfig kwargs that turn our speed features off ("merlina_nospeed").
+SPEED_OFF = {"prefix_sharing": False, "padding_free": False, "loss_chunk_size": 0}
+
+
+def training_kwargs(job: dict, micro_batch: int, max_steps: int) -> dict:
+    """The `TrainingArguments` every implementation shares (Axolotl YAML: `benchmarks.axolotl_yaml`)."""
+    cuda = job["device"] == "cuda"
+    return dict(
+        output_dir=str(Path(job["work_dir"]) / "out"), per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=1, learning_rate=job["learning_rate"], lr_scheduler_type="constant",
+        optim="adamw_torch_fused" if cuda else "adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
+        max_steps=max_steps, logging_steps=1000, save_strategy="no", eval_strategy="no", report_to="none",
+        seed=job["seed"], bf16=cuda, use_cpu=not cuda, gradient_checkpointing=False, dataloader_num_workers=0,
+        dataloader_pin_memory=False, train_sampling_strategy="sequential", remove_unused_columns=False,
+    )
+
+
+def causal_lm_rows(tokenizer, rows: list[dict]) -> list[dict]:
+    """One row per pair: BOS + prompt + chosen + EOS + rejected + EOS, the tokens the ORPO trainers count
+    as the pair's unique tokens (they add BOS to the prompt and EOS to each answer)."""
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    out = []
+    for row in rows:
+        ids = [tokenizer(row[k], add_special_tokens=False)["input_ids"] for k in ("prompt", "chosen", "rejected")]
+        out.append({"input_ids": bos + ids[0] + ids[1] + [tokenizer.eos_token_id] + ids[2] + [tokenizer.eos_token_id]})
+    return out
+
+
+class CausalLMCollator:
+    """Right-pads ``input_ids``; labels are the ids, -100 on padding (the model's own shifted loss)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, rows):
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: int, max_steps: int, callbacks):
+    from datasets import Dataset
+
+    impl, kwargs = job["impl"], training_kwargs(job, micro_batch, max_steps)
+    if impl == "causal_lm":
+        from transformers import Trainer, TrainingArguments
+
+        return Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=Dataset.from_list(causal_lm_rows(
+            tokenizer, rows)), data_collator=CausalLMCollator(tokenizer.pad_token_id), callbacks=callbacks)
+    orpo = dict(beta=job["beta"], max_length=job["max_length"], disable_dropout=True)
+    dataset = Dataset.from_list(rows)
+    if impl in ("trl", "trl_liger"):
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        cls = ORPOTrainer
+        if impl == "trl_liger":
+            from .trl_liger import LigerORPOTrainer as cls
+
+            cls.liger_compiled = job["liger_compiled"]
+        return cls(model=model, args=ORPOConfig(**kwargs, **orpo), train_dataset=dataset, processing_class=tokenizer,
+                   callbacks=callbacks)
+    from merlina_orpo_plugin import MerlinaORPOTrainer, ORPOConfig
+
+    # TRL 1.9 cuts prompts only to fit max_length; ours also has max_prompt_length (512 by default): set
+    # so that no prompt of the workload is cut
+    extra = dict(max_prompt_length=job["max_prompt_length"], **(SPEED_OFF if impl == "merlina_nospeed" else {}))
+    return MerlinaORPOTrainer(model=model, args=ORPOConfig(**kwargs, **orpo, **extra), train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=callbacks)
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer_for(model_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def load(job: dict):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .model import add_lora
+
+    torch.manual_seed(job["seed"])
+    cuda = job["device"] == "cuda"
+    model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.bfloat16 if cuda else torch.float32)
+    if cuda:
+        model = model.to("cuda")
+    if job["tune"] == "lora":
+        model = add_lora(model)
+    return model, tokenizer_for(job["model_dir"])
+
+
+def free() -> None:
+    """Collect the last configuration's tensors and hand the GPU's cache back (a no-op on CPU, where a
+    collection of a large process costs about half a second)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def time_steps(job: dict) -> dict:
+    import torch
+
+    from .measure import StepTimer
+    from .workload import read_rows
+
+    torch._dynamo.reset()  # inline runs: every configuration compiles (Liger's loss) as a fresh process would
+    model, tokenizer = load(job)
+    timer = StepTimer(job["warmup"], job["steps"], extra={"impl": job["impl"], "tune": job["tune"]})
+    trainer = build_trainer(job, model, tokenizer, read_rows(job["data_path"]), job["micro_batch"],
+                            job["warmup"] + job["steps"], [timer])
+    timer.attach(trainer, job["micro_batch"])
+    trainer.train()
+    del trainer, model
+    free()
+    return timer.result
+
+
+def fits(job: dict, model, tokenizer, rows: list[dict], pairs: int) -> dict:
+    """Two training steps of ``pairs`` pairs each (the second holds the optimizer state), or OOM."""
+    import torch
+
+    from .measure import MemoryCap
+
+    cap = job.get("memory_cap_mib")
+    watch = MemoryCap(int(cap * 2**20) if cap else None)
+    batch = [rows[i % len(rows)] for i in range(2 * pairs)]
+    trial = {"pairs": pairs, "fits": True}
+    try:
+        trainer = build_trainer(job, model, tokenizer, batch, pairs, 2, [watch])
+        trainer.train()
+    except torch.OutOfMemoryError as error:
+        trial.update(fits=False, error=str(error).splitlines()[0][:200])
+    trainer = None  # the trainer, its optimizer state and the failed step's tensors go before the next try
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    free()
+    return {**trial, "peak_gib": round(watch.used / 2**30, 3)}
+
+
+def max_batch(job: dict) -> dict:
+    """Largest micro-batch (pairs) in [1, job["max_batch_limit"]] that fits: double from 1, then bisect."""
+    from .workload import read_rows
+
+    model, tokenizer = load(job)
+    rows, limit = read_rows(job["data_path"]), job["max_batch_limit"]
+    trials, fit, fail = [], 0, None
+    pairs = 1
+    while pairs:
+        trials.append(fits(job, model, tokenizer, rows, pairs))
+        partial = {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": False, "limit": limit,
+                   "trials": trials, "complete": False}
+        Path(job["result_path"]).write_text(json.dumps(partial, indent=1))  # what a timeout leaves behind
+        ok = trials[-1]["fits"]
+        print(f"    {job['impl']}: {pairs} pairs {'fit' if ok else 'out of memory'} ({trials[-1]['peak_gib']} GiB)",
+              flush=True)
+        if ok:
+            fit = pairs
+        else:
+            fail = pairs
+        if fail is None:
+            pairs = min(2 * pairs, limit) if pairs < limit else 0
+        else:
+            pairs = (fit + fail) // 2 if fail - fit > 1 else 0
+    return {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": fail is None,
+            "limit": limit, "trials": trials, "complete": True}
+
+
+def run_job(job: dict) -> dict:
+    return max_batch(job) if job.get("mode") == "max_batch" else time_steps(job)
+
+
+def main(job_path: str) -> None:
+    job = json.loads(Path(job_path).read_text())
+    result = run_job(job)
+    Path(job["result_path"]).write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
