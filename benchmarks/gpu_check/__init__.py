@@ -1,30 +1,25 @@
-"""One-shot GPU check of the ORPO speed features (shared prompt, packed rows, chunked loss).
+"""One-shot GPU check of correctness: the layouts' equivalence, the loss's memory, the trainer end to end.
 
-    python -m benchmarks.gpu_check [--device cuda] [--quick] [--sections 1,2,3] [--peak-tflops 989]
-                                   [--budget-s 330] [--tol 1e-5] [--out DIR] [--skip-flex]
+    python -m benchmarks.gpu_check [--device cuda] [--quick] [--sections 1,2] [--trainer] [--out DIR]
 
-Sections (each wrapped: a failure prints its traceback and the script goes on):
-
-1. Equivalence, float32: a tiny Llama, 8 random pairs; TRL's padded layout with sdpa and no chunking
+1. Equivalence, float32: a tiny Llama, random pairs; TRL's padded layout with sdpa and no chunking
    is the reference; sdpa / flex_attention / eager with shared prompt and/or packing and/or the
    chunked loss, and TRL 1.9's own ``ORPOTrainer`` loss path, must give the same loss, log-probs,
-   NLL and gradients to ``--tol`` (1e-5, max |diff| / max |reference|). TF32 is off. Also bf16
-   numbers (no pass bar).
-2. Speed and memory, bf16: a ~0.45B Llama built from config, AdamW (fused) step included, 8 pairs
-   per micro-batch, "long-prompt" and "ultrafeedback" shapes, vocab 128256 then 49152: (a) our
-   collator in TRL's padded layout, no chunking; (b) sdpa shared+packed+chunk 512; (c) flex_attention
-   shared+packed+chunk 512; (d) TRL's ``ORPOTrainer.get_batch_loss_metrics`` itself.
-   MFU = 6 * n_params * unique tokens/s / peak FLOP/s: unique tokens (each prompt once + chosen +
-   rejected), attention FLOPs ignored.
-3. Loss-only memory, vocab 128256: TRL's full-logits loss vs ``scoring.chunked_token_logps``.
+   NLL and gradients to ``--tol`` (1e-5, max |diff| / max |reference|); a mask that lets rejected
+   tokens see the chosen ones must fail. TF32 off. Also bf16 numbers (no pass bar; not on CPU --quick).
+2. The loss alone at vocab 128,256 (bf16 on CUDA): TRL's full logits against our chunked and
+   unchunked paths (`benchmarks.loss_memory`), peak memory and loss.
+``--trainer`` (`trainer_check`): ``MerlinaORPOTrainer.train()`` with logging every step,
+   ``evaluate()``, ``save_model()``, and a resume from step 2 with the same losses at steps 3-4;
+   full fine-tune, LoRA and QLoRA, bf16, gradient accumulation 2; then ``axolotl train`` with the
+   plugin where Axolotl is installed. Parts whose packages are absent are skipped with the reason.
 
-Section 3 runs before section 2 (it takes seconds); section 2 takes what is left of ``--budget-s``
-(measured from the start of the script), most important shapes first, and skips what would not fit.
-Results go to ``$OUT/gpu_check.json`` (rewritten after every measurement) and a Markdown summary is
-printed (and written to ``$OUT/gpu_check.md``).
+Speed lives in the benchmark harness (``python -m benchmarks.run --device cuda``), not here.
+Results: ``<out>/<machine>-gpu-check.{json,md}`` (``-trainer-check`` for ``--trainer`` alone,
+``-quick`` added with ``--quick``), the JSON rewritten after every measurement; ``<out>`` is
+``--out``, else ``$OUT``, else ``benchmarks/results``.
 
 Modules: ``__main__`` (options, environment, the run), ``common`` (shared state and helpers),
-``equivalence`` (section 1), ``speed`` (section 2), ``loss_memory`` (section 3), ``report`` (Markdown).
-Imports nothing from other ``benchmarks`` modules (the folder can be carried alone); ``common`` puts
-the repository root on ``sys.path`` itself.
+``equivalence`` (1), ``loss_memory`` (2), ``trainer_check``, ``report`` (Markdown). On the GPU
+machine ``device_run.sh`` runs everything; ``fetch_wheels.sh`` prepares the wheels it carries.
 """

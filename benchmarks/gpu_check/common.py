@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 PAD = 2
 BETA = 0.1
-RESULTS: dict = {"env": {}, "section1": {}, "section2": {}, "section3": {}, "errors": []}
+RESULTS: dict = {"env": {}, "section1": {}, "section2": {}, "trainer": {}, "errors": []}
 ARGS = None  # the parsed options; reassigned by __main__.main
 
 
@@ -42,21 +42,26 @@ def remaining() -> float:
     return ARGS.budget_s - elapsed()
 
 
-def out_dir() -> Path | None:
-    if ARGS.out:
-        return Path(ARGS.out)
-    if os.environ.get("OUT"):
-        return Path(os.environ["OUT"])
-    return None
+def out_dir() -> Path:
+    """``--out``, else ``$OUT`` (the GPU machine's output folder), else ``benchmarks/results``."""
+    return Path(ARGS.out or os.environ.get("OUT") or REPO / "benchmarks" / "results")
+
+
+def out_stem() -> Path:
+    """``<out>/<machine>-trainer-check`` or ``<out>/<machine>-gpu-check`` (``-quick`` added for --quick)."""
+    from benchmarks.report import machine_slug
+
+    kind = "trainer-check" if ARGS.trainer and not ARGS.sections else "gpu-check"
+    return out_dir() / f"{machine_slug(ARGS.device)}-{kind}{'-quick' if ARGS.quick else ''}"
 
 
 def save() -> None:
-    d = out_dir()
-    if d is None:
-        return
+    """Write the results so far, machine paths scrubbed (rewritten after every measurement)."""
+    from benchmarks.report import scrub
+
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "gpu_check.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+        out_dir().mkdir(parents=True, exist_ok=True)
+        out_stem().with_suffix(".json").write_text(json.dumps(scrub(RESULTS), indent=1, default=str) + "\n")
     except Exception:  # never let saving kill the run
         traceback.print_exc()
 
@@ -92,10 +97,6 @@ def random_pairs(n, prompt, chosen, rejected, vocab, seed):
 
     return [dict(prompt_input_ids=seq(prompt), chosen_input_ids=seq(chosen), rejected_input_ids=seq(rejected))
             for _ in range(n)]
-
-
-def around(center: int, spread: float = 0.25) -> tuple[int, int]:
-    return max(1, round(center * (1 - spread))), round(center * (1 + spread))
 
 
 def to_device(batch: dict, device) -> dict:

@@ -1,5 +1,4 @@
-"""The Markdown summary of ``common.RESULTS``.
-"""
+"""The Markdown summary of ``common.RESULTS``."""
 
 from __future__ import annotations
 
@@ -13,8 +12,11 @@ def fmt(x, spec=".2e"):
 
 def markdown() -> str:
     env = RESULTS["env"]
-    lines = [f"# gpu_check: {env.get('device_name', env.get('device'))}, torch {env.get('torch')}, "
-             f"transformers {env.get('transformers')}, trl {env.get('trl')}", ""]
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
+    lines = [f"# gpu_check: {env.get('gpu') or env.get('cpu')}{' (quick)' if C.ARGS.quick else ''}", "",
+             f"- command: `python -m benchmarks.gpu_check {' '.join(env.get('argv') or [])}`; date {env.get('date')}; "
+             f"git {env.get('git')}",
+             f"- versions: {versions}; CUDA {env.get('cuda')}; Python {env.get('python')}", ""]
     s1 = RESULTS["section1"]
     if s1.get("variants"):
         lines += ["## 1. Equivalence vs sdpa padded unchunked (max |diff| / max |ref|)", "",
@@ -41,40 +43,48 @@ def markdown() -> str:
                      + (f" (not run: {', '.join(s1['float32_not_run'])})" if s1.get("float32_not_run") else ""))
         lines.append("")
     s2 = RESULTS["section2"]
-    if s2.get("runs"):
-        lines += [f"## 2. Speed and memory ({s2['setup']['dtype']}, AdamW step included)", "",
-                  f"MFU = 6 x n_params x unique tokens/s / {C.ARGS.peak_tflops:g} TFLOP/s: counts unique tokens "
-                  "(prompt once + chosen + rejected) and ignores attention FLOPs.", "",
-                  "| shape | vocab | variant | batch | ms/step | pairs/s | unique tok/s | processed/unique | peak GiB | MFU | first loss |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in s2["runs"]:
-            head = f"| {r['shape']} | {r['vocab']} | {r['variant']} |"
-            if "skipped" in r or "error" in r:
-                lines.append(f"{head} {r.get('skipped') or 'ERROR: ' + r['error']} ||||||||")
-                continue
-            lines.append(f"{head} {'x'.join(map(str, r['batch_shape']))} | {r['ms_per_step']:.0f} | {r['pairs_per_s']:.1f} | "
-                         f"{r['unique_tokens_per_s']:,.0f} | {r['processed_per_unique']:.2f} | {fmt(r['peak_mem_gib'], '.1f')} | "
-                         f"{100 * r['mfu']:.1f}% | {r['first_step_loss']:.4f} |")
-        params = next((r["n_params"] for r in s2["runs"] if "n_params" in r), None)
-        if params:
-            lines.append(f"\nn_params (first model measured): {params / 1e6:.0f}M")
-        lines.append("")
-    s3 = RESULTS["section3"]
-    if s3.get("setup"):
-        st = s3["setup"]
-        lines += [f"## 3. Loss-only memory: {st['rows']} rows x {st['tokens']} tokens, hidden {st['hidden']}, "
-                  f"vocab {st['vocab']:,}, {st['dtype']} (TRL side: {st['trl_source']})", "",
+    if s2.get("sides"):
+        st = s2["setup"]
+        lines += [f"## 2. Loss alone: {2 * st['pairs']} rows x {st['tokens']} tokens, hidden {st['hidden']}, "
+                  f"vocab {st['vocab']:,}, {st['dtype']}, chunk {st['chunk_size']}", "",
                   "| side | peak above baseline GiB | ms | loss |", "|---|---|---|---|"]
-        for name in ("trl_full_logits", f"ours_chunked_{st['chunk_size']}"):
-            r = s3.get(name, {})
+        for name, r in s2["sides"].items():
             if "error" in r:
                 lines.append(f"| {name} | ERROR: {r['error']} |||")
-            elif r:
-                lines.append(f"| {name} | {fmt(r['peak_delta_gib'], '.3f')} | {r['seconds'] * 1e3:.0f} | {r['loss']:.6f} |")
-        if "memory_ratio_trl_over_ours" in s3:
-            lines.append(f"\nTRL / ours peak memory: {s3['memory_ratio_trl_over_ours']:.2f}x")
-        if "loss_rel_diff" in s3:
-            lines.append(f"loss relative difference ({st['dtype']}): {s3['loss_rel_diff']:.2e}")
+                continue
+            peak = fmt(r["peak_delta_bytes"] / 2**30, ".3f") if st["device"] == "cuda" else "(CPU: not per side)"
+            lines.append(f"| {name} | {peak} | {r['seconds'] * 1e3:.0f} | {r['loss']:.6f} |")
+        if "memory_ratio_trl_over_ours" in s2:
+            lines.append(f"\nTRL / ours (chunked) peak memory: {s2['memory_ratio_trl_over_ours']:.2f}x")
+        if "loss_rel_diff" in s2:
+            lines.append(f"loss relative difference, ours chunked vs TRL ({st['dtype']}): {s2['loss_rel_diff']:.2e}")
+        lines.append("")
+    tr = RESULTS["trainer"]
+    if tr.get("tunes") is not None:
+        lines += ["## Trainer check: train (logging every step), evaluate, save_model, resume from step 2", "",
+                  f"Model: {tr['setup']['model']['params'] / 1e6:.1f}M-parameter Llama, vocab "
+                  f"{tr['setup']['model']['vocab_size']:,}; bf16; micro-batch 2, gradient accumulation 2, 4 steps, "
+                  f"checkpoints at 2 and 4; rows: {tr['setup']['rows']}; resume bar {C.ARGS.resume_tol:g} relative"
+                  + (f"; {tr['deterministic']}" if tr.get("deterministic") else ""), "",
+                  "| tuning | result | losses, steps 1-4 | eval_loss | saved = trained | resumed steps 3-4, max rel diff "
+                  "| speed plan | s |", "|---|---|---|---|---|---|---|---|"]
+        for tune, r in tr["tunes"].items():
+            if "skipped" in r or "error" in r:
+                lines.append(f"| {tune} | {'skipped: ' + r['skipped'] if 'skipped' in r else 'ERROR: ' + r['error']} "
+                             "||||||")
+                continue
+            losses = ", ".join(f"{v:.4f}" for v in r["losses"].values())
+            plan = ", ".join(f"{k}={v}" for k, v in r["speed_plan"].items() if v not in (None, [], ()))
+            result = "PASS" if r["passed"] else "FAIL: " + "; ".join(r["problems"])
+            lines.append(f"| {tune} | {result} | {losses} | {fmt(r['eval'].get('eval_loss'), '.4f')} | "
+                         f"{r['saved_max_abs_diff'] == 0.0} | {fmt(r['resume_max_rel_diff'])} | {plan} | {r['seconds']} |")
+        ax = tr.get("axolotl")
+        if ax:
+            text = ("skipped: " + ax["skipped"] if "skipped" in ax else "ERROR: " + ax["error"] if "error" in ax else
+                    ("PASS" if ax["passed"] else "FAIL: " + "; ".join(ax["problems"])) + f", losses {ax.get('losses')}, "
+                    f"{ax['seconds']} s")
+            lines.append(f"\n`axolotl train` with the plugin (bf16, accumulation 2, logging every step): {text}")
+        lines.append(f"\nAll trainer checks passed: {tr.get('all_passed')}")
         lines.append("")
     if RESULTS["errors"]:
         lines += ["## Errors", ""] + [f"- {e['where']}: {e['traceback'].strip().splitlines()[-1]}" for e in RESULTS["errors"]]
