@@ -1,0 +1,133 @@
+"""The benchmark harness and the GPU check, run on CPU in this process: the code paths the GPU script runs.
+
+- ``python -m benchmarks.run --smoke --isolation inline``: TRL's trainer, TRL + Liger's fused ORPO
+  loss, ours (defaults and speed features off) and the causal-LM limit each train 1 warm-up + 2 timed
+  steps and are measured; LoRA too. Speeds are machine- and load-dependent, so only that each
+  produced sane numbers is checked, and the processed/unique ratios each layout implies.
+- ``--max-batch`` with a fake memory cap: the search meets a real ``torch.OutOfMemoryError`` path,
+  frees it and brackets the answer.
+- ``python -m benchmarks.gpu_check --device cpu --quick --sections 1,2 --trainer``: every float32
+  layout / attention / chunking variant and TRL's own loss path match the padded reference (the
+  negative control, a mask that lets rejected tokens see the chosen ones, must fail); the loss alone
+  matches TRL's; ``train()`` with logging every step, ``evaluate()``, ``save_model()`` and a resume
+  from step 2 with identical losses, for a full fine-tune and LoRA.
+- ``benchmarks/results`` and ``benchmarks/README.md`` hold no absolute path.
+
+The Axolotl CLI runs of the harness (about a minute each on 2 cores) are not repeated here:
+``tests/test_axolotl_e2e.py`` drives the same ``axolotl train`` with the plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+PYTHON_IMPLS = ("trl", "trl_liger", "merlina", "merlina_nospeed", "causal_lm")
+
+
+def _finite_positive(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_harness_measures_every_python_implementation_full_and_lora(tmp_path):
+    pytest.importorskip("trl", reason="the benchmark compares against TRL (installed by make test)")
+    pytest.importorskip("liger_kernel", reason="the TRL + Liger peer (installed with Axolotl by make test)")
+    from benchmarks import run
+
+    assert run.main(["--smoke", "--isolation", "inline", "--shapes", "long-prompt", "--tunes", "full", "lora",
+                     "--impls", *PYTHON_IMPLS, "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*-smoke.json")
+    report = json.loads(path.read_text())
+    assert report["environment"]["versions"]["trl"] and report["settings"]["command"].startswith("python -m benchmarks.run")
+    groups = {g["tune"]: g["impls"] for g in report["groups"]}
+    assert set(groups) == {"full", "lora"}
+    for tune, impls in groups.items():
+        assert set(impls) == set(PYTHON_IMPLS)
+        for name in PYTHON_IMPLS:
+            result, m = impls[name]["result"], impls[name]["metrics"]
+            assert "error" not in result and "skipped" not in result, (tune, name, result)
+            assert result["timed_steps"] == 2, (tune, name)
+            for key in ("pairs_per_s", "tokens_per_s", "peak_gib", "step_s_median"):
+                assert _finite_positive(m[key]), (tune, name, key, m)
+            assert m["step_s_min"] <= m["step_s_median"] <= m["step_s_max"]
+            assert m["processed_unique_ratio"] >= 1.0 - 1e-9, (tune, name, m)
+            assert _finite_positive(m["speed_vs_trl"]) and _finite_positive(m["of_limit"])
+        # TRL pads chosen and rejected rows to one width and repeats the prompt; ours shares and packs
+        for padded in ("trl", "trl_liger", "merlina_nospeed"):
+            assert impls[padded]["metrics"]["processed_unique_ratio"] > 1.3
+        assert impls["merlina"]["metrics"]["processed_unique_ratio"] < 1.1
+        assert impls["trl"]["metrics"]["speed_vs_trl"] == 1.0 and impls["causal_lm"]["metrics"]["of_limit"] == 1.0
+        # one pair's unique tokens per causal-LM row: the same count as ours
+        unique = {n: sum(impls[n]["result"]["tokens"]["unique_per_batch"]) for n in ("merlina", "causal_lm")}
+        assert unique["merlina"] == unique["causal_lm"], unique
+    assert groups["lora"]["merlina"]["result"]["trainer"]["trainable_params"] < \
+        groups["full"]["merlina"]["result"]["trainer"]["trainable_params"] / 10
+    text = path.with_suffix(".md").read_text()
+    assert "| TRL + Liger `LigerFusedLinearORPOLoss` |" in text and "of limit" in text
+
+
+def test_max_batch_search_catches_out_of_memory_and_brackets_the_answer(tmp_path):
+    from benchmarks import run
+
+    assert run.main(["--smoke", "--max-batch", "--isolation", "inline", "--impls", "trl", "--max-length", "512",
+                     "--max-batch-limit", "8", "--memory-cap-mib", "450", "--out", str(tmp_path)]) == 0
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*-max-batch.json")]
+    (search,) = report["max_batch"]
+    result = search["impls"]["trl"]
+    fits = {t["pairs"]: t["fits"] for t in result["trials"]}
+    assert False in fits.values(), f"the cap never bit: {result['trials']}"
+    assert any("memory cap" in t.get("error", "") for t in result["trials"])
+    best = result["max_pairs"]
+    assert best == max(p for p, ok in fits.items() if ok)
+    assert fits[best + 1] is False, "bisection ends between a fit and the next size up"
+
+
+def test_gpu_check_quick_on_cpu(tmp_path):
+    pytest.importorskip("trl", reason="section 1 compares against TRL's ORPOTrainer (installed by make test)")
+    from benchmarks.gpu_check.__main__ import main
+
+    assert main(["--device", "cpu", "--quick", "--sections", "1,2", "--trainer", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*-gpu-check-quick.json")
+    report = json.loads(path.read_text())
+
+    s1 = report["section1"]
+    float32 = [v for v in s1["variants"] if v.get("dtype") == "float32" and not v["name"].startswith("diagnostic")]
+    assert len(float32) == 7, [v["name"] for v in float32]
+    for v in float32:
+        assert "error" not in v and "skipped" not in v, v
+        assert (v["pass"] is False and v["as_expected"] is True) if v.get("leak") else v["pass"] is True, v
+    assert any(v.get("leak") for v in float32)
+    assert s1["all_float32_pass"] is True and s1["float32_not_run"] == []
+
+    s2 = report["section2"]
+    assert all("loss" in s2["sides"][side] for side in ("trl", "ours", "ours-full")), s2["sides"]
+    assert s2["loss_rel_diff"] < 1e-5, s2
+
+    trainer = report["trainer"]
+    assert set(trainer["tunes"]) == {"full", "lora"}
+    for tune, r in trainer["tunes"].items():
+        assert r["passed"], (tune, r.get("problems"), r.get("error"))
+        assert r["logged_steps"] == [1, 2, 3, 4] and r["resume_max_rel_diff"] == 0.0
+        assert {"nll_loss", "rewards/accuracies"} <= set(r["log_keys"]) and "eval_loss" in r["eval"]
+        assert r["speed_plan"]["prefix_sharing"] and r["speed_plan"]["padding_free"]
+    assert trainer["all_passed"] is True
+    # the only error allowed: a flex variant's dynamic-shape compile, which the script retries with static shapes
+    assert all("dynamic-shape flex compile" in e["where"] for e in report["errors"]), [e["where"] for e in report["errors"]]
+    text = path.with_suffix(".md").read_text()
+    assert "All float32 variants as expected: True" in text and "All trainer checks passed: True" in text
+
+
+def test_result_files_and_benchmark_readme_hold_no_absolute_path():
+    from benchmarks.report import ABSOLUTE_PATH
+
+    files = sorted((REPO / "benchmarks" / "results").glob("*")) + [REPO / "benchmarks" / "README.md"]
+    assert len(files) > 1
+    found = [f"{f.name}:{n}: {m.group(0)}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
+             for m in [ABSOLUTE_PATH.search(line)] if m]
+    assert not found, "\n".join(found[:20])
