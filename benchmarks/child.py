@@ -178,9 +178,6 @@ def max_batch(job: dict) -> dict:
     pairs = 1
     while pairs:
         trials.append(fits(job, model, tokenizer, rows, pairs))
-        partial = {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": False, "limit": limit,
-                   "trials": trials, "complete": False}
-        Path(job["result_path"]).write_text(json.dumps(partial, indent=1))  # what a timeout leaves behind
         ok = trials[-1]["fits"]
         print(f"    {job['impl']}: {pairs} pairs {'fit' if ok else 'out of memory'} ({trials[-1]['peak_gib']} GiB)",
               flush=True)
@@ -188,6 +185,9 @@ def max_batch(job: dict) -> dict:
             fit = pairs
         else:
             fail = pairs
+        partial = {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": False, "limit": limit,
+                   "trials": trials, "complete": False}
+        Path(job["result_path"]).write_text(json.dumps(partial, indent=1))  # what a timeout leaves behind
         if fail is None:
             pairs = min(2 * pairs, limit) if pairs < limit else 0
         else:
