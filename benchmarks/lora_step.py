@@ -20,6 +20,7 @@ import argparse
 import functools
 import json
 import statistics
+import sys
 import time
 
 
@@ -75,8 +76,12 @@ def main(argv=None) -> None:
                 times[way].append(step(way))
     finally:
         scoring.chunked_token_logps = chunked
+    from .report import environment
+
     median = {way: round(statistics.median(t), 3) for way, t in times.items()}
-    print(json.dumps({"settings": vars(args), "threads": torch.get_num_threads(), "median_step_s": median,
+    print(json.dumps({"command": "python -m benchmarks.lora_step " + " ".join(argv if argv is not None else sys.argv[1:]),
+                      "environment": environment("cpu"), "settings": vars(args), "threads": torch.get_num_threads(),
+                      "median_step_s": median,
                       "checkpointed_over_frozen": round(median["checkpointed"] / median["frozen"], 2)}))
 
 

@@ -209,12 +209,15 @@ def main(argv=None) -> int:
     if args.side:
         print(json.dumps(measure_side(args)))
         return 0
+    from .report import environment, machine_slug, scrub
+
     result = measure_all(args)
-    text = markdown(result)
+    result.update(command="python -m benchmarks.loss_memory " + " ".join(sys.argv[1:] if argv is None else argv),
+                  environment=environment(args.device))
+    result = scrub(result)
+    text = f"`{result['command']}`\n\n" + markdown(result)
     print(text)
     if args.out:
-        from .report import machine_slug
-
         args.out.mkdir(parents=True, exist_ok=True)
         stem = args.out / f"{machine_slug(args.device)}-loss-memory{'-frozen-head' if args.frozen_head else ''}"
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1))

@@ -279,10 +279,18 @@ def measure_preprocessing(repeats: int = 3) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    repeats = parser.parse_args().repeats
+    parser.add_argument("--out", type=Path, help="also write <machine>-preprocess.json here")
+    args = parser.parse_args()
     with contextlib.redirect_stdout(sys.stderr):  # libraries' log lines must not break the JSON on stdout
-        results = measure_preprocessing(repeats)
+        results = measure_preprocessing(args.repeats)
+    from benchmarks.report import environment, machine_slug, scrub
+
+    results = scrub({"command": "python benchmarks/preprocess.py " + " ".join(sys.argv[1:]),
+                     "environment": environment("cpu"), **results})
     print(json.dumps(results, indent=2))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{machine_slug('cpu')}-preprocess.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

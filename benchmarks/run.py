@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, help="default 1024 (cpu, smoke), 2048 (gpu), 4096 with --max-batch")
     p.add_argument("--max-batch-limit", type=int, default=256, help="largest micro-batch tried (default 256)")
     p.add_argument("--memory-cap-mib", type=float, help="treat more than this as out of memory (tests the search on CPU)")
+    p.add_argument("--search-seconds", type=float, help="stop each implementation's search after this long (partial)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default benchmarks/results)")
     p.add_argument("--tag", help="added to the output name")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration (default 1800)")
@@ -192,7 +193,8 @@ def main(argv=None) -> int:
                                    micro_batch=shape.pairs_per_step, tune=tune,
                                    work_dir=str(root / "runs" / f"{shape_name}-{tune}-{vocab}-{impl_name}"),
                                    mode="max_batch" if args.max_batch else "time",
-                                   max_batch_limit=args.max_batch_limit, memory_cap_mib=args.memory_cap_mib)
+                                   max_batch_limit=args.max_batch_limit, memory_cap_mib=args.memory_cap_mib,
+                                   search_seconds=args.search_seconds)
                         group["impls"][impl_name] = run_one(args, impl_name, job, peaks)
                         report.add_ratios(group["impls"])
                         write(full, args, root, final=False)

@@ -4,9 +4,10 @@
 #   1. python -m benchmarks.gpu_check --sections 1,2 --trainer   equivalence, loss memory, and the trainer
 #      check (train/evaluate/save/resume; full, LoRA, QLoRA; `axolotl train` where carried)
 #   2. python -m benchmarks.run --device cuda --tunes full lora    the benchmark, both shapes, every peer
-#   3. python -m benchmarks.run --device cuda --max-batch          the largest micro-batch, with the time left
-# Each step has its own time limit inside a total of DEADLINE_S (default 540) seconds, so a 600 s call
-# returns with whatever was measured. Results go to $OUT (7 files at most: 3 json/md pairs and the log).
+#   3. python -m benchmarks.run --device cuda --max-batch          the largest micro-batch, in the time left
+# `device_run.sh max-batch` runs step 3 alone, with the whole deadline. Each step has its own time limit
+# inside a total of DEADLINE_S (default 540) seconds, so a 600 s call returns with whatever was
+# measured. Results go to $OUT (7 files at most: 3 json/md pairs and device_run.log).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?set OUT to the output folder}"
@@ -35,9 +36,17 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 
-step "gpu_check" 200 python3 -m benchmarks.gpu_check --device cuda --sections 1,2 --trainer --budget-s 120 --out "$OUT"
-step "benchmark" 330 python3 -m benchmarks.run --device cuda --tunes full lora --isolation inline --out "$OUT"
-per_impl=$((($(left) - 40) / 4))
-step "max-batch" 600 python3 -m benchmarks.run --device cuda --max-batch --impls trl trl_liger merlina causal_lm \
-  --timeout "$per_impl" --out "$OUT"
+search() {  # the max-batch search, inline, each implementation's share of the time left
+  local share=$((($(left) - 60) / 4))
+  [ "$share" -ge 30 ] || { echo "=== max-batch: not run, $(left)s left"; return; }
+  step "max-batch" 600 python3 -m benchmarks.run --device cuda --max-batch --isolation inline \
+    --impls trl trl_liger merlina causal_lm --search-seconds "$share" --out "$OUT"
+}
+if [ "${1:-}" = max-batch ]; then
+  search
+else
+  step "gpu_check" 200 python3 -m benchmarks.gpu_check --device cuda --sections 1,2 --trainer --budget-s 150 --out "$OUT"
+  step "benchmark" 330 python3 -m benchmarks.run --device cuda --tunes full lora --isolation inline --out "$OUT"
+  search
+fi
 echo "done in $(($(date +%s) - START))s; files: $(ls "$OUT" | tr '\n' ' ')"
