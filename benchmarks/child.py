@@ -17,6 +17,7 @@ import functools
 import gc
 import json
 import sys
+import time
 from pathlib import Path
 
 #: ORPOConfig kwargs that turn our speed features off ("merlina_nospeed").
@@ -169,14 +170,18 @@ def fits(job: dict, model, tokenizer, rows: list[dict], pairs: int) -> dict:
 
 
 def max_batch(job: dict) -> dict:
-    """Largest micro-batch (pairs) in [1, job["max_batch_limit"]] that fits: double from 1, then bisect."""
+    """Largest micro-batch (pairs) in [1, job["max_batch_limit"]] that fits: double from 1, then bisect;
+    stopped early (``complete`` false) once ``job["search_seconds"]`` have passed."""
     from .workload import read_rows
 
     model, tokenizer = load(job)
     rows, limit = read_rows(job["data_path"]), job["max_batch_limit"]
-    trials, fit, fail = [], 0, None
-    pairs = 1
+    trials, fit, fail, stopped = [], 0, None, None
+    pairs, start = 1, time.perf_counter()
     while pairs:
+        if job.get("search_seconds") and time.perf_counter() - start > job["search_seconds"]:
+            stopped = f"{job['search_seconds']:.0f} s search budget spent before trying {pairs} pairs"
+            break
         trials.append(fits(job, model, tokenizer, rows, pairs))
         ok = trials[-1]["fits"]
         print(f"    {job['impl']}: {pairs} pairs {'fit' if ok else 'out of memory'} ({trials[-1]['peak_gib']} GiB)",
@@ -192,8 +197,10 @@ def max_batch(job: dict) -> dict:
             pairs = min(2 * pairs, limit) if pairs < limit else 0
         else:
             pairs = (fit + fail) // 2 if fail - fit > 1 else 0
-    return {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": fail is None,
-            "limit": limit, "trials": trials, "complete": True}
+    model = None
+    free()
+    return {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": fail is None and not stopped,
+            "limit": limit, "trials": trials, "complete": not stopped, **({"stopped": stopped} if stopped else {})}
 
 
 def run_job(job: dict) -> dict:
