@@ -74,7 +74,8 @@ def git_revision() -> str | None:
     try:
         run = dict(cwd=REPO, capture_output=True, text=True)
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",  # code, not results
+                                ":(exclude)benchmarks/results"], **run).stdout.strip()
         return f"{head}{' + uncommitted changes' if dirty else ''}" if head else None
     except OSError:
         return None
