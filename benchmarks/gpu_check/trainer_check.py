@@ -185,7 +185,8 @@ def check_axolotl(model_dir: Path, train_rows, work: Path) -> dict:
                work_dir=str(work / "axolotl"), merlina_yaml=overrides)
     config = write_config(job)
     start = time.perf_counter()
-    proc = subprocess.run([str(Path(sys.executable).parent / "axolotl"), "train", str(config)], cwd=work / "axolotl",
+    # `python -m axolotl.cli.main`: wheels installed with `pip --target` bring no console script
+    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.main", "train", str(config)], cwd=work / "axolotl",
                           env=child_env(None, C.ARGS.device), capture_output=True, text=True, timeout=C.ARGS.axolotl_timeout)
     entry = {"returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 1)}
     state = work / "axolotl" / "out" / "checkpoint-4" / "trainer_state.json"
