@@ -9,9 +9,10 @@ from pathlib import Path
 from .workload import TOKENIZER_DIR
 
 #: scale -> LlamaConfig overrides. ``gpu``: Llama-3.2-1B's shape (1.24B parameters, tied embeddings,
-#: vocab 128,256), bf16; ``cpu``: a 28M-parameter Llama at vocab 49,152, float32; ``smoke``: smallest.
+#: vocab 128,256), bf16; ``cpu``: a 28M-parameter Llama at vocab 49,152, float32; ``smoke``: smallest
+#: (every projection a multiple of 32 wide, which bitsandbytes' 4-bit CPU kernel needs for QLoRA).
 SIZES = {
-    "smoke": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+    "smoke": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, tie_word_embeddings=False),
     "cpu": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=4, tie_word_embeddings=False),

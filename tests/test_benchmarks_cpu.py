@@ -11,7 +11,7 @@
   negative control, a mask that lets rejected tokens see the chosen ones, must fail); the loss alone
   matches TRL's; ``train()`` with logging every step, ``evaluate()``, ``save_model()`` and a resume
   from step 2 with identical losses, for a full fine-tune and LoRA.
-- ``benchmarks/results`` and ``benchmarks/README.md`` hold no absolute path.
+- ``benchmarks/results``, ``README.md`` and ``benchmarks/README.md`` hold no absolute path.
 
 The Axolotl CLI runs of the harness (about a minute each on 2 cores) are not repeated here:
 ``tests/test_axolotl_e2e.py`` drives the same ``axolotl train`` with the plugin.
@@ -123,10 +123,10 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     assert "All float32 variants as expected: True" in text and "All trainer checks passed: True" in text
 
 
-def test_result_files_and_benchmark_readme_hold_no_absolute_path():
+def test_result_files_and_readmes_hold_no_absolute_path():
     from benchmarks.report import ABSOLUTE_PATH
 
-    files = sorted((REPO / "benchmarks" / "results").glob("*")) + [REPO / "benchmarks" / "README.md"]
+    files = sorted((REPO / "benchmarks" / "results").glob("*")) + [REPO / "README.md", REPO / "benchmarks" / "README.md"]
     assert len(files) > 1
     found = [f"{f.name}:{n}: {m.group(0)}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
              for m in [ABSOLUTE_PATH.search(line)] if m]

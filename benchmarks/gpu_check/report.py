@@ -83,7 +83,7 @@ def markdown() -> str:
             text = ("skipped: " + ax["skipped"] if "skipped" in ax else "ERROR: " + ax["error"] if "error" in ax else
                     ("PASS" if ax["passed"] else "FAIL: " + "; ".join(ax["problems"])) + f", losses {ax.get('losses')}, "
                     f"{ax['seconds']} s")
-            lines.append(f"\n`axolotl train` with the plugin (bf16, accumulation 2, logging every step): {text}")
+            lines.append(f"\n`axolotl train` with the plugin (bf16 on CUDA, accumulation 2, logging every step): {text}")
         lines.append(f"\nAll trainer checks passed: {tr.get('all_passed')}")
         lines.append("")
     if RESULTS["errors"]:

@@ -171,7 +171,7 @@ def check_tune(tune: str, model_dir: Path, work: Path, train_rows, eval_rows) ->
 
 
 def check_axolotl(model_dir: Path, train_rows, work: Path) -> dict:
-    """``axolotl train`` with the plugin, bf16, logging every step, saving at steps 2 and 4."""
+    """``axolotl train`` with the plugin, bf16 (float32 on CPU), logging every step, saving at steps 2 and 4."""
     from benchmarks.axolotl_yaml import write_config
     from benchmarks.impls import child_env
 
@@ -179,7 +179,7 @@ def check_axolotl(model_dir: Path, train_rows, work: Path) -> dict:
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
     overrides = dict(gradient_accumulation_steps=2, logging_steps=1, save_strategy="steps", save_steps=2,
-                     bf16=True, max_steps=4, micro_batch_size=2, learning_rate=1e-4)
+                     bf16=C.ARGS.device == "cuda", max_steps=4, micro_batch_size=2, learning_rate=1e-4)  # CPU: Axolotl refuses bf16
     job = dict(impl="axolotl_merlina", device=C.ARGS.device, model_dir=str(model_dir), data_path=str(data), beta=0.1,
                max_length=1024, micro_batch=2, warmup=0, steps=4, learning_rate=1e-4, seed=0,
                work_dir=str(work / "axolotl"), merlina_yaml=overrides)
