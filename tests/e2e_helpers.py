@@ -1,20 +1,24 @@
 """Driving the real `axolotl` CLI in tests: a tiny local model, a YAML writer, a runner.
 
 The model is a 2-layer Llama built from a config with the real SmolLM2 tokenizer beside it, so
-Axolotl loads it exactly like a downloaded checkpoint. Runs are offline, on CPU, with W&B offline.
+Axolotl loads it exactly like a downloaded checkpoint. Runs are offline (the environment of
+testkit.py, inherited), on CPU, with W&B offline.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
 
-from conftest import QUANTIZABLE_SIZES, REPO, shared_path, smollm2_dir, tiny_llama
+from testkit import QUANTIZABLE_SIZES, seq2seq_tokenizer, smollm2_dir, tiny_llama, tiny_t5
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -74,6 +78,14 @@ def tiny_model_dir(path: Path, architecture: str = "llama", **overrides) -> Path
     return path
 
 
+def tiny_t5_dir(path: Path) -> Path:
+    """A saved 2-layer T5 with SmolLM2's vocabulary and a T5-style tokenizer (`text <|im_end|>`) beside it."""
+    if not (path / "config.json").exists():
+        tiny_t5().save_pretrained(path)
+        seq2seq_tokenizer().save_pretrained(path)
+    return path
+
+
 def write_config(directory: Path, model_dir: Path, datasets: list[dict], **overrides) -> Path:
     cfg = dict(CPU_BASE)
     cfg.update(
@@ -93,39 +105,53 @@ def write_config(directory: Path, model_dir: Path, datasets: list[dict], **overr
 
 
 def axolotl_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        WANDB_MODE=env.get("WANDB_MODE", "disabled"),
-        AXOLOTL_DO_NOT_TRACK="1",
-        TOKENIZERS_PARALLELISM="false",
-        CUDA_VISIBLE_DEVICES="",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
+    """This process's (offline) environment, the venv first on PATH, no GPU."""
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+class CliRun:
+    """A command started in the background (its own process group); `result()` waits for it.
+
+    Most of an `axolotl` run on CPU is importing Python: two runs side by side take little more
+    than one. Output goes to temporary files, so a chatty run never blocks on a full pipe.
+    """
+
+    def __init__(self, args: list[str], cwd: Path, timeout: int = 600, **env: str):
+        self.args = args
+        self.deadline = time.monotonic() + timeout
+        command = [str(VENV_BIN / args[0]), *args[1:]] if (VENV_BIN / args[0]).exists() else args
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(command, cwd=cwd, env=axolotl_env(**env), stdout=self.out, stderr=self.err,
+                                        text=True, start_new_session=True)
+
+    def result(self, check: bool = True) -> subprocess.CompletedProcess:
+        """Wait for the command (ending it at its deadline); with ``check``, fail on a non-zero exit."""
+        try:
+            self.process.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+            ended = "exited"
+        except subprocess.TimeoutExpired:
+            self.stop()
+            ended = "ran past its timeout and was killed, code"
+        outputs = []
+        for handle in (self.out, self.err):
+            handle.seek(0)
+            outputs.append(handle.read())
+        result = subprocess.CompletedProcess(self.args, self.process.returncode, *outputs)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(self.args)} {ended} {result.returncode}\n--- stdout (tail) ---\n{result.stdout[-6000:]}"
+                f"\n--- stderr (tail) ---\n{result.stderr[-8000:]}"
+            )
+        return result
+
+    def stop(self) -> None:
+        """End the command and every process it started (torchrun's ranks, accelerate's child)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """Run a command (e.g. ``["axolotl", "train", "config.yml"]``) with the venv first on PATH."""
-    command = [str(VENV_BIN / args[0]), *args[1:]] if (VENV_BIN / args[0]).exists() else args
-    result = subprocess.run(
-        command, cwd=cwd, env=axolotl_env(**env), capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {result.returncode}\n--- stdout (tail) ---\n{result.stdout[-6000:]}"
-            f"\n--- stderr (tail) ---\n{result.stderr[-8000:]}"
-        )
-    return result
-
-
-def llamafactory_file() -> Path:
-    return shared_path("llamafactory-dpo-demo", "dpo_en_demo.json")
-
-
-def repo_path(*parts: str) -> Path:
-    return REPO.joinpath(*parts)
+    return CliRun(args, cwd, timeout, **env).result(check)

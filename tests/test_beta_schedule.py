@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from conftest import orpo_args, tiny_llama
+from testkit import orpo_args, tiny_llama
 from merlina_orpo_plugin import MerlinaORPOTrainer
 from merlina_orpo_plugin.schedules import beta_at
 

@@ -1,8 +1,9 @@
 """Row layouts -> text: layout detection, implicit-prompt extraction and chat-template rendering.
 
 Checked against TRL 1.9's `extract_prompt` / `maybe_apply_chat_template` (the reference
-behaviour) on the real H4 UltraFeedback and LLaMA-Factory rows, rendered with the real SmolLM2
-ChatML template; the places where we deliberately differ from TRL are pinned with TRL's output.
+behaviour) on the project's rows in the H4 UltraFeedback and LLaMA-Factory ShareGPT layouts
+(tests/assets/pairs), rendered with the real SmolLM2 ChatML template; the places where we
+deliberately differ from TRL are pinned with TRL's output.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import copy
 
 import pytest
-from data_helpers import (
+from testkit import (
     SMOLLM2_DEFAULT_SYSTEM,
+    conversational_rows,
     dataset,
-    llamafactory_rows,
     smollm2_tokenizer,
-    stack_exchange_rows,
+    standard_rows,
     ultrafeedback_rows,
 )
 
@@ -173,11 +174,11 @@ def test_render_conversation_continues_an_assistant_prefill():
     assert prompt.endswith("<|im_start|>assistant\nIt is")  # no end token, no new generation prompt
 
 
-def test_render_batch_llamafactory_matches_trl_text():
+def test_render_batch_sharegpt_rows_match_trl_text():
     """Our full text is TRL's prompt + chosen after `maybe_apply_chat_template`, for every row."""
     from trl.data_utils import maybe_apply_chat_template
 
-    tok, rows = smollm2_tokenizer(), llamafactory_rows()
+    tok, rows = smollm2_tokenizer(), conversational_rows()
     batch = dataset(rows)[:]
     prompts, fulls_chosen, fulls_rejected = render_batch(batch, Layout.CONVERSATIONAL, tok)
     for i, row in enumerate(rows):
@@ -189,7 +190,7 @@ def test_render_batch_llamafactory_matches_trl_text():
 
 
 def test_render_batch_multi_turn_history_in_prompt():
-    tok, rows = smollm2_tokenizer(), llamafactory_rows()
+    tok, rows = smollm2_tokenizer(), conversational_rows()
     i = next(i for i, r in enumerate(rows) if len(r["prompt"]) >= 5)
     prompts, _, _ = render_batch(dataset(rows[i : i + 1])[:], Layout.CONVERSATIONAL, tok)
     for message in rows[i]["prompt"]:
@@ -197,7 +198,7 @@ def test_render_batch_multi_turn_history_in_prompt():
 
 
 def test_render_batch_standard_and_implicit_text():
-    tok, rows = smollm2_tokenizer(), stack_exchange_rows()[:3]
+    tok, rows = smollm2_tokenizer(), standard_rows()[:3]
     prompts, fulls, _ = render_batch(dataset(rows)[:], Layout.STANDARD, tok)
     assert prompts[0].startswith("Question: ") and fulls[0] == rows[0]["prompt"] + rows[0]["chosen"]
     implicit = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows]

@@ -18,8 +18,7 @@ import logging
 
 import datasets
 import pytest
-import pairs_files
-from data_helpers import dataset, smollm2_tokenizer
+from testkit import dataset, pairs_rows, quirks, smollm2_tokenizer
 from test_data_tokenize import trl_tokenize_row
 
 from merlina_orpo_plugin.data import Layout, prepare_preference_dataset
@@ -60,7 +59,7 @@ def test_the_axolotl_path_checks_each_row_once_and_never_detects(monkeypatch):
 
     monkeypatch.setattr(pipeline_module, "detect_layout", forbidden)
     monkeypatch.setattr(pipeline_module, "validate_preference_dataset", forbidden)
-    rows = pairs_files.rows("hh_rlhf.jsonl")
+    rows = pairs_rows("hh_rlhf.jsonl")
     checked, tokenised, stats, _ = _through_strategy(rows, "hh_rlhf")
     assert checks == [Layout.CONVERSATIONAL] * len(rows)  # once per row, in the declared layout
     assert checked.layout is Layout.CONVERSATIONAL and (stats.layout, stats.pairs) == ("conversational", len(rows))
@@ -118,10 +117,10 @@ PUBLIC = {  # (file, dataset type): the public dataset's layout, read by the typ
 @pytest.mark.parametrize("name", list(PUBLIC))
 def test_public_layouts_prepare_with_their_quirks_counted(name):
     file_name, type_name = PUBLIC[name]
-    rows = pairs_files.rows(file_name)
+    rows = pairs_rows(file_name)
     _, tokenised, stats, skipped = _through_strategy(rows, type_name)
     assert skipped == [] and (stats.pairs, len(tokenised)) == (len(rows), len(rows))
-    assert (stats.empty_completions, stats.identical_pairs) == pairs_files.quirks(rows)
+    assert (stats.empty_completions, stats.identical_pairs) == quirks(rows)
     tok = smollm2_tokenizer()
     for pair in tokenised:
         assert tok.decode(pair["prompt_input_ids"]).endswith("<|im_start|>assistant\n")
@@ -130,8 +129,8 @@ def test_public_layouts_prepare_with_their_quirks_counted(name):
 
 
 def test_hh_rlhf_quirks_are_in_the_file_and_each_empty_answer_is_the_turn_end_alone():
-    rows = pairs_files.rows("hh_rlhf.jsonl")
-    empty, identical = pairs_files.quirks(rows)
+    rows = pairs_rows("hh_rlhf.jsonl")
+    empty, identical = quirks(rows)
     assert empty >= 6 and identical >= 3  # both spellings of an empty final turn, identical pairs
     _, tokenised, stats, _ = _through_strategy(rows, "hh_rlhf")
     ends = [ids for pair in tokenised for ids in (pair["chosen_input_ids"], pair["rejected_input_ids"])]
@@ -139,8 +138,8 @@ def test_hh_rlhf_quirks_are_in_the_file_and_each_empty_answer_is_the_turn_end_al
 
 
 def test_identical_pairs_are_warned_about(caplog):
-    rows = pairs_files.rows("hh_rlhf.jsonl")
-    _, identical = pairs_files.quirks(rows)
+    rows = pairs_rows("hh_rlhf.jsonl")
+    _, identical = quirks(rows)
     with caplog.at_level(logging.INFO, logger="merlina_orpo_plugin.data"):
         _through_strategy(rows, "hh_rlhf")
     (record,) = [r for r in caplog.records if r.name == "merlina_orpo_plugin.data"]
@@ -158,7 +157,7 @@ BROKEN = [  # (a bad row, its problem) at row 1 of data/hh_rlhf.jsonl
 
 @pytest.mark.parametrize("bad, message", BROKEN, ids=["missing", "different-prompts"])
 def test_only_structurally_broken_rows_stop_naming_file_row_and_field(bad, message):
-    good = {key: pairs_files.rows("hh_rlhf.jsonl")[0][key] for key in ("chosen", "rejected")}
+    good = {key: pairs_rows("hh_rlhf.jsonl")[0][key] for key in ("chosen", "rejected")}
     rows = [good, bad, good]
     with pytest.raises(ValueError, match=rf"^row 1 of data/hh_rlhf\.jsonl: {message}$"):
         _through_strategy(rows, "hh_rlhf")

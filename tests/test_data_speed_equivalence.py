@@ -1,28 +1,19 @@
-"""The fast tokenisation path gives exactly the ids of the straightforward one, on every shared row.
+"""The fast tokenisation path gives exactly the ids of the straightforward one, on every row of the test data.
 
 ``prepare_preference_dataset`` encodes each distinct piece of text once (``data/encoding.py``) and,
 for GPT-2 byte-level tokenizers like SmolLM2's, splits words in Python and runs BPE once per
 distinct word (``data/bytelevel.py``). The reference here is the plain recipe: tokenise the prompt,
 prompt + chosen and prompt + rejected one text at a time, split at their longest common token
-prefix, then BOS / EOS / truncation. Every row of every shared dataset must give the same ids, with
-truncation on and off. No timing here: ``benchmarks/preprocess.py`` measures the speed.
+prefix, then BOS / EOS / truncation. Every row of every file of tests/assets/pairs that the pipeline
+reads directly (English and Chinese ShareGPT conversations, the H4 implicit prompt, stack-exchange
+as standard and implicit text) must give the same ids, with truncation on and off. No timing here:
+``benchmarks/preprocess.py`` measures the speed.
 """
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from data_helpers import (
-    LLAMAFACTORY,
-    dataset,
-    llamafactory_rows,
-    sharegpt_to_messages,
-    shared_file,
-    smollm2_tokenizer,
-    stack_exchange_rows,
-    ultrafeedback_rows,
-)
+from testkit import conversational_rows, dataset, smollm2_tokenizer, standard_rows, ultrafeedback_rows
 
 from merlina_orpo_plugin.data import OUTPUT_COLUMNS, bytelevel, prepare_preference_dataset
 from merlina_orpo_plugin.data.encoding import TextEncoder, _plan
@@ -36,31 +27,17 @@ TRUNCATION = {
 }
 
 
-def llamafactory_zh_rows() -> list[dict]:
-    """The 300 Chinese LLaMA-Factory pairs, shaped as ``llamafactory_rows`` shapes the English ones."""
-    raw = json.loads(shared_file(LLAMAFACTORY[0], "dpo_zh_demo.json").read_text())
-    return [
-        {
-            "prompt": sharegpt_to_messages(r["conversations"]),
-            "chosen": sharegpt_to_messages([r["chosen"]]),
-            "rejected": sharegpt_to_messages([r["rejected"]]),
-        }
-        for r in raw
-    ]
-
-
-def stack_exchange_implicit_rows() -> list[dict]:
+def standard_implicit_rows() -> list[dict]:
     """The stack-exchange pairs as whole strings: the implicit-prompt text layout."""
-    rows = stack_exchange_rows()
-    return [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows]
+    return [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in standard_rows()]
 
 
 DATASETS = {
-    "llamafactory_en": llamafactory_rows,
-    "llamafactory_zh": llamafactory_zh_rows,
+    "sharegpt_en": conversational_rows,
+    "sharegpt_zh": lambda: conversational_rows("sharegpt_zh.json"),
     "ultrafeedback": ultrafeedback_rows,
-    "stack_exchange": stack_exchange_rows,
-    "stack_exchange_implicit": stack_exchange_implicit_rows,
+    "stack_exchange": standard_rows,
+    "stack_exchange_implicit": standard_implicit_rows,
 }
 
 
@@ -154,7 +131,7 @@ def test_text_encoder_matches_the_tokenizer_on_awkward_characters():
 
 
 def test_text_with_a_character_rust_classes_differently_goes_to_rust(monkeypatch):
-    # No character of the shared data disagrees today; pretend one does, as a new Unicode version could.
+    # No character of the test data disagrees today; pretend one does, as a new Unicode version could.
     tok = smollm2_tokenizer()
     monkeypatch.setattr(bytelevel, "_AGREED", bytelevel._AGREED - {"é"})
     monkeypatch.setattr(bytelevel, "_DIFFERS", bytelevel._DIFFERS | {"é"})

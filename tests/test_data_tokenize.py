@@ -1,7 +1,8 @@
 """Tokenisation of preference pairs: token-prefix split, BOS/EOS, truncation, and the whole pipeline.
 
 Checked against: hand-counted ids for the pure functions; the text the real SmolLM2 ChatML template
-renders for the 300 LLaMA-Factory pairs and the H4 UltraFeedback rows (ids must decode back to it);
+renders for the project's 300 ShareGPT pairs and its H4 UltraFeedback rows (tests/assets/pairs; ids
+must decode back to it);
 TRL 1.9's `ORPOTrainer.tokenize_row`, called on a bare instance, for the two defects we fix (its
 truncation overshoots / over-cuts; ChatML answers get a double end token).
 """
@@ -12,12 +13,12 @@ import logging
 import warnings
 
 import pytest
-from data_helpers import (
+from testkit import (
     SMOLLM2_DEFAULT_SYSTEM,
+    conversational_rows,
     dataset,
-    llamafactory_rows,
     smollm2_tokenizer,
-    stack_exchange_rows,
+    standard_rows,
     ultrafeedback_rows,
 )
 
@@ -149,7 +150,7 @@ def test_ensure_eos_ignores_whitespace_after_the_end_token():
 def test_trl_double_end_token_on_chatml_and_ours_single():
     from trl.data_utils import maybe_apply_chat_template
 
-    tok, row = smollm2_tokenizer(), llamafactory_rows()[0]
+    tok, row = smollm2_tokenizer(), conversational_rows()[0]
     trl = trl_tokenize_row(tok, maybe_apply_chat_template(row, tok), max_length=4096)
     assert trl["chosen_input_ids"][-3:] == [EOS, NEWLINE, EOS]  # "<|im_end|>\n<|im_end|>"
     ours, _ = prepare_preference_dataset(dataset([row]), tok, max_length=None)
@@ -159,10 +160,10 @@ def test_trl_double_end_token_on_chatml_and_ours_single():
     assert ours[0]["prompt_input_ids"] + ours[0]["chosen_input_ids"] == trl["chosen_input_ids"][:-1]
 
 
-def test_llamafactory_ids_decode_to_the_rendered_text():
-    tok, rows = smollm2_tokenizer(), llamafactory_rows()
+def test_sharegpt_ids_decode_to_the_rendered_text():
+    tok, rows = smollm2_tokenizer(), conversational_rows()
     out, stats = prepare_preference_dataset(dataset(rows), tok, max_length=None)
-    assert out.column_names == list(OUTPUT_COLUMNS) and len(out) == len(rows) == stats.pairs == 300
+    assert out.column_names == list(OUTPUT_COLUMNS) and len(out) == len(rows) == stats.pairs
     assert stats.truncated_pairs == 0
     for row, pair in zip(rows, out, strict=True):
         prompt, text = pair["prompt_input_ids"], tok.decode(pair["prompt_input_ids"])
@@ -177,12 +178,12 @@ def test_llamafactory_ids_decode_to_the_rendered_text():
         assert (SMOLLM2_DEFAULT_SYSTEM in text) != has_system  # the default system turn only when none given
 
 
-def test_llamafactory_truncated_to_max_length(caplog):
-    tok, rows = smollm2_tokenizer(), llamafactory_rows()
+def test_sharegpt_truncated_to_max_length(caplog):
+    tok, rows = smollm2_tokenizer(), conversational_rows()
     whole, _ = prepare_preference_dataset(dataset(rows), tok, max_length=None)
     with caplog.at_level(logging.INFO, logger="merlina_orpo_plugin.data"):
-        out, stats = prepare_preference_dataset(dataset(rows), tok, source="dpo_en_demo.json", **LIMITS)
-    assert len(out) == 300 and stats.truncated_pairs > 0 and stats.max_sequence_tokens == 1024
+        out, stats = prepare_preference_dataset(dataset(rows), tok, source="sharegpt_en.json", **LIMITS)
+    assert len(out) == len(rows) and stats.truncated_pairs > 0 and stats.max_sequence_tokens == 1024
     generation_prompt = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     cut = {"prompt": 0, "completion": 0}
     for full, pair in zip(whole, out, strict=True):
@@ -200,13 +201,13 @@ def test_llamafactory_truncated_to_max_length(caplog):
         if len(full["prompt_input_ids"]) > 512:  # only cut when needed, never below 512
             assert len(prompt) >= 512
     assert (stats.prompt_truncated, stats.completion_truncated) == (cut["prompt"], cut["completion"])
-    assert f"dpo_en_demo.json: 300 pairs (conversational layout), {stats.truncated_pairs} truncated" in caplog.text
+    assert f"sharegpt_en.json: {len(rows)} pairs (conversational layout), {stats.truncated_pairs} truncated" in caplog.text
 
 
 def test_ultrafeedback_implicit_prompt_is_the_user_turn():
     tok, rows = smollm2_tokenizer(), ultrafeedback_rows()
     out, stats = prepare_preference_dataset(dataset(rows), tok, max_length=None)
-    assert len(out) == 16 and stats.layout == "implicit prompt (conversations)"
+    assert len(out) == len(rows) and stats.layout == "implicit prompt (conversations)"
     for row, pair in zip(rows, out, strict=True):
         user = [{"role": "user", "content": row["prompt"]}]
         assert tok.decode(pair["prompt_input_ids"]) == tok.apply_chat_template(
@@ -216,9 +217,9 @@ def test_ultrafeedback_implicit_prompt_is_the_user_turn():
 
 
 def test_stack_exchange_standard_long_answers():
-    tok, rows = smollm2_tokenizer(), stack_exchange_rows()
+    tok, rows = smollm2_tokenizer(), standard_rows()
     out, stats = prepare_preference_dataset(dataset(rows), tok, max_length=512, max_prompt_length=128)
-    assert len(out) == 25 and stats.completion_truncated > 0 and stats.max_sequence_tokens == 512
+    assert len(out) == len(rows) and stats.completion_truncated > 0 and stats.max_sequence_tokens == 512
     for pair in out:
         prompt = pair["prompt_input_ids"]
         assert prompt[0] == BOS and tok.decode(prompt[-4:]).endswith("\n\nAnswer:")  # the space went to the answer
@@ -238,7 +239,7 @@ def test_tokenized_layout_is_only_truncated():
 
 
 def test_num_proc_gives_the_same_ids():
-    tok, rows = smollm2_tokenizer(), llamafactory_rows()[:24]
+    tok, rows = smollm2_tokenizer(), conversational_rows()[:24]
     one, _ = prepare_preference_dataset(dataset(rows), tok, batch_size=5)
     two, _ = prepare_preference_dataset(dataset(rows), tok, batch_size=5, num_proc=2)
     assert one[:] == two[:]

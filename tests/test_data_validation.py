@@ -1,8 +1,9 @@
 """Row validation: every structurally broken row raises a ValueError naming the row, the field and
 the source; empty answers and identical pairs are legal.
 
-Checked against hand-written broken rows (one defect each, at a known index) and the real
-LLaMA-Factory file in its raw ShareGPT shape; messages are pinned with `pytest.raises(match=...)`.
+Checked against hand-written broken rows (one defect each, at a known index) and the project's
+file in LLaMA-Factory's raw ShareGPT shape (tests/assets/pairs/sharegpt_en.json); messages are
+pinned with `pytest.raises(match=...)`.
 Validation must fail before any tokenisation: a tokenizer that raises if touched proves it.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import datasets
 import pytest
-from data_helpers import dataset, llamafactory_raw, llamafactory_rows, smollm2_tokenizer
+from testkit import conversational_rows, dataset, pairs_rows, smollm2_tokenizer
 
 from merlina_orpo_plugin.data import Layout, detect_layout, prepare_preference_dataset, validate_preference_dataset
 from merlina_orpo_plugin.data.validation import check_row
@@ -96,13 +97,13 @@ def test_sharegpt_messages_get_a_conversion_hint():
         prepare(rows, source="dpo_en_demo.json")
 
 
-def test_raw_llamafactory_file_is_rejected_with_the_row_and_the_type():
+def test_raw_sharegpt_file_is_rejected_with_the_row_and_the_type():
     """The file as stored (`conversations` + single-dict answers) is no accepted layout: say so at row 0."""
-    rows = dataset(llamafactory_raw())
+    rows = dataset(pairs_rows("sharegpt_en.json"))
     with pytest.raises(
-        ValueError, match=r"^row 0 of dpo_en_demo\.json: `chosen` must be a string or a list of messages, got dict$"
+        ValueError, match=r"^row 0 of sharegpt_en\.json: `chosen` must be a string or a list of messages, got dict$"
     ):
-        prepare(rows, source="dpo_en_demo.json")
+        prepare(rows, source="sharegpt_en.json")
 
 
 def test_message_lists_where_strings_are_expected_and_back():
@@ -177,15 +178,15 @@ def test_float_token_ids_are_rejected():
 
 
 def test_bad_row_deep_in_a_real_file_is_found_before_tokenising():
-    rows = llamafactory_rows()
+    rows = conversational_rows()
     rows[250] = {**rows[250], "rejected": [{"role": "assistant", "content": None}]}
-    with pytest.raises(ValueError, match=r"^row 250 of dpo_en_demo\.json: `rejected` message 0 has no `content`$"):
-        prepare(dataset(rows), source="dpo_en_demo.json")
+    with pytest.raises(ValueError, match=r"^row 250 of sharegpt_en\.json: `rejected` message 0 has no `content`$"):
+        prepare(dataset(rows), source="sharegpt_en.json")
 
 
 def test_real_files_pass_validation():
-    rows = dataset(llamafactory_rows())
-    validate_preference_dataset(rows, detect_layout(rows), source="dpo_en_demo.json")
+    rows = dataset(conversational_rows())
+    validate_preference_dataset(rows, detect_layout(rows), source="sharegpt_en.json")
 
 
 def test_validation_row_numbers_follow_batches():

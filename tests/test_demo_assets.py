@@ -16,7 +16,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from data_helpers import smollm2_tokenizer
+from testkit import smollm2_tokenizer
 
 from merlina_orpo_plugin.data import prepare_preference_dataset
 

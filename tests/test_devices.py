@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import orpo_args, tiny_llama
+from testkit import orpo_args, tiny_llama
 
 META = torch.device("meta")
 # (prompt, chosen, rejected) token ids: mixed lengths, so the packed layout holds several pairs per row.

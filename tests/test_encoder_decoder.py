@@ -12,49 +12,14 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
+from trl.experimental import orpo as trl_orpo  # the test oracle (installed by make test)
 
-from conftest import orpo_args
 from merlina_orpo_plugin import MerlinaORPOTrainer
-
-trl_orpo = pytest.importorskip("trl.experimental.orpo")
+from testkit import orpo_args, seq2seq_tokenizer, tiny_bart, tiny_t5
 
 METRICS = ("loss", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
            "logps/chosen", "logps/rejected", "log_odds_ratio", "log_odds_chosen")
 PAD, BOS, EOS = 0, 1, 2  # SmolLM2's <|endoftext|>, <|im_start|>, <|im_end|>
-
-
-def _seq2seq_tokenizer(tokenizer, bos: bool):
-    """SmolLM2's vocabulary with a T5-style (`text </s>`) or BART-style (`<s> text </s>`) post-processor."""
-    from tokenizers import Tokenizer, processors
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    template = "<|im_start|> $A <|im_end|>" if bos else "$A <|im_end|>"
-    backend.post_processor = processors.TemplateProcessing(
-        single=template, special_tokens=[("<|im_start|>", BOS), ("<|im_end|>", EOS)]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>")
-
-
-def _t5():
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    return T5ForConditionalGeneration(T5Config(
-        vocab_size=49152, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, dropout_rate=0.0,
-        pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD))
-
-
-def _bart():
-    from transformers import BartConfig, BartForConditionalGeneration
-
-    torch.manual_seed(0)
-    return BartForConditionalGeneration(BartConfig(
-        vocab_size=49152, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, dropout=0.0, attention_dropout=0.0,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=EOS,
-        forced_eos_token_id=None))
 
 
 def _pairs() -> Dataset:
@@ -67,9 +32,9 @@ def _pairs() -> Dataset:
 
 
 @pytest.mark.parametrize("family", ["t5", "bart"])
-def test_encoder_decoder_loss_metrics_and_gradients_match_trl(tmp_path, tokenizer, family):
-    model = _t5() if family == "t5" else _bart()
-    tok = _seq2seq_tokenizer(tokenizer, bos=family == "bart")
+def test_encoder_decoder_loss_metrics_and_gradients_match_trl(tmp_path, family):
+    model = tiny_t5() if family == "t5" else tiny_bart()
+    tok = seq2seq_tokenizer(bos=family == "bart")
     common = dict(beta=0.2, max_length=128, max_completion_length=64, per_device_eval_batch_size=3,
                   report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, seed=0)
     theirs = trl_orpo.ORPOTrainer(model=copy.deepcopy(model), args=trl_orpo.ORPOConfig(output_dir=str(tmp_path / "trl"),

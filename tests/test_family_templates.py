@@ -35,13 +35,11 @@ from dataclasses import dataclass
 
 import pytest
 
-pytest.importorskip("axolotl", reason="the recipes' templates are resolved by axolotl (installed by make test)")
+import datasets
+import yaml
+from jinja2.exceptions import TemplateError
 
-import datasets  # noqa: E402
-import yaml  # noqa: E402
-from jinja2.exceptions import TemplateError  # noqa: E402
-
-from family_tokenizers import (  # noqa: E402
+from testkit import (
     FAMILY_RECIPES,
     RECIPES,
     TESTED_FAMILIES,
@@ -49,7 +47,7 @@ from family_tokenizers import (  # noqa: E402
     own_chat_template,
     recipe_chat_template,
 )
-from merlina_orpo_plugin.data import prepare_preference_dataset  # noqa: E402
+from merlina_orpo_plugin.data import prepare_preference_dataset
 
 SYSTEM = "You are a careful kitchen assistant. Give quantities in metric units."
 

@@ -13,7 +13,7 @@ import math
 
 from datasets import Dataset
 
-from conftest import orpo_args, tiny_llama
+from testkit import orpo_args, tiny_llama
 from merlina_orpo_plugin import MerlinaORPOTrainer
 from merlina_orpo_plugin.generation import COLUMNS, JSONL_NAME
 

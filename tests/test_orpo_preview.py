@@ -3,14 +3,13 @@
 The pure functions are checked against hand-written token ids of the real SmolLM2 tokenizer (each
 row's text in a comment) and hand-computed nearest-rank percentiles; the command's refusals run
 in-process through click; one test drives the installed `axolotl` CLI in subprocesses on a tiny
-local model with the LLaMA-Factory sample plus a file with one bad row.
+local model with the project's ShareGPT file (tests/assets/pairs) plus a file with one bad row.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 from dataclasses import replace
 
 import pytest
@@ -27,6 +26,7 @@ from merlina_orpo_plugin.integration.preview import (
     percentile,
     shorten,
 )
+from testkit import pairs_path, pairs_rows
 
 # "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n": a prompt rendered with
 # the generation prompt, as the ORPO tokeniser cuts it off the full conversation.
@@ -137,9 +137,9 @@ def test_missing_or_non_orpo_config_is_refused_in_one_line_before_axolotl_loads(
 
 
 def test_a_config_without_rl_is_refused_with_what_to_set(tmp_path):
-    from e2e_helpers import llamafactory_file, write_config
+    from e2e_helpers import write_config
 
-    entry = {"path": str(llamafactory_file()), "ds_type": "json", "type": "sharegpt"}
+    entry = {"path": str(pairs_path("sharegpt_en.json")), "ds_type": "json", "type": "sharegpt"}
     config = write_config(tmp_path, tmp_path / "model", [entry], rl=None)  # the model is never read
     result = CliRunner().invoke(orpo_preview, [str(config)])
     assert result.exit_code == 1
@@ -151,34 +151,25 @@ def test_a_config_without_rl_is_refused_with_what_to_set(tmp_path):
 
 @pytest.mark.slow
 def test_real_cli_lists_the_command_and_previews_pairs_with_a_bad_row(tmp_path):
-    pytest.importorskip("axolotl", reason="drives the axolotl CLI (installed by make test)")
-    from e2e_helpers import axolotl_env, llamafactory_file, tiny_model_dir, write_config, VENV_BIN
+    from e2e_helpers import CliRun, tiny_model_dir, write_config
 
     model = tmp_path / "model"  # built below, once the two runs that never read it have started
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "2+2=", "chosen": "4"}) + "\n"  # no `rejected`: refused
                    + json.dumps({"prompt": "3+3=", "chosen": "6", "rejected": ""}) + "\n"  # empty: legal, counted
                    + json.dumps({"prompt": "4+4=", "chosen": "8", "rejected": "9"}) + "\n")
-    entries = [{"path": str(llamafactory_file()), "ds_type": "json", "type": "sharegpt"},
+    entries = [{"path": str(pairs_path("sharegpt_en.json")), "ds_type": "json", "type": "sharegpt"},
                {"path": str(bad), "ds_type": "json", "type": "prompt_pairs"}]
     orpo = write_config(tmp_path, model, entries, sequence_len=1024)
-    axolotl = str(VENV_BIN / "axolotl")
-
-    def start(*args: str) -> subprocess.Popen:
-        return subprocess.Popen([axolotl, *args], cwd=tmp_path, env=axolotl_env(), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     # Two CLI runs side by side: each spends most of its time importing Axolotl.
-    runs = {"help": start("--help")}
+    listing = CliRun(["axolotl", "--help"], cwd=tmp_path, timeout=300)
     tiny_model_dir(model)
-    runs["preview"] = start("orpo-preview", str(orpo), "--rows", "2")
-    output = {name: run.communicate(timeout=300)[0] for name, run in runs.items()}
-    codes = {name: run.returncode for name, run in runs.items()}
+    preview = CliRun(["axolotl", "orpo-preview", str(orpo), "--rows", "2"], cwd=tmp_path, timeout=300).result()
+    listing = listing.result()
+    assert re.search(r"^\s+orpo-preview\s", listing.stdout, re.M), listing.stdout
 
-    assert codes["help"] == 0 and re.search(r"^\s+orpo-preview\s", output["help"], re.M), output["help"]
-
-    text = output["preview"]
-    assert codes["preview"] == 0, text[-4000:]
+    text = preview.stdout
     sharegpt, bad_file = text.split("════ datasets[1]:")
     assert "── pair 1 ──" in sharegpt and "── pair 2 ──" not in sharegpt
     # The prompt ends with the generation prompt; the completion starts right after it and ends
@@ -187,7 +178,7 @@ def test_real_cli_lists_the_command_and_previews_pairs_with_a_bad_row(tmp_path):
                      r"9531 'istant', 198 '\\n'\n──── chosen \(\d+ tokens\) ────\n", sharegpt), sharegpt[:3000]
     assert re.search(r"<\|im_end\|>\n  first 4 ids: .*\n  last 4 ids:  .*, 2 '<\|im_end\|>', 198 '\\n'\n"
                      r"──── rejected", sharegpt), sharegpt[:3000]
-    assert "refused: 0" in sharegpt and "pairs: 300" in sharegpt
+    assert "refused: 0" in sharegpt and f"pairs: {len(pairs_rows('sharegpt_en.json'))}" in sharegpt
     assert re.search(r"^  refused: 1 \(training stops at the first.*\n    row 0: `rejected` is None$",
                      bad_file, re.M), bad_file
     assert "pairs: 2" in bad_file and "empty completions: 1 (each trains its end token alone)" in bad_file

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import REPO
+from testkit import REPO
 
 
 def test_the_wheel_carries_the_package_and_the_axolotl_commands(tmp_path):

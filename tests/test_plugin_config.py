@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("axolotl", reason="the plugin tests need axolotl (installed by make test)")
-
-from e2e_helpers import llamafactory_file, tiny_model_dir, write_config  # noqa: E402
+from e2e_helpers import tiny_model_dir, write_config
+from testkit import pairs_path
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +18,7 @@ def model_dir(tmp_path_factory):
 
 
 def _sharegpt():
-    return [{"path": str(llamafactory_file()), "ds_type": "json", "type": "sharegpt", "split": "train"}]
+    return [{"path": str(pairs_path("sharegpt_en.json")), "ds_type": "json", "type": "sharegpt", "split": "train"}]
 
 
 def _load(tmp_path, model_dir, datasets=None, **overrides):

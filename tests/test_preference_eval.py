@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import tiny_llama
+from testkit import tiny_llama
 from merlina_orpo_plugin.preference_eval import score_tokenised
 
 PAD = 2

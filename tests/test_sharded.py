@@ -21,7 +21,7 @@ import tempfile
 
 import pytest
 
-from conftest import REPO
+from testkit import REPO
 
 import sharded_run  # tests/ is on sys.path, as for conftest
 

@@ -2,37 +2,41 @@
 give the loss, the metrics and the gradients of TRL's padded layout (which `test_trl_parity.py`
 ties to TRL itself), to 1e-5 relative in float32.
 
-The pairs are real LLaMA-Factory rows: single- and multi-turn conversations of mixed lengths, cut to
-`max_length` 160 so that some are truncated.
+The pairs are the project's ShareGPT rows (tests/assets/pairs/sharegpt_en.json): single- and
+multi-turn conversations of mixed lengths, tokenised by the real SmolLM2 tokenizer and cut to
+`max_length` 160 so that some are truncated. The models have a vocabulary of 2,048, not SmolLM2's
+49,152: the equivalence does not depend on which ids the tokens have, and the [tokens, V] logits
+are most of a step's cost. Each id above the special ones is folded into that range.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 
+import peft
 import pytest
 import torch
 from datasets import Dataset
 
-from conftest import shared_path, tiny_llama
+from testkit import SHAREGPT_ROLES, pairs_rows, tiny_llama
 from merlina_orpo_plugin import losses as L
 from merlina_orpo_plugin.collator import ORPODataCollator
 from merlina_orpo_plugin.data import prepare_preference_dataset
 from merlina_orpo_plugin.forward import concatenated_forward
 from merlina_orpo_plugin.packing import PADDED, BatchLayout
 
-ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+VOCAB = 2048
+SPECIAL = 3  # SmolLM2's <|endoftext|>, <|im_start|>, <|im_end|>: ids 0-2 keep their meaning
 OUTPUTS = ("chosen_logps", "rejected_logps", "nll_loss", "nll_sum", "nll_tokens", "chosen_logits_mean", "rejected_logits_mean")
 
 
 def _conversation_pairs(n: int) -> list[dict]:
-    rows = json.loads(shared_path("llamafactory-dpo-demo", "dpo_en_demo.json").read_text())
+    rows = pairs_rows("sharegpt_en.json")
     single = [r for r in rows if len(r["conversations"]) == 1][: n // 2]
     multi = [r for r in rows if len(r["conversations"]) >= 3][: n - len(single)]
     return [
         {
-            "prompt": [{"role": ROLES[t["from"]], "content": t["value"][:300]} for t in row["conversations"]],
+            "prompt": [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"][:300]} for t in row["conversations"]],
             "chosen": [{"role": "assistant", "content": row["chosen"]["value"][:400]}],
             "rejected": [{"role": "assistant", "content": row["rejected"]["value"][:250]}],
         }
@@ -46,10 +50,18 @@ def features(tokenizer):
         Dataset.from_list(_conversation_pairs(6)), tokenizer, max_length=160, max_prompt_length=96
     )
     assert stats.truncated_pairs > 0, "the check must cover truncated pairs"
-    rows = list(dataset)
+    rows = [{name: [_fold(i) for i in ids] for name, ids in row.items()} for row in dataset]
     lengths = {len(r["prompt_input_ids"]) + len(r["chosen_input_ids"]) for r in rows}
     assert len(lengths) > 2, "the check must cover mixed lengths"
     return rows
+
+
+def _fold(token_id: int) -> int:
+    return token_id if token_id < SPECIAL else SPECIAL + (token_id - SPECIAL) % (VOCAB - SPECIAL)
+
+
+def _model(seed: int = 0, **overrides):
+    return tiny_llama(seed=seed, vocab_size=VOCAB, **overrides)
 
 
 def _run(model, features, *, layout=PADDED, loss_chunk_size=0, nll_include_prompt=True):
@@ -88,7 +100,7 @@ def padded_reference(features):
 
     def get(attn):
         if attn not in cache:
-            cache[attn] = _run(tiny_llama(seed=1, attn_implementation=attn), features)
+            cache[attn] = _run(_model(seed=1, attn_implementation=attn), features)
         return cache[attn]
 
     return get
@@ -97,13 +109,13 @@ def padded_reference(features):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"{s['layout'].name}-chunk={s['loss_chunk_size']}")
 def test_speed_features_match_the_padded_path(features, padded_reference, attn, setting):
-    model = tiny_llama(seed=1, attn_implementation=attn)
+    model = _model(seed=1, attn_implementation=attn)
     _assert_same(_run(model, features, **setting), padded_reference(attn))
 
 
 @pytest.mark.parametrize("nll_include_prompt", [True, False])
 def test_all_features_with_tied_embeddings_and_completion_only_nll(features, nll_include_prompt):
-    model = tiny_llama(seed=2, tie_word_embeddings=True)
+    model = _model(seed=2, tie_word_embeddings=True)
     everything = dict(layout=BatchLayout(True, True), loss_chunk_size=64)
     _assert_same(
         _run(model, features, nll_include_prompt=nll_include_prompt, **everything),
@@ -112,9 +124,8 @@ def test_all_features_with_tied_embeddings_and_completion_only_nll(features, nll
 
 
 def test_lora_on_the_head_gets_the_same_gradients(features):
-    peft = pytest.importorskip("peft")
     model = peft.get_peft_model(
-        tiny_llama(seed=3),
+        _model(seed=3),
         peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False),
     )
     everything = dict(layout=BatchLayout(True, True), loss_chunk_size=50)
@@ -125,9 +136,8 @@ def test_lora_on_the_head_gets_the_same_gradients(features):
 
 def test_lora_with_a_frozen_head_gets_the_same_gradients(features):
     """LoRA off the head (the usual recipe): the chunked loss takes its no-recompute path."""
-    peft = pytest.importorskip("peft")
     model = peft.get_peft_model(
-        tiny_llama(seed=5, tie_word_embeddings=True),
+        _model(seed=5, tie_word_embeddings=True),
         peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
     )
     assert not model.get_output_embeddings().weight.requires_grad
@@ -139,8 +149,8 @@ def test_lora_with_a_frozen_head_gets_the_same_gradients(features):
 
 def test_shared_packed_layout_computes_each_token_once(features):
     """Processed/unique tokens: TRL's layout pays every prompt twice and its padding; ours ~1."""
-    _, plain, _, _ = _run(tiny_llama(), features)
-    _, packed, _, _ = _run(tiny_llama(), features, layout=BatchLayout(True, True))
+    _, plain, _, _ = _run(_model(), features)
+    _, packed, _, _ = _run(_model(), features, layout=BatchLayout(True, True))
     assert plain.processed_tokens / plain.unique_tokens > 1.5
     assert packed.processed_tokens / packed.unique_tokens < 1.1
 
@@ -150,7 +160,7 @@ def test_chunked_loss_reproduces_gemma2_logit_softcapping(features):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(4)
-    config = Gemma2Config(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=0.5,
                           attn_implementation="eager", pad_token_id=2)
     model = Gemma2ForCausalLM(config)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from conftest import tiny_llama
+from testkit import tiny_llama
 from merlina_orpo_plugin.speed import plan_speed
 
 ALL_ON = dict(prefix_sharing=True, padding_free=True, loss_chunk_size=512, max_length=1024)

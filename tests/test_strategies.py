@@ -1,9 +1,10 @@
-"""Built-in dataset types: raw rows -> preference pairs, checked on real third-party rows.
+"""Built-in dataset types: raw rows -> preference pairs, checked on the project's rows in public layouts.
 
-Against: LLaMA-Factory's 300 ShareGPT pairs (`sharegpt`), 16 verbatim HuggingFaceH4
-ultrafeedback_binarized rows (`chat_template`, implicit prompt), 25 stack-exchange-paired rows
-(`prompt_pairs` with renamed columns), and hand-written rows in the style of Anthropic HH-RLHF,
-Intel/orca_dpo_pairs and argilla's ORPO datasets (none of those is in ../shared/data). Axolotl
+Against: the 300 pairs in LLaMA-Factory's ShareGPT layout (`sharegpt`), the rows in
+HuggingFaceH4/ultrafeedback_binarized's layout (`chat_template`, implicit prompt) and in
+stack-exchange-paired's (`prompt_pairs` with renamed columns), all in tests/assets/pairs; and
+hand-written rows that each show one feature of Anthropic HH-RLHF, Intel/orca_dpo_pairs and
+argilla's ORPO datasets (their whole files go through the strategies in test_data_path.py). Axolotl
 0.19's `prompt_strategies/orpo/chat_template.py` is the reference for `chat_template.argilla`.
 Every type's output then goes through the real tokeniser (`prepare_preference_dataset`) with the
 real SmolLM2 tokenizer.
@@ -12,12 +13,12 @@ real SmolLM2 tokenizer.
 from __future__ import annotations
 
 import copy
-import json
 import pickle
+from collections import Counter
 
 import datasets
 import pytest
-from data_helpers import STACK_EXCHANGE, llamafactory_raw, shared_file, smollm2_tokenizer, ultrafeedback_rows
+from testkit import SHAREGPT_ROLES, pairs_rows, smollm2_tokenizer, ultrafeedback_rows
 
 from merlina_orpo_plugin.data import prepare_preference_dataset
 from merlina_orpo_plugin.strategies import CONVERSATIONAL, TEXT, RowError, get_strategy, reset_registry
@@ -46,11 +47,7 @@ def strategy(type_name, **options):
     return get_strategy({"path": "data/pairs.jsonl", "split": "train", "type": type_name, **options})
 
 
-def stack_exchange_raw():
-    return json.loads(shared_file(*STACK_EXCHANGE).read_text())
-
-
-# Hand-written rows in the style of the public datasets that ../shared/data lacks.
+# Hand-written rows, each showing a feature of a public dataset's layout in a few lines.
 HH_ROWS = [
     {  # one exchange; HH answers often start with a space after the colon
         "chosen": "\n\nHuman: What is a good way to keep cut flowers fresh?\n\nAssistant: Trim the stems at an angle "
@@ -298,28 +295,27 @@ def test_intel_renamed_prompt_column_and_errors():
 # --- sharegpt ------------------------------------------------------------------------------------
 
 
-def test_sharegpt_all_llamafactory_rows_keep_history_system_and_alternating_roles():
-    rows = llamafactory_raw()
+def test_sharegpt_every_row_keeps_history_system_and_alternating_roles():
+    rows = pairs_rows("sharegpt_en.json")
     before = copy.deepcopy(rows)
     to_pair = strategy("sharegpt")
     pairs = [to_pair(row) for row in rows]
     assert rows == before
-    # The data README counts by `conversations` length: 114 of one turn, 186 longer, 80 of them
-    # [system, human]; so 106 rows hold several user turns.
-    counts = {"one_turn": 0, "longer": 0, "system": 0, "several_user_turns": 0}
-    speakers = {"system": "system", "human": "user", "gpt": "assistant"}
     for row, pair in zip(rows, pairs, strict=True):
         turns = row["conversations"]
-        assert pair["prompt"] == [{"role": speakers[t["from"]], "content": t["value"]} for t in turns]
+        assert pair["prompt"] == [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in turns]
         start = 1 if turns[0]["from"] == "system" else 0
         roles = [m["role"] for m in pair["prompt"][start:]]
         assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
         assert pair["chosen"] == [assistant(row["chosen"]["value"])]
         assert pair["rejected"] == [assistant(row["rejected"]["value"])]
-        counts["system"] += start
-        counts["one_turn" if len(turns) == 1 else "longer"] += 1
-        counts["several_user_turns"] += roles.count("user") > 1
-    assert counts == {"one_turn": 114, "longer": 186, "system": 80, "several_user_turns": 106}
+    # (system turn?, user turns) of each output prompt, against the raw rows' speakers: every shape of
+    # the file arrives, and the file has each shape (with and without a system turn, one and several turns).
+    shapes = Counter((p["prompt"][0]["role"] == "system", [m["role"] for m in p["prompt"]].count("user")) for p in pairs)
+    raw = Counter((r["conversations"][0]["from"] == "system", [t["from"] for t in r["conversations"]].count("human"))
+                  for r in rows)
+    assert shapes == raw
+    assert {system for system, _ in raw} == {True, False} and {1, 2} <= {turns for _, turns in raw}
 
 
 def test_sharegpt_system_column_tool_turns_and_answer_lists():
@@ -476,7 +472,7 @@ def test_identical_conversations_split_before_their_final_message():
 
 
 def test_prompt_pairs_on_stack_exchange_with_renamed_columns():
-    rows = stack_exchange_raw()
+    rows = pairs_rows("stack_exchange.json")
     to_pair = strategy("prompt_pairs", field_prompt="question", field_chosen="response_j", field_rejected="response_k")
     assert to_pair.layout == TEXT
     for row in rows:
@@ -605,8 +601,8 @@ def test_strategies_run_under_dataset_map_and_hash_stably():
 # --- end to end through the tokeniser -----------------------------------------------------------
 
 
-def _llamafactory_sample():
-    rows = llamafactory_raw()
+def _sharegpt_sample():
+    rows = pairs_rows("sharegpt_en.json")
     # the first single-turn, system-turn and multi-turn rows: each shape, few rows to keep this fast
     return [
         next(r for r in rows if len(r["conversations"]) == 1),
@@ -619,11 +615,11 @@ E2E_CASES = {
     "chat_template.argilla": lambda: ({}, ARGILLA_ROWS),
     "chat_template": lambda: ({}, ultrafeedback_rows()[:6]),
     "chat_template.intel": lambda: ({}, INTEL_ROWS),
-    "sharegpt": lambda: ({}, _llamafactory_sample()),
+    "sharegpt": lambda: ({}, _sharegpt_sample()),
     "hh_rlhf": lambda: ({}, HH_ROWS),
     "prompt_pairs": lambda: (
         {"field_prompt": "question", "field_chosen": "response_j", "field_rejected": "response_k"},
-        stack_exchange_raw()[:6],
+        pairs_rows("stack_exchange.json")[:6],
     ),
 }
 
@@ -643,7 +639,7 @@ def test_strategy_output_tokenises_with_smollm2(type_name):
 
 def test_sharegpt_multi_turn_row_decodes_to_full_history_system_and_answer():
     # the shortest multi-turn row, so the default `max_prompt_length` (512) leaves its prompt whole
-    multi_turn = [r for r in llamafactory_raw() if len(r["conversations"]) >= 5]
+    multi_turn = [r for r in pairs_rows("sharegpt_en.json") if len(r["conversations"]) >= 5]
     row = copy.deepcopy(min(multi_turn, key=lambda r: sum(len(t["value"]) for t in r["conversations"])))
     row["system"] = "You are a careful literary critic."  # LLaMA-Factory's optional system column
     tokenizer = smollm2_tokenizer()

@@ -1,4 +1,4 @@
-"""MerlinaORPOTrainer's training features on a tiny Llama and real pairs, CPU, a few steps each.
+"""MerlinaORPOTrainer's training features on a tiny Llama and the project's ShareGPT pairs, CPU, a few steps each.
 
 Checks against the trainer itself run another way: gradient accumulation against one big batch,
 LoRA/QLoRA against the frozen base weights, checkpointing against no checkpointing, the MoE
@@ -14,7 +14,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from conftest import QUANTIZABLE_SIZES, REPO, llamafactory_pairs, orpo_args, tiny_llama
+from testkit import QUANTIZABLE_SIZES, REPO, orpo_args, single_turn_pairs, tiny_llama
 from merlina_orpo_plugin import MerlinaORPOTrainer, create_orpo_trainer
 
 sys.path.insert(0, str(REPO / "examples"))
@@ -23,7 +23,7 @@ import custom_trainers  # noqa: E402  (the README's examples, run unchanged)
 
 @pytest.fixture(scope="module")
 def pairs():
-    return Dataset.from_list(llamafactory_pairs(8))
+    return Dataset.from_list(single_turn_pairs(8))
 
 
 def _trained_params(trainer) -> dict[str, torch.Tensor]:

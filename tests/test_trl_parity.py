@@ -1,7 +1,8 @@
 """MerlinaORPOTrainer against TRL 1.9's `trl.experimental.orpo.ORPOTrainer`, the oracle for the math.
 
-Same tiny Llama (copied weights), same real pairs (LLaMA-Factory demo rows, single turn, as plain
-prompt/chosen/rejected strings short enough that TRL's broken truncation never triggers), same
+Same tiny Llama (copied weights), same pairs (the project's rows in LLaMA-Factory's ShareGPT layout,
+tests/assets/pairs/sharegpt_en.json, single turn, as plain prompt/chosen/rejected strings short
+enough that TRL's broken truncation never triggers), same
 arguments: tokens, `evaluate()` metrics, gradients and a few training steps must agree in float32.
 Only the tests import TRL; `merlina_orpo_plugin` never does (checked at the end).
 """
@@ -16,11 +17,10 @@ import sys
 import pytest
 import torch
 from datasets import Dataset
+from trl.experimental import orpo as trl_orpo  # the test oracle (installed by make test)
 
-from conftest import llamafactory_pairs, tiny_llama
 from merlina_orpo_plugin import MerlinaORPOTrainer, ORPOConfig
-
-trl_orpo = pytest.importorskip("trl.experimental.orpo", reason="TRL is the test oracle (installed with axolotl)")
+from testkit import single_turn_pairs, tiny_llama
 
 PARITY_METRICS = (
     "loss",
@@ -58,8 +58,8 @@ COMMON_ARGS = dict(
 @pytest.fixture(scope="module")
 def trainers(tmp_path_factory, tokenizer):
     """(ours, TRL's), each on its own copy of one tiny model, same data, same arguments."""
-    train = Dataset.from_list(llamafactory_pairs(14)[:8])
-    evaluation = Dataset.from_list(llamafactory_pairs(14)[8:])
+    pairs = single_turn_pairs(14)
+    train, evaluation = Dataset.from_list(pairs[:8]), Dataset.from_list(pairs[8:])
     model = tiny_llama(seed=0)
     ours = MerlinaORPOTrainer(
         model=copy.deepcopy(model),
@@ -184,7 +184,7 @@ TRL_DOCUMENTED_ARGS = dict(
 def test_trl_documented_arguments_give_trls_eval_metrics(tmp_path, tokenizer, max_length):
     """The same arguments into both configs, nothing else: TRL 1.9's ORPOConfig has no `max_prompt_length`,
     so ours must derive its own from `max_length` (it used to default to 512 and refuse `max_length=512`)."""
-    pairs = Dataset.from_list(llamafactory_pairs(12))
+    pairs = Dataset.from_list(single_turn_pairs(12))
     model = tiny_llama(seed=3)
     args = dict(TRL_DOCUMENTED_ARGS, max_length=max_length)
     ours = MerlinaORPOTrainer(model=copy.deepcopy(model), args=ORPOConfig(output_dir=str(tmp_path / "ours"), **args),
