@@ -24,7 +24,7 @@ import math
 
 import pytest
 
-from conftest import REPO
+from testkit import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,6 @@ def _finite_positive(value) -> bool:
 
 
 def test_harness_measures_every_python_implementation_full_and_lora(tmp_path):
-    pytest.importorskip("trl", reason="the benchmark compares against TRL (installed by make test)")
-    pytest.importorskip("liger_kernel", reason="the TRL + Liger peer (installed with Axolotl by make test)")
     from benchmarks import run
 
     assert run.main(["--smoke", "--isolation", "inline", "--shapes", "long-prompt", "--tunes", "full", "lora",
@@ -89,7 +87,6 @@ def test_max_batch_search_catches_out_of_memory_and_brackets_the_answer(tmp_path
 
 
 def test_gpu_check_quick_on_cpu(tmp_path):
-    pytest.importorskip("trl", reason="section 1 compares against TRL's ORPOTrainer (installed by make test)")
     from benchmarks.gpu_check.__main__ import main
 
     assert main(["--device", "cpu", "--quick", "--sections", "1,2", "--trainer", "--out", str(tmp_path)]) == 0
