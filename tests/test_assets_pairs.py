@@ -15,11 +15,11 @@ import importlib.util
 import json
 import re
 import sys
-from pathlib import Path
 
 import pytest
 
-PAIRS = Path(__file__).resolve().parent / "assets" / "pairs"
+from testkit import PAIRS, pairs_rows
+
 SHAREGPT_KEYS = ["conversations", "chosen", "rejected"]
 H4_KEYS = ["prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected"]
 ORCA_KEYS = ["system", "question", "chosen", "rejected"]
@@ -43,12 +43,14 @@ def _load_build():
     return module
 
 
-def _json(name):
-    return json.loads((PAIRS / name).read_text(encoding="utf-8"))
-
-
-def _jsonl(name):
-    return [json.loads(line) for line in (PAIRS / name).read_text(encoding="utf-8").split("\n") if line]
+def _rows(name, keys, at_least):
+    """(where, row) for each row of ``name``, after checking the count and each row's keys in order."""
+    rows = pairs_rows(name)
+    assert len(rows) >= at_least, f"{name}: {len(rows)} rows"
+    located = [(f"{name}:{i + 1}", row) for i, row in enumerate(rows)]
+    for where, row in located:
+        assert list(row) == keys, where
+    return located
 
 
 def _messages(value, where):
@@ -71,11 +73,9 @@ def test_committed_files_are_what_build_writes():
         assert (PAIRS / name).read_text(encoding="utf-8") == text, f"{name}: run `python tests/assets/pairs/build.py`"
 
 
-def _sharegpt_rows(name):
-    rows = _json(name)
-    for i, row in enumerate(rows):
-        where = f"{name}[{i}]"
-        assert list(row) == SHAREGPT_KEYS, where
+def _sharegpt_rows(name, at_least):
+    located = _rows(name, SHAREGPT_KEYS, at_least)
+    for where, row in located:
         turns = row["conversations"]
         for turn in [*turns, row["chosen"], row["rejected"]]:
             assert list(turn) == ["from", "value"] and isinstance(turn["value"], str), f"{where}: {turn!r}"
@@ -83,7 +83,7 @@ def _sharegpt_rows(name):
         speakers = [t["from"] for t in turns]
         body = speakers[1:] if speakers[:1] == ["system"] else speakers
         assert body == ["human", "gpt"] * (len(body) // 2) + ["human"], f"{where}: {speakers}"
-    return rows
+    return [row for _, row in located]
 
 
 def _human_turns(row):
@@ -91,9 +91,8 @@ def _human_turns(row):
 
 
 def test_sharegpt_en_counts_and_lengths():
-    rows = _sharegpt_rows("sharegpt_en.json")
+    rows = _sharegpt_rows("sharegpt_en.json", at_least=300)
     n = len(rows)
-    assert n >= 300
     single = sum(_human_turns(r) == 1 for r in rows)
     assert 0.35 <= single / n <= 0.45, single
     assert {_human_turns(r) for r in rows} == {1, 2, 3, 4}
@@ -106,8 +105,7 @@ def test_sharegpt_en_counts_and_lengths():
 
 
 def test_sharegpt_zh_is_chinese_with_code_and_multi_turn():
-    rows = _sharegpt_rows("sharegpt_zh.json")
-    assert len(rows) >= 80
+    rows = _sharegpt_rows("sharegpt_zh.json", at_least=80)
     assert sum(_human_turns(r) > 1 for r in rows) >= 20
     text = json.dumps(rows, ensure_ascii=False)
     assert len(re.findall(r"[\u4e00-\u9fff]", text)) > 20_000
@@ -117,11 +115,8 @@ def test_sharegpt_zh_is_chinese_with_code_and_multi_turn():
 
 
 def test_ultrafeedback_h4_schema_and_ties():
-    rows = _jsonl("ultrafeedback_h4.jsonl")
-    assert len(rows) >= 24
-    for i, row in enumerate(rows):
-        where = f"ultrafeedback_h4.jsonl:{i + 1}"
-        assert list(row) == H4_KEYS, where
+    located = _rows("ultrafeedback_h4.jsonl", H4_KEYS, at_least=24)
+    for where, row in located:
         assert row["prompt_id"] == hashlib.sha256(row["prompt"].encode("utf-8")).hexdigest(), where
         for side in ("chosen", "rejected"):
             assert _messages(row[side], where) == ["user", "assistant"], where
@@ -129,7 +124,7 @@ def test_ultrafeedback_h4_schema_and_ties():
         assert row["messages"] == row["chosen"], where
         assert type(row["score_chosen"]) is float and type(row["score_rejected"]) is float, where
         assert row["score_chosen"] >= row["score_rejected"], where
-    assert sum(r["score_chosen"] == r["score_rejected"] for r in rows) >= 4
+    assert sum(r["score_chosen"] == r["score_rejected"] for _, r in located) >= 4
 
 
 def _hh_final_start(text):
@@ -137,12 +132,11 @@ def _hh_final_start(text):
 
 
 def test_hh_rlhf_layout_and_quirks():
-    rows = _jsonl("hh_rlhf.jsonl")
-    assert len(rows) >= 48
+    located = _rows("hh_rlhf.jsonl", ["chosen", "rejected", "subset"], at_least=48)
+    rows = [row for _, row in located]
     assert {r["subset"] for r in rows} == HH_SUBSETS
-    for i, row in enumerate(rows):
-        where = f"hh_rlhf.jsonl:{i + 1}"
-        assert list(row) == ["chosen", "rejected", "subset"] and all(isinstance(v, str) for v in row.values()), where
+    for where, row in located:
+        assert all(isinstance(v, str) for v in row.values()), where
         c, r = row["chosen"], row["rejected"]
         assert c.startswith(("\n\nHuman: ", "Human: ")), where
         shared = c[: _hh_final_start(c)]
@@ -159,20 +153,18 @@ def test_hh_rlhf_layout_and_quirks():
 
 
 def test_orca_dpo_pairs_schema():
-    rows = _jsonl("orca_dpo_pairs.jsonl")
-    assert len(rows) >= 24
-    for i, row in enumerate(rows):
-        assert list(row) == ORCA_KEYS and all(isinstance(v, str) for v in row.values()), f"orca_dpo_pairs.jsonl:{i + 1}"
-        assert row["question"] and row["chosen"] and row["rejected"]
-    assert 0.35 <= sum(r["system"] == "" for r in rows) / len(rows) <= 0.65
+    located = _rows("orca_dpo_pairs.jsonl", ORCA_KEYS, at_least=24)
+    for where, row in located:
+        assert all(isinstance(v, str) for v in row.values()), where
+        assert row["question"] and row["chosen"] and row["rejected"], where
+    assert 0.35 <= sum(r["system"] == "" for _, r in located) / len(located) <= 0.65
 
 
 def test_argilla_dpo_mix_schema():
-    rows = _jsonl("argilla_dpo_mix.jsonl")
-    assert len(rows) >= 24
-    for i, row in enumerate(rows):
-        where = f"argilla_dpo_mix.jsonl:{i + 1}"
-        assert list(row) == MIX_KEYS and row["dataset"] in MIX_SOURCES, where
+    located = _rows("argilla_dpo_mix.jsonl", MIX_KEYS, at_least=24)
+    rows = [row for _, row in located]
+    for where, row in located:
+        assert row["dataset"] in MIX_SOURCES, where
         for side in ("chosen", "rejected"):
             _alternates(_messages(row[side], where), where)
         assert row["chosen"][:-1] == row["rejected"][:-1] and row["chosen"][-1] != row["rejected"][-1], where
@@ -183,11 +175,9 @@ def test_argilla_dpo_mix_schema():
 
 
 def test_capybara_argilla_schema():
-    rows = _jsonl("capybara_argilla.jsonl")
-    assert len(rows) >= 16
-    for i, row in enumerate(rows):
-        where = f"capybara_argilla.jsonl:{i + 1}"
-        assert list(row) == CAPY_KEYS, where
+    located = _rows("capybara_argilla.jsonl", CAPY_KEYS, at_least=16)
+    rows = [row for _, row in located]
+    for where, row in located:
         roles = _messages(row["chosen"], where)
         _alternates(roles, where)
         _messages(row["rejected"], where)
@@ -206,11 +196,10 @@ def test_capybara_argilla_schema():
 
 
 def test_stack_exchange_lengths():
-    rows = _json("stack_exchange.json")
-    assert len(rows) >= 25
-    for i, row in enumerate(rows):
-        assert list(row) == ["question", "response_j", "response_k"], f"stack_exchange.json[{i}]"
-        assert all(isinstance(v, str) and v for v in row.values())
+    located = _rows("stack_exchange.json", ["question", "response_j", "response_k"], at_least=25)
+    rows = [row for _, row in located]
+    for where, row in located:
+        assert all(isinstance(v, str) and v for v in row.values()), where
     longest = sorted(len(r["response_j"]) for r in rows)
     assert sum(n > 6000 for n in longest) >= 4
     assert sum(10_000 <= n <= 14_000 for n in longest) >= 2
@@ -230,10 +219,8 @@ def _all_text():
             for item in value.values():
                 walk(item)
 
-    for path in sorted(PAIRS.glob("*.json")):
-        walk(_json(path.name))
-    for path in sorted(PAIRS.glob("*.jsonl")):
-        walk(_jsonl(path.name))
+    for path in sorted([*PAIRS.glob("*.json"), *PAIRS.glob("*.jsonl")]):
+        walk(pairs_rows(path.name))
     return texts
 
 
@@ -270,7 +257,7 @@ def test_text_holds_pretokenizer_edge_case(name, pattern):
 
 
 def test_values_with_leading_or_trailing_whitespace_exist():
-    values = [t["value"] for r in _json("sharegpt_en.json") for t in r["conversations"]]
+    values = [t["value"] for r in pairs_rows("sharegpt_en.json") for t in r["conversations"]]
     assert any(v != v.strip() and v.strip() for v in values)
 
 
@@ -284,7 +271,7 @@ def test_jsonl_lines_survive_splitlines(name):
 def test_readme_row_counts_match_the_files():
     readme = (PAIRS / "README.md").read_text(encoding="utf-8")
     for path in sorted([*PAIRS.glob("*.json"), *PAIRS.glob("*.jsonl")]):
-        rows = _json(path.name) if path.suffix == ".json" else _jsonl(path.name)
+        rows = pairs_rows(path.name)
         match = re.search(rf"^\| `{re.escape(path.name)}` \| (\d+) ", readme, re.M)
         assert match, f"README.md has no table row for {path.name}"
         said = int(match.group(1))

@@ -11,14 +11,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-from testkit import (
-    SMOLLM2_DEFAULT_SYSTEM,
-    conversational_rows,
-    dataset,
-    smollm2_tokenizer,
-    standard_rows,
-    ultrafeedback_rows,
-)
+from testkit import SMOLLM2_DEFAULT_SYSTEM, conversational_rows, dataset, smollm2_tokenizer
+from testkit import standard_rows, ultrafeedback_rows
 
 from merlina_orpo_plugin.data.formats import (
     clean_messages,

@@ -13,14 +13,8 @@ import logging
 import warnings
 
 import pytest
-from testkit import (
-    SMOLLM2_DEFAULT_SYSTEM,
-    conversational_rows,
-    dataset,
-    smollm2_tokenizer,
-    standard_rows,
-    ultrafeedback_rows,
-)
+from testkit import SMOLLM2_DEFAULT_SYSTEM, conversational_rows, dataset, smollm2_tokenizer
+from testkit import standard_rows, ultrafeedback_rows
 
 from merlina_orpo_plugin.data import OUTPUT_COLUMNS, prepare_preference_dataset
 from merlina_orpo_plugin.data.tokenize import common_prefix_length, ensure_eos, split_prompt_ids, truncate_pair

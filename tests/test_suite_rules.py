@@ -13,7 +13,8 @@ from testkit import REPO
 
 SKIPS = {
     "test_plain.py": "import pytest\n\ndef test_skips():\n    pytest.skip('a data file is missing')\n",
-    "test_module.py": "import pytest\n\npytest.importorskip('no_such_package_here')\n\ndef test_never_runs():\n    pass\n",
+    "test_module.py": ("import pytest\n\npytest.importorskip('no_such_package_here')\n\n"
+                       "def test_never_runs():\n    pass\n"),
 }
 ALLOWED = {
     "test_gpu.py": "import pytest\n\n@pytest.mark.gpu\ndef test_needs_cuda():\n    pytest.skip('no CUDA GPU')\n",
