@@ -1,14 +1,13 @@
-"""Driving the real `axolotl` CLI in tests: a tiny local model, a YAML writer, a runner.
+"""Driving the real `axolotl` CLI in tests: the CPU base of a recipe, a YAML writer, a runner.
 
-The model is a 2-layer Llama built from a config with the real SmolLM2 tokenizer beside it, so
-Axolotl loads it exactly like a downloaded checkpoint. Runs are offline (the environment of
-testkit.py, inherited), on CPU, with W&B offline.
+The models are testkit's saved tiny ones (`tiny_model_dir`), which Axolotl loads exactly like a
+downloaded checkpoint. Runs are offline (the environment testkit.py sets, inherited), on CPU, with
+W&B offline, and can go in the background beside each other (`CliRun`).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import yaml
 
-from testkit import QUANTIZABLE_SIZES, seq2seq_tokenizer, smollm2_dir, tiny_llama, tiny_t5
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -53,37 +51,6 @@ CPU_BASE = {
     "dataloader_num_workers": 0,
     "dataloader_pin_memory": False,
 }
-
-
-def tiny_model_dir(path: Path, architecture: str = "llama", **overrides) -> Path:
-    """A saved 2-layer Llama (or Mistral) with the real SmolLM2 tokenizer files beside it.
-
-    Its linear sizes are multiples of 128 (`QUANTIZABLE_SIZES`), so the QLoRA runs evaluate on every CPU.
-    """
-    tokenizer_dir = smollm2_dir()
-    if not (path / "config.json").exists():
-        params = dict(QUANTIZABLE_SIZES, tie_word_embeddings=True)
-        params.update(overrides)
-        if architecture == "mistral":
-            import torch
-            from transformers import MistralConfig, MistralForCausalLM
-
-            config = MistralConfig(**{**tiny_llama().config.to_dict(), **params, "model_type": "mistral"})
-            torch.manual_seed(0)
-            MistralForCausalLM(config).save_pretrained(path)
-        else:
-            tiny_llama(seed=0, **params).save_pretrained(path)
-        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            shutil.copy(tokenizer_dir / name, path / name)
-    return path
-
-
-def tiny_t5_dir(path: Path) -> Path:
-    """A saved 2-layer T5 with SmolLM2's vocabulary and a T5-style tokenizer (`text <|im_end|>`) beside it."""
-    if not (path / "config.json").exists():
-        tiny_t5().save_pretrained(path)
-        seq2seq_tokenizer().save_pretrained(path)
-    return path
 
 
 def write_config(directory: Path, model_dir: Path, datasets: list[dict], **overrides) -> Path:

@@ -18,9 +18,9 @@ import re
 
 import pytest
 
-from e2e_helpers import CliRun, run_cli, tiny_model_dir, tiny_t5_dir, write_config
+from e2e_helpers import CliRun, run_cli, write_config
 from merlina_orpo_plugin.generation import COLUMNS, JSONL_NAME
-from testkit import pairs_path, pairs_rows, quirks, single_turn_pairs
+from testkit import pairs_path, pairs_rows, quirks, single_turn_pairs, tiny_model_dir, tiny_t5_dir
 
 pytestmark = pytest.mark.slow
 
@@ -66,19 +66,14 @@ SIDE_RUNS = {"test_bad_rows_are_refused_naming_the_file_row_and_field": "refused
              "test_an_encoder_decoder_recipe_trains_and_evaluates": "t5"}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
-
-
 @pytest.fixture(scope="module", autouse=True)
-def side_runs(request, tmp_path_factory, model_dir):
+def side_runs(request, tmp_path_factory, tiny_llama_dir):
     """The side runs whose tests are selected, started now; {name: (CliRun, extra)}; ended at teardown."""
     selected = {SIDE_RUNS[item.originalname] for item in request.session.items
                 if item.module is request.module and item.originalname in SIDE_RUNS}
     runs = {}
     if "refused" in selected:
-        runs["refused"] = _refused_run(tmp_path_factory.mktemp("refused"), model_dir)
+        runs["refused"] = _refused_run(tmp_path_factory.mktemp("refused"), tiny_llama_dir)
     if "t5" in selected:
         runs["t5"] = _t5_run(tmp_path_factory.mktemp("t5"))
     yield runs
@@ -117,7 +112,7 @@ def _summary(prepared_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_generations_then_merge(tmp_path, model_dir):
+def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_generations_then_merge(tmp_path, tiny_llama_dir):
     """preprocess tokenises all six types once (HH-RLHF rows with empty final turns included and counted,
     the broken rows of the last file skipped on request, the rest of that file kept); train reuses that
     cache, evaluates on `test_datasets`, logs ORPO metrics to W&B (offline) and TensorBoard and the
@@ -126,7 +121,7 @@ def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_generatio
     entries = [entry for entry, _, _ in types]
     test_entry = {"path": str(pairs_path("ultrafeedback_h4.jsonl")), "ds_type": "json", "type": "chat_template"}
     config = write_config(
-        tmp_path, model_dir, entries, merlina_skip_bad_rows=True, test_datasets=[test_entry], max_steps=2,
+        tmp_path, tiny_llama_dir, entries, merlina_skip_bad_rows=True, test_datasets=[test_entry], max_steps=2,
         eval_strategy="steps", eval_steps=2, wandb_project="merlina-e2e", wandb_mode="offline", use_tensorboard=True,
         eval_table_size=4, eval_max_new_tokens=8,
     )
@@ -170,7 +165,7 @@ def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_generatio
     _assert_generations_logged(tmp_path, wandb_run.parent, steps=[0, 2], prompts=4)
 
     run_cli(["axolotl", "merge-lora", str(config), "--lora-model-dir", str(tmp_path / "out")], cwd=tmp_path)
-    _assert_merged_model_loads(tmp_path / "out" / "merged", model_dir)
+    _assert_merged_model_loads(tmp_path / "out" / "merged", tiny_llama_dir)
 
 
 def _assert_generations_logged(tmp_path, wandb_dir, steps, prompts):
@@ -360,7 +355,7 @@ def test_axolotl_qlora_recipe_migrates_in_two_lines_then_resumes(tmp_path):
 # --- torchrun ---------------------------------------------------------------------------------------
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, model_dir):
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_llama_dir):
     """torchrun, 2 CPU processes (gloo) x 1 pair = 1 process x 2 pairs: the same losses and gradient
     norms at every step. A full fine-tune, so no random adapter init differs between the runs. Both
     runs go side by side, sharing one prepared copy of the data (built under its file lock)."""
@@ -369,7 +364,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, mo
     for name, procs, micro in (("one", 1, 2), ("two", 2, 1)):
         directory = tmp_path / name
         directory.mkdir()
-        config = write_config(directory, model_dir, entry, micro_batch_size=micro, max_steps=3, adapter=None,
+        config = write_config(directory, tiny_llama_dir, entry, micro_batch_size=micro, max_steps=3, adapter=None,
                               learning_rate=1e-4, save_strategy="steps", save_steps=3, curriculum_sampling=True,
                               dataset_prepared_path=str(tmp_path / "prepared"))
         runs[name] = CliRun(["torchrun", "--standalone", "--nproc_per_node", str(procs), "-m", "axolotl.cli.train",

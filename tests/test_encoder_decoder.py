@@ -69,15 +69,15 @@ def test_encoder_decoder_loss_metrics_and_gradients_match_trl(tmp_path, family):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5 * scale, msg=name)
 
 
-def test_generations_at_evaluation_work_for_an_encoder_decoder(tmp_path, tokenizer):
+def test_generations_at_evaluation_work_for_an_encoder_decoder(tmp_path):
     import json
     import math
 
     from merlina_orpo_plugin.generation import JSONL_NAME
 
-    tok = _seq2seq_tokenizer(tokenizer, bos=False)
+    tok = seq2seq_tokenizer()
     args = orpo_args(tmp_path, generate_during_eval=True, num_generation_samples=2, generation_max_new_tokens=4)
-    trainer = MerlinaORPOTrainer(model=_t5(), args=args, eval_dataset=_pairs(), processing_class=tok)
+    trainer = MerlinaORPOTrainer(model=tiny_t5(), args=args, eval_dataset=_pairs(), processing_class=tok)
     trainer.evaluate()
     rows = [json.loads(line) for line in (tmp_path / JSONL_NAME).read_text().splitlines()]
     assert len(rows) == 2 and rows[0]["prompt"].startswith("Explain tides")

@@ -15,15 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e_helpers import tiny_model_dir
 from testkit import REPO
 
 RECIPES = sorted((REPO / "examples" / "yaml").glob("*.yml"))
-
-
-@pytest.fixture(scope="module")
-def local_model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 def test_there_are_recipes():
@@ -59,12 +53,12 @@ for recipe in recipes:
 
 
 @pytest.fixture(scope="module")
-def validated(local_model) -> dict[str, dict]:
+def validated(tiny_llama_dir) -> dict[str, dict]:
     """Each recipe's validated config (or error), by file name, from one subprocess."""
     # Recipes give paths (deepspeed json, demo data) from the repo root. A DeepSpeed recipe makes
     # load_cfg open an NCCL process group unless it is only preprocessing.
     result = subprocess.run(
-        [sys.executable, "-c", VALIDATE, str(local_model), *map(str, RECIPES)], cwd=REPO, capture_output=True,
+        [sys.executable, "-c", VALIDATE, str(tiny_llama_dir), *map(str, RECIPES)], cwd=REPO, capture_output=True,
         text=True, env={**os.environ, "AXOLOTL_IS_PREPROCESS": "1"},
         timeout=600,
     )

@@ -150,21 +150,19 @@ def test_a_config_without_rl_is_refused_with_what_to_set(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_cli_lists_the_command_and_previews_pairs_with_a_bad_row(tmp_path):
-    from e2e_helpers import CliRun, tiny_model_dir, write_config
+def test_real_cli_lists_the_command_and_previews_pairs_with_a_bad_row(tmp_path, tiny_llama_dir):
+    from e2e_helpers import CliRun, write_config
 
-    model = tmp_path / "model"  # built below, once the two runs that never read it have started
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "2+2=", "chosen": "4"}) + "\n"  # no `rejected`: refused
                    + json.dumps({"prompt": "3+3=", "chosen": "6", "rejected": ""}) + "\n"  # empty: legal, counted
                    + json.dumps({"prompt": "4+4=", "chosen": "8", "rejected": "9"}) + "\n")
     entries = [{"path": str(pairs_path("sharegpt_en.json")), "ds_type": "json", "type": "sharegpt"},
                {"path": str(bad), "ds_type": "json", "type": "prompt_pairs"}]
-    orpo = write_config(tmp_path, model, entries, sequence_len=1024)
+    orpo = write_config(tmp_path, tiny_llama_dir, entries, sequence_len=1024)
 
     # Two CLI runs side by side: each spends most of its time importing Axolotl.
     listing = CliRun(["axolotl", "--help"], cwd=tmp_path, timeout=300)
-    tiny_model_dir(model)
     preview = CliRun(["axolotl", "orpo-preview", str(orpo), "--rows", "2"], cwd=tmp_path, timeout=300).result()
     listing = listing.result()
     assert re.search(r"^\s+orpo-preview\s", listing.stdout, re.M), listing.stdout

@@ -8,28 +8,23 @@ from __future__ import annotations
 
 import pytest
 
-from e2e_helpers import tiny_model_dir, write_config
+from e2e_helpers import write_config
 from testkit import pairs_path
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 def _sharegpt():
     return [{"path": str(pairs_path("sharegpt_en.json")), "ds_type": "json", "type": "sharegpt", "split": "train"}]
 
 
-def _load(tmp_path, model_dir, datasets=None, **overrides):
+def _load(tmp_path, tiny_llama_dir, datasets=None, **overrides):
     from axolotl.cli.config import load_cfg
 
-    return load_cfg(str(write_config(tmp_path, model_dir, datasets or _sharegpt(), **overrides)))
+    return load_cfg(str(write_config(tmp_path, tiny_llama_dir, datasets or _sharegpt(), **overrides)))
 
 
-def test_register_rewrites_rl_and_keeps_raw_dataset_entries(tmp_path, model_dir):
+def test_register_rewrites_rl_and_keeps_raw_dataset_entries(tmp_path, tiny_llama_dir):
     entry = {**_sharegpt()[0], "field_chosen": "chosen", "field_rejected": "rejected"}
-    cfg = _load(tmp_path, model_dir, [entry])
+    cfg = _load(tmp_path, tiny_llama_dir, [entry])
     assert cfg.rl is None and cfg.merlina_enabled is True
     assert cfg.merlina_datasets[0]["field_chosen"] == "chosen"  # SFT schema would have dropped it
     assert cfg.merlina_datasets[0]["type"] == "sharegpt"
@@ -70,40 +65,40 @@ def test_plugin_listed_without_orpo_standalone_changes_nothing():
          r"`max_completion_length` \(YAML: `merlina_max_completion_length`\) must be >= 1, got 0"),
     ],
 )
-def test_bad_options_fail_validation_with_the_key_and_fix(tmp_path, model_dir, overrides, message):
+def test_bad_options_fail_validation_with_the_key_and_fix(tmp_path, tiny_llama_dir, overrides, message):
     with pytest.raises(ValueError, match=message):
-        _load(tmp_path, model_dir, **overrides)
+        _load(tmp_path, tiny_llama_dir, **overrides)
 
 
-def test_speed_options_reach_the_training_arguments(tmp_path, model_dir):
+def test_speed_options_reach_the_training_arguments(tmp_path, tiny_llama_dir):
     from merlina_orpo_plugin.integration.plugin import MerlinaORPOPlugin
 
-    defaults = MerlinaORPOPlugin().get_training_args(_load(tmp_path, model_dir))
+    defaults = MerlinaORPOPlugin().get_training_args(_load(tmp_path, tiny_llama_dir))
     assert (defaults["merlina_prefix_sharing"], defaults["merlina_padding_free"], defaults["merlina_loss_chunk_size"]) == (
         True, True, 512
     )
     assert defaults["merlina_max_length"] == 256
     off = MerlinaORPOPlugin().get_training_args(
-        _load(tmp_path, model_dir, merlina_prefix_sharing=False, merlina_padding_free=False, merlina_loss_chunk_size=0)
+        _load(tmp_path, tiny_llama_dir, merlina_prefix_sharing=False, merlina_padding_free=False, merlina_loss_chunk_size=0)
     )
     assert (off["merlina_prefix_sharing"], off["merlina_padding_free"], off["merlina_loss_chunk_size"]) == (False, False, 0)
 
 
-def test_negative_loss_chunk_size_is_refused(tmp_path, model_dir):
+def test_negative_loss_chunk_size_is_refused(tmp_path, tiny_llama_dir):
     with pytest.raises(ValueError, match="merlina_loss_chunk_size"):
-        _load(tmp_path, model_dir, merlina_loss_chunk_size=-1)
+        _load(tmp_path, tiny_llama_dir, merlina_loss_chunk_size=-1)
 
 
-def test_unknown_dataset_type_lists_available(tmp_path, model_dir):
+def test_unknown_dataset_type_lists_available(tmp_path, tiny_llama_dir):
     entry = {**_sharegpt()[0], "type": "chat_template.nope"}
     with pytest.raises(ValueError, match=r"chat_template\.nope.*chat_template\.argilla.*sharegpt"):
-        _load(tmp_path, model_dir, [entry])
+        _load(tmp_path, tiny_llama_dir, [entry])
 
 
-def test_rl_beta_is_accepted_as_beta(tmp_path, model_dir):
+def test_rl_beta_is_accepted_as_beta(tmp_path, tiny_llama_dir):
     from merlina_orpo_plugin.integration.args import resolve_beta
 
-    cfg = _load(tmp_path, model_dir, orpo_alpha=None, rl_beta=0.25)
+    cfg = _load(tmp_path, tiny_llama_dir, orpo_alpha=None, rl_beta=0.25)
     assert resolve_beta(cfg) == 0.25
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from testkit import tiny_llama
+from testkit import QUANTIZABLE_SIZES, tiny_llama
 from merlina_orpo_plugin.preference_eval import score_tokenised
 
 PAD = 2
@@ -80,15 +80,13 @@ def test_swapped_pairs_count_as_wrong_ties_do_not_count_and_batches_do_not_matte
         score_tokenised(model, pairs, PAD, batch_size=0)
 
 
-def test_orpo_eval_scores_the_base_model_and_the_adapter_in_one_run(tmp_path, model):
-    from e2e_helpers import tiny_model_dir, write_config
+def test_orpo_eval_scores_the_base_model_and_the_adapter_in_one_run(tmp_path, model, tiny_llama_dir):
+    from e2e_helpers import write_config
     from peft import LoraConfig, get_peft_model
 
     from merlina_orpo_plugin.integration.eval_cli import orpo_eval
 
-    model_dir = tiny_model_dir(tmp_path / "model")
-    lora = get_peft_model(tiny_llama(seed=0, hidden_size=128, intermediate_size=256, num_attention_heads=4,
-                                     num_key_value_heads=2, head_dim=64, tie_word_embeddings=True),
+    lora = get_peft_model(tiny_llama(seed=0, **QUANTIZABLE_SIZES, tie_word_embeddings=True),  # tiny_llama_dir's shape
                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter", save_embedding_layers=False)
     pairs = tmp_path / "pairs.jsonl"
@@ -96,7 +94,7 @@ def test_orpo_eval_scores_the_base_model_and_the_adapter_in_one_run(tmp_path, mo
         "prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
         "chosen": [{"role": "assistant", "content": str(2 * i)}],
         "rejected": [{"role": "assistant", "content": f"Probably {i + 3}, I think."}]}) + "\n" for i in range(5)))
-    config = write_config(tmp_path, model_dir, [{"path": str(pairs), "ds_type": "json", "type": "chat_template"}])
+    config = write_config(tmp_path, tiny_llama_dir, [{"path": str(pairs), "ds_type": "json", "type": "chat_template"}])
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(orpo_eval, [str(config), "--data", str(pairs), "--adapter", str(tmp_path / "adapter"),
                                             "--json", str(out)])

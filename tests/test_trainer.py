@@ -7,7 +7,6 @@ router loss against the loss recomposed from its parts, the README's customisati
 
 from __future__ import annotations
 
-import copy
 import sys
 
 import pytest
