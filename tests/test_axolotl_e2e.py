@@ -145,7 +145,7 @@ def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_generatio
               rf"{identical} pairs with identical chosen and rejected")
     assert re.search(counts, output), output[-3000:]
 
-    train = run_cli(["axolotl", "train", str(config)], cwd=tmp_path, WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
+    train = run_cli(["axolotl", "train", str(config)], cwd=tmp_path, WANDB_DIR=str(tmp_path))
     output = train.stdout + train.stderr
     assert "loading the prepared copy" in output and "prepared and saved" not in output
     assert re.search(counts, output)  # trained by default on the empty completions, and said so
