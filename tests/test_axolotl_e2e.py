@@ -333,6 +333,9 @@ def test_axolotl_qlora_recipe_migrates_in_two_lines_then_resumes(tmp_path):
     trained = run_cli(["axolotl", "train", str(first), "--launcher", "python"], cwd=tmp_path)
     output = trained.stdout + trained.stderr
     assert re.search(r"'rewards/accuracies': '[0-9.]+'", output) and re.search(r"'eval_log_odds_chosen'", output)
+    summary = _summary(tmp_path / "last_run_prepared")  # the recipe's own dataset_prepared_path, under cwd
+    assert summary["eval_pairs"] > 0  # split off by val_set_size
+    assert summary["train_pairs"] + summary["eval_pairs"] == len(pairs_rows("ultrafeedback_h4.jsonl"))
     checkpoint = tmp_path / "out" / "checkpoint-2"
     assert (checkpoint / "adapter_model.safetensors").exists()
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
