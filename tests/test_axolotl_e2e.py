@@ -134,7 +134,7 @@ def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_generatio
     assert [d["pairs"] for d in datasets] == [len(rows) for _, rows, _ in types]
     assert [(d["empty_completions"], d["identical_pairs"]) for d in datasets] == [counts for _, _, counts in types]
     hh = next(counts for entry, _, counts in types if entry["type"] == "hh_rlhf")
-    assert hh[0] > 0 and hh[1] > 0  # trained by default, not refused (skipped is 0 for that entry)
+    assert hh[0] > 0 and hh[1] > 0  # HH-RLHF's empty final turns are accepted as they come: none was refused
     assert summary["train_pairs"] == sum(len(rows) for _, rows, _ in types)
     assert summary["eval_pairs"] == test["pairs"] == len(pairs_rows("ultrafeedback_h4.jsonl"))
     assert "prepared and saved" in output
