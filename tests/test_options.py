@@ -82,3 +82,13 @@ def test_the_prompt_length_rule():
     assert prompt_floor(65, None) == 32
     assert prompt_floor(1024, 100) == 100
     assert prompt_floor(None, None) is None
+
+
+def test_the_readme_option_tables_are_the_table():
+    """README.md shows `python -m merlina_orpo_plugin.options` verbatim: docs cannot drift from the code."""
+    from merlina_orpo_plugin.options import markdown_table
+    from testkit import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert markdown_table(PYTHON) in readme
+    assert markdown_table(YAML) in readme
