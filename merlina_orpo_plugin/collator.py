@@ -26,6 +26,8 @@ class ORPODataCollator:
         score_target (the token predicted), score_owner (which sequence)     [N]
         pair_lengths (prompt, chosen, rejected tokens of each pair)          [B, 3]
         layout                                                               the `BatchLayout`
+        scored_counts (scored tokens per owner, a tuple of 3B ints: it stays on the host, so the
+            forward can plan chunks of whole pairs without waiting for the device)
 
     An encoder-decoder layout (``layout.decoder_start`` set) gives instead ``input_ids`` and
     ``attention_mask`` ``[B, P]`` (each prompt once, for the encoder) and ``decoder_input_ids``
@@ -67,7 +69,8 @@ class ORPODataCollator:
         if self.layout.encoder_decoder:
             rows = encoder_decoder_rows(pairs, self.layout.decoder_start, self.pad_token_id)
             return {**{key: torch.tensor(value, dtype=torch.long) for key, value in rows.items()},
-                    "pair_lengths": lengths, "layout": self.layout}
+                    "pair_lengths": lengths, "layout": self.layout,
+                    "scored_counts": _owner_counts(rows["score_owner"], len(pairs))}
         packed = pack(
             pairs,
             self.layout,
@@ -87,7 +90,23 @@ class ORPODataCollator:
             "score_owner": torch.tensor(packed.score_owner, dtype=torch.long),
             "pair_lengths": lengths,
             "layout": self.layout,  # not a tensor: moved nowhere, read without a device sync
+            "scored_counts": _owner_counts(packed.score_owner, len(pairs)),
         }
+
+
+class HostCounts(tuple):
+    """Scored tokens per owner, kept on the host: ``.to(device)`` (a batch moved with
+    ``{k: v.to(device)}`` or accelerate's ``send_to_device``) leaves it as it is."""
+
+    def to(self, *args, **kwargs) -> HostCounts:
+        return self
+
+
+def _owner_counts(owners: list[int], num_pairs: int) -> HostCounts:
+    counts = [0] * (3 * num_pairs)
+    for owner in owners:
+        counts[owner] += 1
+    return HostCounts(counts)
 
 
 def _pad_id_of(tokenizer: Any) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from .attention import build_attention_mask
-from .model_adapter import capture_final_hidden, score_hidden, unwrap_model
+from .losses import pair_chunk_loss
+from .model_adapter import capture_final_hidden, fused_head_applies, score_hidden, score_hidden_fused, unwrap_model
 from .scoring import score_logits
 
 
@@ -23,6 +25,8 @@ class ORPOForwardOutput(NamedTuple):
     ``processed_tokens``/``unique_tokens``: positions the model ran (padding included, an int
     known from the shape) and the batch's distinct tokens (each prompt once + chosen + rejected, a
     tensor on the batch's device, so reading it never waits for the GPU).
+    ``loss``: with a `FusedLoss`, the loss itself, carrying the gradient (the log-probs are then
+    detached); None otherwise.
     """
 
     chosen_logps: torch.Tensor
@@ -35,6 +39,17 @@ class ORPOForwardOutput(NamedTuple):
     nll_tokens: torch.Tensor
     processed_tokens: int = 0
     unique_tokens: torch.Tensor | int = 0
+    loss: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class FusedLoss:
+    """The ORPO loss's constants, so a trained head's chunked loss can be fused (`losses.pair_chunk_loss`):
+    ``loss = -nll_scale * NLL log-prob sum - or_scale * beta * sum(logsigmoid(log_odds))``."""
+
+    beta: float
+    nll_scale: torch.Tensor | float
+    or_scale: torch.Tensor | float
 
 
 def concatenated_forward(
@@ -44,14 +59,18 @@ def concatenated_forward(
     nll_include_prompt: bool = True,
     output_router_logits: bool = False,
     loss_chunk_size: int = 0,
+    fused: FusedLoss | None = None,
 ) -> ORPOForwardOutput:
     """Run ``model`` once over every sequence of the batch (one forward, as DDP needs) and score it.
 
     ``batch`` is `ORPODataCollator`'s output in any of its layouts. ``loss_chunk_size`` > 0 computes
     the log-probs from the hidden states that many tokens at a time (`model_adapter.score_hidden`).
+    With ``fused`` and a trained, unsharded head, the chunks hold whole pairs and the loss is summed
+    chunk by chunk with its gradients taken in the forward (no recompute): ``loss`` is set.
     """
     num_pairs = batch["pair_lengths"].shape[0]
     index, targets, owner = scored_tokens(batch, nll_include_prompt)
+    loss = None
     if batch["layout"].encoder_decoder:
         kwargs = _encoder_decoder_inputs(model, batch)
     else:
@@ -62,9 +81,15 @@ def concatenated_forward(
         with capture_final_hidden(model) as captured:
             outputs = model(**kwargs, logits_to_keep=1)
         hidden = captured["hidden"]
-        token_logps, logit_means = score_hidden(
-            model, hidden, index.to(hidden.device), targets.to(hidden.device), loss_chunk_size
-        )
+        index, targets, owner = index.to(hidden.device), targets.to(hidden.device), owner.to(hidden.device)
+        plan = None
+        if fused is not None and fused_head_applies(model, hidden):
+            plan = _pair_chunks(batch, index, targets, owner, fused, loss_chunk_size, nll_include_prompt)
+        if plan is not None:
+            index, targets, owner, bounds, chunk_loss = plan
+            loss, token_logps, logit_means = score_hidden_fused(model, hidden, index, targets, bounds, chunk_loss)
+        else:
+            token_logps, logit_means = score_hidden(model, hidden, index, targets, loss_chunk_size)
     else:
         outputs = model(**kwargs)
         logits = outputs.logits
@@ -98,7 +123,43 @@ def concatenated_forward(
         nll_tokens=nll_tokens,
         processed_tokens=processed,
         unique_tokens=batch["pair_lengths"].sum(),
+        loss=loss,
     )
+
+
+#: A pair longer than this many chunks is scored by the checkpointed path (see `_pair_chunks`).
+_LONGEST_FUSED = 4
+
+
+def _pair_chunks(batch, index, targets, owner, fused: FusedLoss, chunk_size: int, nll_include_prompt: bool):
+    """The scored tokens grouped by pair (a stable sort on the device, no sync) and chunks of whole
+    pairs of about ``chunk_size`` tokens (from the collator's host-side counts), with each chunk's loss.
+
+    None when a single pair has more than ``_LONGEST_FUSED * chunk_size`` scored tokens: its chunk's
+    logits would outgrow what chunking is for, and the checkpointed path takes the batch.
+    """
+    num_pairs = batch["pair_lengths"].shape[0]
+    host = list(batch["scored_counts"])
+    if not nll_include_prompt:
+        host[2 * num_pairs :] = [0] * num_pairs
+    if max(host[i] + host[num_pairs + i] + host[2 * num_pairs + i] for i in range(num_pairs)) > _LONGEST_FUSED * chunk_size:
+        return None
+    order = torch.argsort(owner % num_pairs, stable=True)
+    index, targets, owner = index[order], targets[order], owner[order]
+    bounds, pair_slices, start, first, size = [], {}, 0, 0, 0
+    for pair in range(num_pairs):
+        size += host[pair] + host[num_pairs + pair] + host[2 * num_pairs + pair]
+        if size >= chunk_size or pair == num_pairs - 1:
+            bounds.append((start, start + size))
+            pair_slices[start] = slice(first, pair + 1)
+            start, first, size = start + size, pair + 1, 0
+    counts = torch.tensor(host, dtype=torch.float32, device=owner.device)
+
+    def chunk_loss(logps: torch.Tensor, chunk_start: int, chunk_end: int) -> torch.Tensor:
+        return pair_chunk_loss(logps, owner[chunk_start:chunk_end], counts, pair_slices[chunk_start],
+                               beta=fused.beta, nll_scale=fused.nll_scale, or_scale=fused.or_scale)
+
+    return index, targets, owner, bounds, chunk_loss
 
 
 def scored_tokens(batch: dict[str, torch.Tensor], nll_include_prompt: bool = True):

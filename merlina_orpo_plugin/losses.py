@@ -122,3 +122,33 @@ def odds_ratio_loss(
 def orpo_loss(nll_loss: torch.Tensor, or_losses: torch.Tensor) -> torch.Tensor:
     """``L = L_SFT + lambda * L_OR`` with ``or_losses = beta * logsigmoid(log_odds)`` per pair."""
     return nll_loss - or_losses.mean()
+
+
+def pair_chunk_loss(
+    token_logps: torch.Tensor,
+    owner: torch.Tensor,
+    counts: torch.Tensor,
+    pairs: slice,
+    *,
+    beta: float,
+    nll_scale: torch.Tensor | float,
+    or_scale: torch.Tensor | float,
+) -> torch.Tensor:
+    """One chunk's share of the ORPO loss, for a chunk that holds every scored token of ``pairs``.
+
+    ``owner`` numbers each token's sequence as the collator does (chosen ``i``, rejected ``B + i``,
+    prompt ``2B + i``), ``counts`` ``[3B]`` the scored tokens of every sequence in the batch. The
+    share is ``-nll_scale * (log-probs of the chunk's chosen and prompt tokens)`` plus
+    ``-or_scale * beta * sum(logsigmoid(log_odds))`` over its pairs; summed over chunks, with
+    ``nll_scale = 1 / NLL tokens`` and ``or_scale = 1 / B``, it is ``orpo_loss`` (the trainer passes
+    its accumulation window's scales instead). Linear in the pairs, so chunks add up exactly.
+    """
+    num_pairs = counts.shape[0] // 3
+    sums = token_logps.new_zeros(counts.shape[0]).index_add(0, owner, token_logps)
+    chosen_sums = sums[pairs]
+    rejected_sums = sums[pairs.start + num_pairs : pairs.stop + num_pairs]
+    prompt_sums = sums[pairs.start + 2 * num_pairs : pairs.stop + 2 * num_pairs]
+    chosen = chosen_sums / counts[pairs]
+    rejected = rejected_sums / counts[pairs.start + num_pairs : pairs.stop + num_pairs]
+    or_losses = odds_ratio_loss(chosen, rejected, beta)[0]
+    return -(chosen_sums.sum() + prompt_sums.sum()) * nll_scale - or_losses.sum() * or_scale

@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from .scoring import chunked_token_logps
-from .sharding import equal_chunk_count, whole_head
+from .scoring import chunked_token_logps, fused_chunk_loss
+from .sharding import equal_chunk_count, is_sharded, whole_head
 
 # Config keys about logits that `logit_postprocess` reproduces, or that concern attention, not the head.
 _HANDLED_LOGIT_KEYS = {"final_logit_softcapping", "logit_scale", "logits_scaling", "attn_logit_softcapping"}
@@ -109,3 +109,21 @@ def score_hidden(
         return chunked_token_logps(
             head, selected, targets, chunk_size, logit_postprocess(base.config), num_chunks=num_chunks
         )
+
+
+def fused_head_applies(model: torch.nn.Module, hidden: torch.Tensor) -> bool:
+    """Whether `score_hidden_fused` can take the loss's gradients in the forward: training a head whose
+    weights are whole on this process (a frozen head needs no fusing; FSDP2 / ZeRO-3 shard them)."""
+    if not (torch.is_grad_enabled() and hidden.requires_grad):
+        return False
+    head = unwrap_model(model).get_output_embeddings()
+    return any(p.requires_grad for p in head.parameters()) and not is_sharded(model, head)
+
+
+def score_hidden_fused(model, hidden, index, targets, bounds, chunk_loss):
+    """`score_hidden` with the loss summed over chunks of whole pairs (`scoring.fused_chunk_loss`):
+    ``(loss, detached log p(target), mean logit)``."""
+    base = unwrap_model(model)
+    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+    return fused_chunk_loss(base.get_output_embeddings(), selected, targets, bounds, chunk_loss,
+                            logit_postprocess(base.config))

@@ -4,9 +4,11 @@ Tensors and a head module in, log-probs (and their gradients) out: nothing here 
 (`model_adapter.py` finds the head and the hidden states). The chunked path never holds the
 ``[tokens, V]`` logits at once: the head runs on ``chunk_size`` rows at a time. A trained head is
 checkpointed per chunk (backward recomputes one chunk's logits at a time); a frozen head's per-row
-gradients are taken in the forward (``_FrozenHeadLogps``), so nothing is recomputed. Peak memory of
-the loss is ``O(chunk_size * V)`` instead of ``O(2B * T * V)``. The unchunked path (``score_logits``)
-scores the model's own logits without copying them (``_FullLogitsLogps``).
+gradients are taken in the forward (``_FrozenHeadLogps``), so nothing is recomputed. When the loss
+itself is a sum over chunks (``fused_chunk_loss``: chunks of whole pairs), a trained head needs no
+recompute either: each chunk's gradients, for its hidden rows and the head's weights, are taken in
+the forward. Peak memory of the loss is ``O(chunk_size * V)`` instead of ``O(2B * T * V)``. The
+unchunked path (``score_logits``) scores the model's own logits without copying them (``_FullLogitsLogps``).
 """
 
 from __future__ import annotations
@@ -114,6 +116,65 @@ class _FrozenHeadLogps(torch.autograd.Function):
     def backward(ctx, grad_logps, _grad_means):
         (per_row,) = ctx.saved_tensors
         return (grad_logps.unsqueeze(-1) * per_row).to(per_row.dtype), None, None, None, None, None
+
+
+def fused_chunk_loss(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    bounds: list[tuple[int, int]],
+    chunk_loss: Callable[[torch.Tensor, int, int], torch.Tensor],
+    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, log p(target), mean logit)`` where ``loss`` is the sum of ``chunk_loss`` over ``bounds``.
+
+    ``chunk_loss(logps, start, end)`` turns the log-probs of rows ``start:end`` into that chunk's
+    share of the loss, which must not depend on any other row (chunks of whole pairs, for ORPO).
+    Then each chunk's gradients, with respect to its hidden rows and to the head's trainable
+    parameters, are exact in the forward: nothing is recomputed and no logits are kept, where the
+    checkpointed path runs the head twice. The log-probs come back detached (the loss carries the
+    gradient). Needs the head's parameters whole on this process (not sharded).
+    """
+    params = [p for p in head.parameters() if p.requires_grad]
+    return _FusedChunkLoss.apply(hidden, targets, head, postprocess, bounds, chunk_loss, *params)
+
+
+class _FusedChunkLoss(torch.autograd.Function):
+    """The chunked loss of a trained head with its gradients taken chunk by chunk in the forward.
+
+    Backward scales the saved gradients (hidden rows ``[N, H]`` and one buffer per trainable head
+    parameter, the size of its own gradient) by the loss's incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, targets, head, postprocess, bounds, chunk_loss, *params):
+        row_grads, param_grads = [], [torch.zeros_like(p) for p in params]
+        logps, means, total = [], [], hidden.new_zeros((), dtype=torch.float32)
+        for start, end in bounds:
+            with torch.enable_grad():
+                rows = hidden[start:end].detach().requires_grad_()
+                logp, mean = _score_chunk(head, postprocess, rows, targets[start:end])
+                loss = chunk_loss(logp, start, end)
+                grads = torch.autograd.grad(loss, [rows, *params], allow_unused=True)
+            row_grads.append(grads[0])
+            for buffer, grad in zip(param_grads, grads[1:]):
+                if grad is not None:
+                    buffer.add_(grad)
+            total = total + loss.detach().float()
+            logps.append(logp.detach())
+            means.append(mean)
+        ctx.save_for_backward(torch.cat(row_grads), *param_grads)
+        logps, means = torch.cat(logps), torch.cat(means)
+        ctx.mark_non_differentiable(logps, means)
+        return total, logps, means
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_logps, _grad_means):
+        per_row, *per_param = ctx.saved_tensors
+        scale = grad_loss.float()
+        return ((per_row * scale).to(per_row.dtype), None, None, None, None, None,
+                *((g * scale).to(g.dtype) for g in per_param))
 
 
 def score_logits(logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):

@@ -105,3 +105,10 @@ def equal_chunk_count(head: torch.nn.Module, rows: int, chunk_size: int, device:
     count = torch.tensor([max(1, -(-rows // chunk_size))], device=device)
     distributed.all_reduce(count, op=distributed.ReduceOp.MAX)
     return int(count.item())
+
+
+def is_sharded(model: torch.nn.Module, head: torch.nn.Module) -> bool:
+    """Whether the head's weights are split across processes (FSDP2 units above or in it, or ZeRO-3)."""
+    if _gathered_per_call(head):
+        return True
+    return bool(torch.distributed.is_available() and _enclosing_units(model, head))

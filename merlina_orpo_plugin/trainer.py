@@ -19,7 +19,8 @@ from . import losses as L
 from .collator import ORPODataCollator
 from .config import ORPOConfig
 from .data import prepare_preference_dataset
-from .forward import ORPOForwardOutput, concatenated_forward, nll_token_count
+from .accumulation import loss_scales, window_totals
+from .forward import FusedLoss, ORPOForwardOutput, concatenated_forward
 from .generation import log_generations
 from .metrics import MetricStore, batch_metrics
 from .model_setup import check_4bit_cpu_layers, prepare_model
@@ -99,12 +100,16 @@ class ORPOTrainerMixin:
 
     def concatenated_forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ORPOForwardOutput:
         """One forward over chosen and rejected rows: ``(chosen_logps, rejected_logps, nll_loss, ...)``."""
+        return self._forward(model, batch)
+
+    def _forward(self, model, batch, fused: FusedLoss | None = None) -> ORPOForwardOutput:
         return concatenated_forward(
             model,
             batch,
             nll_include_prompt=self.nll_include_prompt,
             output_router_logits=self.aux_loss_enabled,
             loss_chunk_size=self.speed.loss_chunk_size,
+            fused=fused,
         )
 
     # --- Trainer hooks ------------------------------------------------------------------------
@@ -117,12 +122,16 @@ class ORPOTrainerMixin:
         ``nll_loss``, ``or_loss`` (the odds-ratio term as added to the loss) and ``log_odds_ratio``
         (mean logsigmoid of the log odds).
         """
-        forward = self.concatenated_forward(model, inputs)
+        nll_scale, or_scale = self._loss_scales(inputs, num_items_in_batch)
+        fused = None
+        if self._orpo_mode == "train" and torch.is_grad_enabled():  # the fused chunked loss, where it applies
+            fused = FusedLoss(self.beta, nll_scale, or_scale)
+        forward = self._forward(model, inputs, fused)
         or_losses, chosen_rewards, rejected_rewards, ratio, log_odds = L.odds_ratio_loss(
             forward.chosen_logps, forward.rejected_logps, self.beta
         )
-        nll_term, or_term = self._loss_terms(forward, or_losses, num_items_in_batch)
-        loss = nll_term + or_term
+        nll_term, or_term = forward.nll_sum * nll_scale, -or_losses.sum() * or_scale
+        loss = nll_term + or_term if forward.loss is None else forward.loss  # fused: the terms are detached
         if self.aux_loss_enabled and forward.aux_loss is not None:
             loss = loss + self.aux_loss_coef * forward.aux_loss.to(loss.device)
         metrics = batch_metrics(forward, nll_term, or_term, chosen_rewards, rejected_rewards, ratio, log_odds)
@@ -142,31 +151,20 @@ class ORPOTrainerMixin:
         }
         return loss, outputs
 
-    def _loss_terms(self, forward: ORPOForwardOutput, or_losses: torch.Tensor, num_items_in_batch):
-        """``(nll_term, or_term)``: per-batch means, or in training this micro-batch's share of the window.
-
-        Trainer divides each micro-batch loss by the number of micro-batches. Normalising the NLL
-        sum by the window's token count (and the odds-ratio sum by its pair count) and multiplying
-        back makes ``k x b`` accumulation give the gradient of one batch of ``k * b`` pairs, where a
-        mean of per-micro-batch token means (TRL) weights short sequences up.
-        """
-        window = self._orpo_window
-        if window is None or num_items_in_batch is None or self._orpo_mode != "train":
-            return forward.nll_loss, -or_losses.mean()
-        (window_tokens, window_pairs), factor = window
-        steps = getattr(self, "current_gradient_accumulation_steps", 1) * factor
-        return forward.nll_sum / window_tokens.clamp(min=1) * steps, -or_losses.sum() / window_pairs * steps
+    def _loss_scales(self, batch, num_items_in_batch):
+        """``(nll_scale, or_scale)`` of this micro-batch (`accumulation.loss_scales`): its share of the
+        accumulation window in training, its own means otherwise."""
+        window = self._orpo_window if num_items_in_batch is not None and self._orpo_mode == "train" else None
+        steps = getattr(self, "current_gradient_accumulation_steps", 1)
+        return loss_scales(batch, self.nll_include_prompt, window, steps)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batch_samples:
             self._orpo_window = None
             return batch_samples, None
-        # Tensors on the batches' device, summed there: no host sync per micro-batch.
-        tokens = sum(nll_token_count(batch, self.nll_include_prompt).to(device, torch.float64) for batch in batch_samples)
-        pairs = sum(batch["pair_lengths"].shape[0] for batch in batch_samples)
-        totals, factor = torch.stack([tokens, torch.tensor(float(pairs), dtype=torch.float64, device=device)]), 1.0
-        processes = self.accelerator.num_processes
+        totals, processes = window_totals(batch_samples, self.nll_include_prompt, device), self.accelerator.num_processes
+        factor = 1.0
         if self.args.average_tokens_across_devices and processes > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
             factor = float(processes)  # DDP averages gradients over ranks

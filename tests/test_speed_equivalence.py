@@ -22,7 +22,7 @@ from testkit import SHAREGPT_ROLES, pairs_rows, tiny_llama
 from merlina_orpo_plugin import losses as L
 from merlina_orpo_plugin.collator import ORPODataCollator
 from merlina_orpo_plugin.data import prepare_preference_dataset
-from merlina_orpo_plugin.forward import concatenated_forward
+from merlina_orpo_plugin.forward import FusedLoss, concatenated_forward, nll_token_count
 from merlina_orpo_plugin.packing import PADDED, BatchLayout
 
 VOCAB = 2048
@@ -64,12 +64,17 @@ def _model(seed: int = 0, **overrides):
     return tiny_llama(seed=seed, vocab_size=VOCAB, **overrides)
 
 
-def _run(model, features, *, layout=PADDED, loss_chunk_size=0, nll_include_prompt=True):
+def _run(model, features, *, layout=PADDED, loss_chunk_size=0, nll_include_prompt=True, fused=False):
     batch = ORPODataCollator(pad_token_id=2, layout=layout, pack_length=300)(features)
     model.zero_grad()
-    out = concatenated_forward(model, batch, nll_include_prompt=nll_include_prompt, loss_chunk_size=loss_chunk_size)
+    spec = None
+    if fused:  # the trainer's constants outside an accumulation window: a token mean and a pair mean
+        tokens = nll_token_count(batch, nll_include_prompt).float()
+        spec = FusedLoss(0.1, 1.0 / tokens, 1.0 / len(features))
+    out = concatenated_forward(model, batch, nll_include_prompt=nll_include_prompt, loss_chunk_size=loss_chunk_size,
+                               fused=spec)
     or_losses = L.odds_ratio_loss(out.chosen_logps, out.rejected_logps, beta=0.1)[0]
-    loss = L.orpo_loss(out.nll_loss, or_losses)
+    loss = L.orpo_loss(out.nll_loss, or_losses) if out.loss is None else out.loss
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), out, grads, batch
@@ -171,3 +176,34 @@ def test_chunked_loss_reproduces_gemma2_logit_softcapping(features):
     got, reference = _run(model, features, loss_chunk_size=64), _run(model, features)
     assert "model.embed_tokens.weight" not in got[2]
     _assert_same(got, reference)
+
+
+@pytest.mark.parametrize("chunk", [100, 230], ids=["pair per chunk", "pairs per chunk"])
+@pytest.mark.parametrize("nll_include_prompt", [True, False])
+@pytest.mark.parametrize("layout", [PADDED, BatchLayout(True, True)], ids=lambda layout: layout.name)
+def test_a_trained_head_fused_loss_equals_the_loss_it_replaces(features, padded_reference, layout, nll_include_prompt,
+                                                               chunk):
+    """Full fine-tuning: the loss summed over chunks of whole pairs, its gradients taken in the forward
+    (no recompute), against the padded, unchunked loss."""
+    model = _model(seed=1)
+    got = _run(model, features, layout=layout, loss_chunk_size=chunk, nll_include_prompt=nll_include_prompt, fused=True)
+    assert got[1].loss is not None, "the fused path must have run"
+    reference = _run(_model(seed=1), features, nll_include_prompt=nll_include_prompt)
+    _assert_same(got, reference)
+
+
+def test_the_fused_loss_with_tied_embeddings_and_lora_on_the_head(features):
+    tied = _model(seed=2, tie_word_embeddings=True)
+    got = _run(tied, features, layout=BatchLayout(True, True), loss_chunk_size=100, fused=True)
+    assert got[1].loss is not None and "model.embed_tokens.weight" in got[2]
+    _assert_same(got, _run(_model(seed=2, tie_word_embeddings=True), features))
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], init_lora_weights=False)
+    model = peft.get_peft_model(_model(seed=3), lora)
+    got = _run(model, features, layout=BatchLayout(True, True), loss_chunk_size=100, fused=True)
+    assert got[1].loss is not None and any("lm_head.lora" in name for name in got[2])
+    _assert_same(got, _run(model, features))
+
+
+def test_a_pair_longer_than_four_chunks_takes_the_checkpointed_path(features):
+    got = _run(_model(seed=1), features, layout=BatchLayout(True, True), loss_chunk_size=16, fused=True)
+    assert got[1].loss is None  # fell back: the chunk of one pair would be more than 4 x 16 tokens
