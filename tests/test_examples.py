@@ -25,7 +25,7 @@ def test_there_are_recipes():
     assert {"cpu-demo.yml", "llama3-8b-qlora.yml", "multi-gpu-deepspeed-zero2.yml", "multi-gpu-fsdp.yml"} <= names
     # One per model family (tests/testkit.py maps each family to its recipes).
     assert {"qwen3-8b-qlora.yml", "mistral-nemo-12b-qlora.yml", "gemma2-9b-qlora.yml", "gemma3-1b-full.yml",
-            "phi4-14b-qlora.yml"} <= names
+            "phi35-mini-qlora.yml", "phi4-14b-qlora.yml"} <= names
 
 
 # All recipes in ONE subprocess (importing axolotl is most of the time). load_cfg has process-wide

@@ -26,6 +26,13 @@ What "the final assistant turn" is, and what each template does to the earlier t
   role: a system message raises.
 - gemma3: the same turns, EOS ``<end_of_turn>``; the system text opens the first user turn,
   followed by a blank line.
+- phi3 (Phi-3's SentencePiece tokenizer, Axolotl's ``phi_35`` template): after the last
+  ``<|assistant|>\n``: answer + ``<|end|>\n``; the tokenizer's EOS is ``<|endoftext|>``. The template
+  writes no BOS: the pipeline prepends ``<s>`` (TRL's rule). ``<|user|>``, ``<|end|>`` ... drop the
+  whitespace after them (``rstrip``), and SentencePiece marks a word start with ``▁`` only where the
+  text starts: the answer's first word is ``Yes`` after ``<|assistant|>`` but ``▁Yes`` on its own.
+  So a completion's reference ids are the full render's ids after the prompt's, which is the rule
+  for every family (for the byte-level BPE ones it equals tokenising the turn on its own).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from testkit import (
     RECIPES,
     TESTED_FAMILIES,
     family_tokenizer,
+    family_tokenizer_dir,
     own_chat_template,
     recipe_chat_template,
 )
@@ -132,6 +140,8 @@ class Family:
     pairs: tuple  # the rows this family renders
     system_rendered_as: str | None  # regex the system message must appear as in the prompt text (None: no system)
     full_render_has_prompt: bool = True  # False: the full render re-renders earlier turns (see the docstring)
+    template_writes_bos: bool = True  # False: the pipeline prepends the tokenizer's BOS (TRL's rule)
+    recipe_template_is_own: bool = True  # False: the recipe names another template on purpose (its own test)
 
 
 FAMILIES = {
@@ -162,6 +172,11 @@ FAMILIES = {
         "<start_of_turn>model\n", "<end_of_turn>", (BREAD, JSON_FILES, GREETINGS),
         r"^<bos><start_of_turn>user\n{system}\n\n{first_user}<end_of_turn>\n",
     ),
+    "phi3": Family(  # decoded, the newline after each chat token is gone: rstrip dropped it
+        "<|assistant|>\n", "<|end|>", (BREAD, JSON_FILES, GREETINGS),
+        r"^<s><\|system\|>{system}<\|end\|><\|user\|>{first_user}<\|end\|>",
+        template_writes_bos=False, recipe_template_is_own=False,
+    ),
 }
 
 
@@ -171,6 +186,21 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def render(tokenizer, messages: list[dict], **kwargs) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def with_bos(tokenizer, spec: Family, ids: list[int]) -> list[int]:
+    """The prompt's ids as training sees them: the template's own BOS, or the one TRL's rule prepends."""
+    if spec.template_writes_bos:
+        return ids
+    assert ids[:1] != [tokenizer.bos_token_id]
+    return [tokenizer.bos_token_id, *ids]
+
+
+def turn_ids(tokenizer, prompt_text: str, turn: str) -> list[int]:
+    """The ids of ``turn`` as they come after ``prompt_text``: the full text's ids after the prompt's."""
+    prompt, full = encode(tokenizer, prompt_text), encode(tokenizer, prompt_text + turn)
+    assert full[: len(prompt)] == prompt  # the prompt's ids are a prefix: the split is at a token boundary
+    return full[len(prompt) :]
 
 
 @pytest.fixture(scope="module", params=TESTED_FAMILIES)
@@ -193,8 +223,8 @@ def test_prompt_is_the_generation_prompt_and_the_token_prefix_of_both_full_seque
     name, spec, tokenizer, out = family
     for row, got in zip(spec.pairs, out, strict=True):
         prompt_text = render(tokenizer, row["prompt"], add_generation_prompt=True)
-        # One prompt for both answers, exactly as rendered for generation (the template's own BOS, once).
-        assert got["prompt_input_ids"] == encode(tokenizer, prompt_text), name
+        # One prompt for both answers, exactly as rendered for generation (one BOS: the template's or TRL's).
+        assert got["prompt_input_ids"] == with_bos(tokenizer, spec, encode(tokenizer, prompt_text)), name
         for side in ("chosen", "rejected"):
             full_text = render(tokenizer, row["prompt"] + row[side])
             turn = full_text.rpartition(spec.turn_opens)[2]
@@ -206,13 +236,15 @@ def test_prompt_is_the_generation_prompt_and_the_token_prefix_of_both_full_seque
                 assert system is None or (system in prompt_text and system not in full_text)
                 reference = prompt_text + turn
                 assert system is not None or full_text == reference
-            assert got["prompt_input_ids"] + got[f"{side}_input_ids"] == encode(tokenizer, reference), (name, side)
+            full_ids = with_bos(tokenizer, spec, encode(tokenizer, reference))
+            assert got["prompt_input_ids"] + got[f"{side}_input_ids"] == full_ids, (name, side)
 
 
 def test_each_completion_is_exactly_the_final_assistant_turn(family):
     name, spec, tokenizer, out = family
     end_id = tokenizer.convert_tokens_to_ids(spec.end_token)
     for row, got in zip(spec.pairs, out, strict=True):
+        prompt_text = render(tokenizer, row["prompt"], add_generation_prompt=True)
         for side in ("chosen", "rejected"):
             turn = render(tokenizer, row["prompt"] + row[side]).rpartition(spec.turn_opens)[2]
             answer = row[side][0]["content"].strip()
@@ -220,7 +252,7 @@ def test_each_completion_is_exactly_the_final_assistant_turn(family):
                 assert turn.startswith("<think>\n\n</think>\n\n"), turn  # the template's empty block
             assert answer in turn and spec.end_token in turn, (name, turn)
             completion = got[f"{side}_input_ids"]
-            assert completion == encode(tokenizer, turn), (name, side, tokenizer.decode(completion))
+            assert completion == turn_ids(tokenizer, prompt_text, turn), (name, side, tokenizer.decode(completion))
             # The turn's own end token, once; only whitespace (the template's newline) after it.
             ends = [i for i, token in enumerate(completion) if token == end_id]
             assert len(ends) == 1 and not tokenizer.decode(completion[ends[0] + 1 :]).strip(), (name, side)
@@ -258,7 +290,7 @@ def test_rewrites_without_a_system_message():
     qwen = tokenizer_prompt("qwen2.5", JSON_FILES)
     default = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
     assert qwen.startswith(f"<|im_start|>system\n{default}<|im_end|>\n")
-    for name in ("gemma2", "gemma3", "mistral", "qwen3"):
+    for name in ("gemma2", "gemma3", "mistral", "phi3", "qwen3"):
         assert "system" not in tokenizer_prompt(name, JSON_FILES), name
 
 
@@ -292,15 +324,15 @@ def test_recipe_names_the_template_of_the_family_tokenizer(name):
     own = own_chat_template(name)
     choice = recipe_chat_template(name)
     spec = FAMILIES[name]
-    if own is not None:
+    if own is not None and spec.recipe_template_is_own:
         # The recipe's template renders every pair exactly as the tokenizer's own template does.
         for row in spec.pairs:
             renders = ((row["prompt"], {"add_generation_prompt": True}), (row["prompt"] + row["chosen"], {}))
             for messages, kwargs in renders:
                 recipe_text = render(tokenizer, messages, **kwargs)
                 assert recipe_text == render(tokenizer, messages, chat_template=own, **kwargs), (name, choice)
-    else:
-        assert choice != "tokenizer_default"  # Axolotl would refuse: the package has no template
+    else:  # no template in the package (Axolotl would refuse the default), or one the recipe avoids
+        assert choice != "tokenizer_default"
     # Every marker the template writes around a turn is ONE special token of this tokenizer (a template
     # of another family would write markers this vocabulary splits into pieces).
     text = render(tokenizer, spec.pairs[0]["prompt"] + spec.pairs[0]["chosen"])
@@ -320,3 +352,55 @@ def test_llama_recipe_avoids_axolotls_llama3_template_which_drops_the_date_heade
     own = tokenizer.apply_chat_template(BREAD["prompt"], tokenize=False, chat_template=own_chat_template("llama3"))
     assert "Cutting Knowledge Date" in own and "Cutting Knowledge Date" not in named
     assert yaml.safe_load((RECIPES / "llama3-8b-qlora.yml").read_text())["chat_template"] == "tokenizer_default"
+
+
+def test_phi3_recipe_avoids_the_first_phi3_template_which_drops_the_system_turn():
+    """Phi-3-mini's first template (the one its vocabulary ships with here) has no system branch."""
+    tokenizer = family_tokenizer("phi3")
+    own = own_chat_template("phi3")
+    assert yaml.safe_load((RECIPES / "phi35-mini-qlora.yml").read_text())["chat_template"] == "phi_35"
+    dropped = render(tokenizer, BREAD["prompt"], add_generation_prompt=True, chat_template=own)
+    kept = render(tokenizer, BREAD["prompt"], add_generation_prompt=True)
+    assert SYSTEM not in dropped and SYSTEM in kept
+    # Without a system turn the two agree, but for the BOS the old template writes and TRL's rule adds.
+    for row in (JSON_FILES, GREETINGS):
+        old = render(tokenizer, row["prompt"], add_generation_prompt=True, chat_template=own)
+        assert old == "<s>" + render(tokenizer, row["prompt"], add_generation_prompt=True)
+
+
+def test_a_legacy_sentencepiece_tokenizer_gets_no_eos_after_its_turn_end(tmp_path):
+    """``legacy=True`` writes ``▁`` after every special token: ``<|end|>\\n`` is ``<|end|> ▁ \\n``.
+
+    ``▁`` alone decodes to "" (the decoder strips a leading space), so the search for the answer's
+    last non-blank token used to stop at it and append an EOS that no rendered conversation has.
+    Phi-3's vocabulary with legacy on and no rstrip: any SentencePiece tokenizer with legacy on, under
+    a template that writes a newline after its turn end, is in this case.
+    """
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(family_tokenizer_dir("phi3") / name, tmp_path / name)
+    for name, edit in (("tokenizer.json", "added_tokens"), ("tokenizer_config.json", "legacy")):
+        content = json.loads((tmp_path / name).read_text())
+        if edit == "legacy":
+            content["legacy"] = True
+        else:
+            for token in content["added_tokens"]:
+                token["rstrip"] = False
+        (tmp_path / name).write_text(json.dumps(content))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    tokenizer.chat_template = family_tokenizer("phi3").chat_template
+    out, _ = prepare_preference_dataset(
+        datasets.Dataset.from_list([JSON_FILES]), tokenizer, max_length=None, max_prompt_length=None
+    )
+    word_start, end = tokenizer.convert_tokens_to_ids(["\u2581", "<|end|>"])
+    prompt_text = render(tokenizer, JSON_FILES["prompt"], add_generation_prompt=True)
+    for side in ("chosen", "rejected"):
+        full = render(tokenizer, JSON_FILES["prompt"] + JSON_FILES[side])
+        completion = out[0][f"{side}_input_ids"]
+        assert completion[-3:] == [end, word_start, *encode(tokenizer, "\n")[-1:]], tokenizer.decode(completion)
+        assert completion == turn_ids(tokenizer, prompt_text, full.rpartition("<|assistant|>\n")[2])
+        assert tokenizer.eos_token_id not in completion

@@ -34,7 +34,13 @@ def split_prompt_ids(
 
 
 class BlankTokens:
-    """``is_blank(token_id)``: whether a token decodes to whitespace only (cached per id)."""
+    """``is_blank(token_id)``: whether a token stands for whitespace only (cached per id).
+
+    Decoded alone, SentencePiece's word-start piece ``▁`` is "": the decoder strips a leading space.
+    A SentencePiece tokenizer with ``legacy=True`` writes it after every special token, so a turn end
+    followed by a newline (``<|end|>\n``) is ``<|end|> ▁ \n``; a token that decodes to nothing is
+    blank when its piece is ``▁`` characters only.
+    """
 
     def __init__(self, tokenizer):
         self._tokenizer = tokenizer
@@ -43,6 +49,8 @@ class BlankTokens:
     def __call__(self, token_id: int) -> bool:
         if token_id not in self._cache:
             text = self._tokenizer.decode([token_id])
+            if not text:
+                text = (self._tokenizer.convert_ids_to_tokens(token_id) or "").replace("\u2581", " ")
             self._cache[token_id] = bool(text) and not text.strip()
         return self._cache[token_id]
 

