@@ -6,7 +6,8 @@ Run by `test_sharded.py`: in the test process (1 process, the reference) and und
 global batch. Everything is built in-process (a WordLevel
 tokenizer, generated text pairs, a Llama from its config), so nothing is read from disk or a hub.
 The chunked loss is on with 8-token chunks: several per micro-batch, and a different number on
-each rank.
+each rank. The evaluation also samples generations (``generate_during_eval``) on every rank, which
+the main process alone writes; the run returns the rows of that JSONL.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,6 +28,7 @@ STEPS = 3
 CHUNK = 8
 LOGGED = ("loss", "nll_loss", "or_loss", "grad_norm", "log_odds_ratio", "rewards/chosen", "logps/rejected", "logits/chosen")
 EVALUATED = ("eval_loss", "eval_nll_loss", "eval_rewards/chosen", "eval_logits/rejected")
+GENERATIONS = 2  # eval prompts sampled at the evaluation
 CASES = {
     # full fine-tune: the head is trained (checkpointed chunks), 2 micro-batches per step
     "full": dict(tied=False, lora=False, accumulation=2, wrap=["LlamaDecoderLayer"]),
@@ -154,7 +155,8 @@ def train(case: str, shard: str, processes: int, output_dir: str) -> dict:
         gradient_accumulation_steps=spec["accumulation"], per_device_eval_batch_size=2, max_steps=STEPS,
         learning_rate=1e-2 if spec["lora"] else 1e-3, logging_steps=1, report_to="none", save_strategy="no",
         seed=0, train_sampling_strategy="sequential", loss_chunk_size=CHUNK, max_length=64, max_prompt_length=32,
-        ddp_backend="gloo" if processes > 1 else None, bf16=False, **extra,  # float32 compares at 1e-5;
+        ddp_backend="gloo" if processes > 1 else None, bf16=False,  # float32 compares at 1e-5
+        generate_during_eval=True, num_generation_samples=GENERATIONS, generation_max_new_tokens=4, **extra,
         # gradient checkpointing stays at its default (on, as in TRL): under ZeRO-3 it must recompute reentrantly
     )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0) if spec["lora"] else None
@@ -167,7 +169,11 @@ def train(case: str, shard: str, processes: int, output_dir: str) -> dict:
     trainer.train()
     evaluation = trainer.evaluate()
     logs = [{k: log[k] for k in LOGGED} for log in trainer.state.log_history if "loss" in log]
+    if processes > 1:
+        torch.distributed.barrier()  # every rank is past its evaluation: a second writer would have written
+    jsonl = Path(output_dir) / "eval_generations.jsonl"
     return {
+        "generations": [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else [],
         "logs": logs,
         "eval": {k: evaluation[k] for k in EVALUATED},
         "loss_chunk_size": trainer.speed.loss_chunk_size,
@@ -189,10 +195,12 @@ def main(argv=None) -> None:
     if processes > 1:  # accelerate and DeepSpeed reuse this group; a hung collective fails in 2 minutes
         torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=120))
     results = {}
+    shared = Path(options.out).resolve().parent  # one output_dir for all ranks, as a real run has
     for run in options.runs:
         shard, case = run.split(":")
-        with tempfile.TemporaryDirectory() as output_dir:
-            results[run] = train(case, shard, processes, output_dir)
+        output_dir = shared / run.replace(":", "-")
+        output_dir.mkdir(exist_ok=True)
+        results[run] = train(case, shard, processes, str(output_dir))
     if int(os.environ.get("RANK", "0")) == 0:
         Path(options.out).write_text(json.dumps(results, indent=1))
 

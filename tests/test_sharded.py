@@ -5,7 +5,9 @@ applies it (units per decoder layer and the root; in `head_unit` every Linear, t
 included, is its own unit) and DeepSpeed ZeRO-3 (every weight partitioned). Each case trains 3
 steps of 4 pairs (2 per rank) with 8-token loss chunks, a different number of chunks on each
 rank, then evaluates; the 1-process reference runs here meanwhile. Losses, gradient norms,
-ORPO metrics and evaluation must agree within 1e-5 relative, with chunking still on. Without
+ORPO metrics and evaluation must agree within 1e-5 relative, with chunking still on; the
+evaluation's generations are sampled on both ranks in step (no hang) and written once, for the
+same eval prompts as in one process. Without
 `sharding.whole_head` FSDP2 fails at the first head call; without `sharding.equal_chunk_count`
 ZeRO-3 and `head_unit` fail on mismatched collectives.
 """
@@ -74,3 +76,15 @@ def test_two_sharded_processes_train_as_one_with_the_chunked_loss(runs, run):
             assert mine[name] == pytest.approx(theirs[name], rel=1e-5), f"step {step} {name}"
     for name in sharded_run.EVALUATED:
         assert got["eval"][name] == pytest.approx(expected["eval"][name], rel=1e-5), name
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_generations_at_eval_are_written_once_for_the_same_prompts(runs, run):
+    sharded, reference = runs
+    case = run.split(":")[1]
+    got, expected = sharded[run]["generations"], reference["full" if case == "head_unit" else case]["generations"]
+    assert len(got) == len(expected) == sharded_run.GENERATIONS  # the main process alone wrote them
+    for mine, theirs in zip(got, expected):
+        assert (mine["step"], mine["prompt"], mine["chosen"], mine["rejected"]) == (
+            theirs["step"], theirs["prompt"], theirs["chosen"], theirs["rejected"])
+        assert mine["sample"] and mine["sample_mean_logp"] < 0, mine
