@@ -62,7 +62,7 @@ def sentencepiece_merges(vocab: dict[str, int], scores: list[float]) -> list[lis
 
     SentencePiece BPE applies the merge whose result has the highest score; ties by the piece's id,
     then the left and right pieces' ids. Whitespace runs (``▁▁``, score -1e9 in Llama-2) therefore
-    merge last; ranked by id instead, 15 of llama.cpp's reference texts come out wrong.
+    merge last; ranked by id instead, 10 of llama.cpp's reference texts come out wrong.
     """
     candidates = []
     for piece, piece_id in vocab.items():
