@@ -94,9 +94,9 @@ def prepare_model(model: PreTrainedModel | str, args, peft_config=None) -> torch
     input grads for checkpointing), as TRL and Axolotl do for QLoRA.
     """
     init_kwargs = dict(args.model_init_kwargs or {})
-    if getattr(args, "trust_remote_code", False):
-        init_kwargs.setdefault("trust_remote_code", True)
     if isinstance(model, str):
+        if getattr(args, "trust_remote_code", False):  # a loading option: a loaded model is used as it is
+            init_kwargs.setdefault("trust_remote_code", True)
         model = _auto_class(model, args, init_kwargs).from_pretrained(model, **init_kwargs)
     elif init_kwargs:
         raise ValueError("`model_init_kwargs` only applies when `model` is a string; the model is already loaded")

@@ -186,6 +186,16 @@ def test_dropout_is_disabled_by_default(tmp_path, tokenizer, pairs):
     assert not torch.equal(kept.model(ids).logits, kept.model(ids).logits)
 
 
+def test_trust_remote_code_is_a_loading_option_a_loaded_model_ignores(tmp_path, tokenizer, pairs):
+    """`trust_remote_code=True` (as a TRL/HF script sets it) with a model already loaded: nothing to load."""
+    trainer = MerlinaORPOTrainer(model=tiny_llama(), args=orpo_args(tmp_path, trust_remote_code=True),
+                                 train_dataset=pairs, processing_class=tokenizer)
+    assert trainer.args.trust_remote_code
+    with pytest.raises(ValueError, match="only applies when `model` is a string"):  # real loading kwargs still refuse
+        MerlinaORPOTrainer(model=tiny_llama(), args=orpo_args(tmp_path, model_init_kwargs={"torch_dtype": "float32"}),
+                           train_dataset=pairs, processing_class=tokenizer)
+
+
 def test_moe_router_loss_is_added(tmp_path, tokenizer, pairs):
     from transformers import MixtralConfig, MixtralForCausalLM
 
