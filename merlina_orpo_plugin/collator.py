@@ -54,7 +54,7 @@ class ORPODataCollator:
 
     def __post_init__(self):
         if self.pad_token_id is None:
-            object.__setattr__(self, "pad_token_id", _pad_id_of(self.tokenizer))
+            object.__setattr__(self, "pad_token_id", pad_id_of(self.tokenizer))
         if self.return_tensors != "pt":
             raise ValueError(f"ORPODataCollator returns PyTorch tensors only, got return_tensors={self.return_tensors!r}")
         if not isinstance(self.layout, BatchLayout):
@@ -109,7 +109,8 @@ def _owner_counts(owners: list[int], num_pairs: int) -> HostCounts:
     return HostCounts(counts)
 
 
-def _pad_id_of(tokenizer: Any) -> int:
+def pad_id_of(tokenizer: Any) -> int:
+    """The tokenizer's pad id, or its EOS id when it has no pad token (as TRL pads)."""
     if tokenizer is None:
         raise ValueError("ORPODataCollator needs a tokenizer or an explicit pad_token_id")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

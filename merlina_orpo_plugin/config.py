@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .options import OPTIONS, YAML, check_options
+from .options import PYTHON_OPTIONS, check_options
 
 #: Defaults TRL 1.9 changes from `TrainingArguments` (its `_BaseConfig` and `ORPOConfig`), and ours.
 _TRAINING_DEFAULTS = (
@@ -29,11 +29,9 @@ _TRAINING_DEFAULTS = (
 
 def _fields() -> list[tuple[str, Any, Any]]:
     spec = [(name, kind, field(default=default, metadata={"help": text})) for name, kind, default, text in _TRAINING_DEFAULTS]
-    for option in OPTIONS:
-        if option.where == YAML:
-            continue
-        kind = option.type | None if option.nullable else option.type
-        if option.type is dict:
+    for option in PYTHON_OPTIONS:
+        kind = option.annotation
+        if option.type is dict:  # the JSON text too, parsed in `__post_init__`
             kind = dict | str | None
         spec.append((option.name, kind, field(default=option.default, metadata={"help": option.help})))
     return spec
@@ -60,7 +58,7 @@ def _post_init(self) -> None:
         # transformers 5 recomputes non-reentrantly, inside backward, where ZeRO-3 has already
         # partitioned the layer's weights again ("Recomputed values ... different metadata").
         self.gradient_checkpointing_kwargs = {"use_reentrant": True}
-    check_options({option.name: getattr(self, option.name) for option in OPTIONS if option.where != YAML})
+    check_options({option.name: getattr(self, option.name) for option in PYTHON_OPTIONS})
 
 
 ORPOConfig = make_dataclass("ORPOConfig", _fields(), bases=(TrainingArguments,), namespace={"__post_init__": _post_init})
@@ -68,7 +66,7 @@ ORPOConfig.__module__ = __name__  # pickled into checkpoints (training_args.bin)
 ORPOConfig.__doc__ = """Arguments of `MerlinaORPOTrainer`, on top of `transformers.TrainingArguments`.
 
 ORPO fields (see `merlina_orpo_plugin.options.OPTIONS` for each default and meaning): """ + ", ".join(
-    f"`{o.name}`" for o in OPTIONS if o.where != YAML
+    f"`{o.name}`" for o in PYTHON_OPTIONS
 ) + """. Defaults that differ from `TrainingArguments`, as in TRL 1.9: `learning_rate` 1e-6,
 `logging_steps` 10, `gradient_checkpointing` True, `bf16` True unless `fp16`, and
 `remove_unused_columns` False.

@@ -2,7 +2,7 @@
 
 Preference training fails in ways the loss hides until training is over: answers drifting longer,
 the model copying the chosen answers' style, collapse at a high beta. At each evaluation the
-trainer calls `log_generations`: every process samples the same ``num_prompts`` eval prompts (the
+trainer calls `log_generations`: every process samples the same ``num_generation_samples`` eval prompts (the
 first rows of the eval set, so runs and steps compare) with one seed, so the processes run the same
 number of forward passes (FSDP and ZeRO-3 shard every forward: a process that stopped early would
 hang the others); the main process then writes the rows, with the sample's mean token log-prob under
@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .collator import pad_id_of
+
 JSONL_NAME = "eval_generations.jsonl"
 COLUMNS = ("step", "prompt", "chosen", "rejected", "sample", "sample_mean_logp")
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    num_prompts: int
     max_new_tokens: int
     temperature: float
     seed: int
@@ -36,7 +37,7 @@ def log_generations(trainer, dataset, prefix: str) -> None:
     rows = [dataset[i] for i in range(min(options.num_generation_samples, len(dataset)))]
     if not rows:
         return
-    settings = GenerationSettings(options.num_generation_samples, options.generation_max_new_tokens,
+    settings = GenerationSettings(options.generation_max_new_tokens,
                                   options.generation_temperature, trainer.args.seed)
     model = trainer.accelerator.unwrap_model(trainer.model)
     sampled = sample_rows(model, trainer.processing_class, rows, settings, trainer.state.global_step)
@@ -50,7 +51,7 @@ def sample_rows(model, tokenizer, rows: list[dict], settings: GenerationSettings
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id_of(tokenizer)
     prompts = [list(row["prompt_input_ids"]) for row in rows]
     width = max(map(len, prompts))
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # left-padded

@@ -38,6 +38,11 @@ class Option:
     choices: tuple[str, ...] = ()
 
     @property
+    def annotation(self) -> Any:
+        """The field type of the option in the dataclasses and models built from the table."""
+        return self.type | None if self.nullable else self.type
+
+    @property
     def yaml_key(self) -> str | None:
         if self.where == PYTHON:
             return None
@@ -106,16 +111,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("dataset_num_proc", int, None, where=PYTHON, minimum=1, nullable=True,
            help="Processes used to validate and tokenise the datasets."),
     Option("model_init_kwargs", dict, None, where=PYTHON, nullable=True,
-           help="Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is a string (a dict, "
-                "or its JSON text)."),
+           help="Keyword arguments for `from_pretrained` (`AutoModelForCausalLM`, or `AutoModelForSeq2SeqLM` for an "
+                "encoder-decoder) when `model` is a string (a dict, or its JSON text)."),
     Option("trust_remote_code", bool, False, where=PYTHON,
            help="Allow models with custom code when `model` is a string (passed to `from_pretrained`)."),
     Option("is_encoder_decoder", bool, None, where=PYTHON, nullable=True,
            help="Whether `model`, given as a name, is an encoder-decoder (T5, BART); None: read from its config."),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
-#: What the trainer reads at run time: set from Python and from YAML alike.
+#: The options set from both entry points (`ORPOSettings`, Axolotl's training arguments); the length
+#: limits among them reach tokenisation through the arguments, the rest the trainer at run time.
 TRAINER_OPTIONS = tuple(o for o in OPTIONS if o.where == BOTH)
+#: The fields of `ORPOConfig`.
+PYTHON_OPTIONS = tuple(o for o in OPTIONS if o.where != YAML)
 
 
 def prompt_floor(max_length: int | None, max_prompt_length: int | None) -> int | None:
@@ -161,8 +169,8 @@ def _check_value(option: Option, value: Any) -> None:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif option.type is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, (option.type, str))  # dict options also take their JSON text
+    else:  # a dict option (its JSON text is parsed before the check)
+        ok = isinstance(value, option.type)
     if not ok:
         raise ValueError(f"{option.spelled} must be a {option.type.__name__}, got {value!r}")
     if option.minimum is not None and value < option.minimum:
@@ -191,7 +199,7 @@ def markdown_table(where: str) -> str:
     """The options set from ``where`` (`PYTHON` or `YAML`) as the README's table: key, default, meaning."""
     rows = ["| option | default | meaning |", "| --- | --- | --- |"]
     for option in OPTIONS:
-        if where == PYTHON and option.where != YAML:
+        if where == PYTHON and option in PYTHON_OPTIONS:
             rows.append(f"| `{option.name}` | {option.default!r} | {option.help} |")
         elif where == YAML and option.yaml_key:
             rows.append(f"| `{option.yaml_key}` | `{_yaml_literal(option.default)}` | {option.help} |")

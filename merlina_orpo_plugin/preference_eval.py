@@ -3,8 +3,9 @@
 A pair counts as preferred when the chosen completion's mean per-token log-probability beats the
 rejected one's: ``log P_theta(y|x)``, the length-normalised likelihood ORPO's odds ratio is built
 from (arXiv:2403.07691). Scoring takes pairs tokenised by the training pipeline and runs them
-through the trainer's own collator and forward, so it scores exactly what training sees. Used by
-``axolotl orpo-eval`` (`integration/eval_cli.py`) and the demo.
+through the trainer's collator and forward, in the padded layout on the model's full logits (the
+log-probs the speed features give too: tests/test_speed_equivalence.py). Used by ``axolotl
+orpo-eval`` (`integration/eval_cli.py`) and the demo.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import torch
 
 from .collator import ORPODataCollator
 from .forward import concatenated_forward
-from .model_adapter import unwrap_model
-from .packing import PADDED, BatchLayout
+from .speed import plan_speed
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,6 @@ class PreferenceScores:
         }
 
 
-def layout_for(model: torch.nn.Module) -> BatchLayout:
-    """The padded layout, or the encoder-decoder one for models that have an encoder."""
-    config = unwrap_model(model).config
-    if getattr(config, "is_encoder_decoder", False):
-        return BatchLayout(decoder_start=config.decoder_start_token_id)
-    return PADDED
-
-
 @torch.no_grad()
 def score_tokenised(model: torch.nn.Module, rows: list[dict], pad_token_id: int, *, batch_size: int = 8) -> PreferenceScores:
     """Mean completion log-probs of every tokenised pair's chosen and rejected answer under ``model``.
@@ -68,7 +60,9 @@ def score_tokenised(model: torch.nn.Module, rows: list[dict], pad_token_id: int,
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-    collate = ORPODataCollator(pad_token_id=pad_token_id, layout=layout_for(model))
+    # The padded layout, or the encoder-decoder one: the trainer's own plan with every speed feature off.
+    layout = plan_speed(model, prefix_sharing=False, padding_free=False, loss_chunk_size=0, max_length=None).layout
+    collate = ORPODataCollator(pad_token_id=pad_token_id, layout=layout)
     order = sorted(range(len(rows)), key=lambda i: _longest(rows[i]))
     chosen, rejected = [0.0] * len(rows), [0.0] * len(rows)
     model.eval()

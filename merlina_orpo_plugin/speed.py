@@ -83,7 +83,11 @@ def plan_speed(
     else:
         loss_chunk_size = 0
     attention = getattr(config, "_attn_implementation", None)
-    plan = SpeedPlan(BatchLayout(prefix_sharing, padding_free), loss_chunk_size, attention, tuple(fallbacks), tuple(notes))
+    return _logged(SpeedPlan(BatchLayout(prefix_sharing, padding_free), loss_chunk_size, attention,
+                             tuple(fallbacks), tuple(notes)))
+
+
+def _logged(plan: SpeedPlan) -> SpeedPlan:
     for note in plan.notes:
         logger.info("ORPO speed plan: %s", note)
     for note in plan.fallbacks:
@@ -102,13 +106,8 @@ def _encoder_decoder_plan(model: torch.nn.Module, config, loss_chunk_size: int) 
     fallbacks = []
     if loss_chunk_size and loss_chunk_size > 0:
         fallbacks.append(f"loss_chunk_size off: {unsupported_reason(model) or 'encoder-decoder forwards return every logit'}")
-    plan = SpeedPlan(BatchLayout(decoder_start=int(start)), 0, getattr(config, "_attn_implementation", None),
-                     tuple(fallbacks), tuple(notes))
-    for note in plan.notes:
-        logger.info("ORPO speed plan: %s", note)
-    for note in plan.fallbacks:
-        logger.warning("ORPO speed feature %s", note)
-    return plan
+    return _logged(SpeedPlan(BatchLayout(decoder_start=int(start)), 0, getattr(config, "_attn_implementation", None),
+                             tuple(fallbacks), tuple(notes)))
 
 
 #: Implementations `use_flex_attention` replaces: sdpa computes every block of a dense mask, and

@@ -136,7 +136,7 @@ class ORPOTrainerMixin:
             loss = loss + self.aux_loss_coef * forward.aux_loss.to(loss.device)
         metrics = batch_metrics(forward, nll_term, or_term, chosen_rewards, rejected_rewards, ratio, log_odds)
         if self._beta_scheduled:
-            metrics["beta"] = torch.tensor(float(self.beta), device=loss.device)
+            metrics["beta"] = torch.full((), float(self.beta), device=loss.device)  # a fill, not a host copy
         self._orpo_metrics.add(self._orpo_mode, metrics)
         if not return_outputs:
             return loss

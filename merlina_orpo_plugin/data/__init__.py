@@ -7,6 +7,7 @@
 - ``formats``: rows -> prompt and full texts (implicit prompts split, chat templates rendered).
 - ``tokenize``: the token-prefix prompt split, BOS/EOS, truncation; ``encoding`` (each distinct
   piece of text encoded once) and ``bytelevel`` (GPT-2 byte-level words split in Python) under it.
+- ``seq2seq``: the encoder-decoder tokenisation (prompt for the encoder, completions as decoder labels).
 - ``stats``: what a prepared dataset holds, counted and logged.
 - ``fingerprint``: the cache key of a tokenised dataset.
 """

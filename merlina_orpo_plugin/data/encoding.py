@@ -112,7 +112,7 @@ def _plan(tokenizer) -> _Plan | None:
 class TextEncoder:
     """``encoder(texts)``: the ids ``encode_texts(tokenizer, texts)`` gives, each distinct piece encoded once.
 
-    One encoder serves one ``prepare_preference_dataset`` call. Pieces are shared within one call
+    One encoder serves one pipeline call (``prepare_preference_dataset`` or ``tokenise_checked``). Pieces are shared within one call
     (one ``Dataset.map`` batch: a row's prompt is in its three texts); the word cache of
     ``ByteLevelWords`` spans calls, bounded. Pickles without caches (``map(num_proc=...)`` workers).
     """

@@ -10,6 +10,7 @@ them never reuses a stale cache file.
 from __future__ import annotations
 
 import inspect
+import pkgutil
 from importlib import import_module
 
 import datasets
@@ -17,8 +18,6 @@ from datasets.fingerprint import Hasher
 
 from .layouts import Layout
 
-# The modules of this package whose code decides the ids, the flags or what is refused.
-CODE_MODULES = ("bytelevel", "encoding", "formats", "layouts", "pipeline", "seq2seq", "stats", "tokenize", "validation")
 
 
 def source_text(module) -> str:
@@ -29,9 +28,18 @@ def source_text(module) -> str:
         return f"{module.__name__}:{getattr(module, '__file__', '')}"
 
 
+def package_sources(package: str) -> list[str]:
+    """The sources of ``package`` and of every module in it, found on disk: a module added later counts
+    without anyone listing it."""
+    module = import_module(package)
+    names = sorted(info.name for info in pkgutil.iter_modules(module.__path__))
+    return [source_text(module), *(source_text(import_module(f"{package}.{name}")) for name in names)]
+
+
 def code_sources() -> list[str]:
-    """The sources of ``CODE_MODULES``: part of every key, so that new code never reads old output."""
-    return [source_text(import_module(f"{__package__}.{name}")) for name in CODE_MODULES]
+    """The sources of this package's modules, which decide the ids, the flags and what is refused: part
+    of every key, so that new code never reads old output."""
+    return package_sources(__package__)
 
 
 def tokenised_fingerprint(dataset: datasets.Dataset, tokenizer, layout: Layout, limits: dict) -> str:

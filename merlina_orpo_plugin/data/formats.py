@@ -3,7 +3,8 @@
 Standard rows are joined as they are; implicit rows are split at their shared prefix
 (``split_text_prompt`` / ``split_message_prompt``); conversations are rendered with the tokenizer's
 chat template, the prompt with its generation prompt. The split into prompt and completion happens
-later, on token ids (see ``tokenize.py``), so a template that re-renders the prompt still splits right.
+later, on token ids (see ``tokenize.py``); a template that re-renders earlier turns once the answer is
+there (Mistral Nemo's system text) keeps the prompt as rendered for generation (``answers_after_prompt``).
 """
 
 from __future__ import annotations

@@ -51,11 +51,6 @@ class Layout(str, Enum):
     def uses_messages(self) -> bool:
         return self in (Layout.CONVERSATIONAL, Layout.IMPLICIT_CONVERSATIONAL)
 
-    @property
-    def implicit(self) -> bool:
-        """Whether the prompt is the shared start of ``chosen`` and ``rejected`` (no prompt column)."""
-        return self in (Layout.IMPLICIT_TEXT, Layout.IMPLICIT_CONVERSATIONAL)
-
 
 # Shown whenever no layout matches, so the user sees every accepted shape at once.
 ACCEPTED_LAYOUTS = (

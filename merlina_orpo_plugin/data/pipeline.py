@@ -20,7 +20,7 @@ from .fingerprint import tokenised_fingerprint
 from .layouts import TOKEN_COLUMNS, Layout, detect_layout
 from .seq2seq import tokenize_encoder_decoder_batch
 from .stats import FLAG_FEATURES, PreferenceDataStats, collect, completion_flags, empty_stats, report
-from .tokenize import BlankTokens, tokenize_batch
+from .tokenize import BlankTokens, TurnEnds, tokenize_batch
 from .validation import CheckedPairs, validate_preference_dataset
 
 _MAX_LENGTH = BY_NAME["max_length"].default
@@ -110,6 +110,7 @@ def _tokenise(
             layout=layout,
             tokenizer=tokenizer,
             is_blank=BlankTokens(tokenizer),
+            ends_turn=TurnEnds(tokenizer),
             limits=limits,
             source=source,
             encode=TextEncoder(tokenizer),

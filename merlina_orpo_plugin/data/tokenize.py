@@ -26,8 +26,9 @@ def split_prompt_ids(
     rejected share the same prompt ids. A BPE merge across the boundary (prompt "...: " + "blue"
     tokenising to ": " "blue" alone but ":" " blue" in full) moves the merged tokens into the
     completions. TRL's ``build_tokenized_answer`` moves the boundary back by at most ONE token per
-    answer, so its chosen and rejected prompts can differ in their last token, and it raises when a
-    chat template re-renders earlier turns differently; a common prefix handles both.
+    answer, so its chosen and rejected prompts can differ in their last token. A chat template that
+    re-renders earlier turns once answered is handled before tokenising: ``formats.answers_after_prompt``
+    keeps the prompt as rendered for generation.
     """
     n = common_prefix_length(prompt_ids, chosen_full, rejected_full)
     return chosen_full[:n], chosen_full[n:], rejected_full[n:]
@@ -164,12 +165,13 @@ def tokenize_batch(
     limits: dict[str, int | None],
     source: str | None = None,
     encode: Callable[[list[str]], list[list[int]]] | None = None,
+    ends_turn: Callable[[int], bool] | None = None,
 ) -> dict[str, list[Any]]:
     """The ``Dataset.map(batched=True, with_indices=True)`` function: ids plus per-row cut flags.
 
     ``encode`` turns texts into ids (a ``TextEncoder``, which encodes each distinct piece once);
     without it, one plain ``tokenizer`` call. A completion already ending in a special token gets no
-    EOS (``TurnEnds``). An empty completion becomes the end token alone: EOS in the standard layout
+    EOS (``ends_turn``, a ``TurnEnds``: pass one to keep its set of ids across batches). An empty completion becomes the end token alone: EOS in the standard layout
     (what TRL's ``tokenize_row`` makes of it), the template's end of turn in a conversation.
     """
     if layout is Layout.TOKENIZED:
@@ -181,7 +183,7 @@ def tokenize_batch(
         ids = encode(texts) if encode is not None else encode_texts(tokenizer, texts)
         rows = (split_prompt_ids(ids[i], ids[size + i], ids[2 * size + i]) for i in range(size))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    ends_turn = TurnEnds(tokenizer)
+    ends_turn = ends_turn or TurnEnds(tokenizer)
     out: dict[str, list[Any]] = {k: [] for k in TOKEN_COLUMNS}
     out.update(_prompt_cut=[], _completion_cut=[])
     for index, (prompt, chosen, rejected) in zip(indices, rows, strict=True):

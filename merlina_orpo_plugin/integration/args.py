@@ -60,8 +60,7 @@ def _yaml_fields() -> dict[str, Any]:
     fields = {}
     for option in OPTIONS:
         if option.yaml_key:  # beta and max_length come from Axolotl's own keys
-            kind = option.type | None if option.nullable else option.type
-            fields[option.yaml_key] = (kind, Field(default=option.default, json_schema_extra={"description": option.help}))
+            fields[option.yaml_key] = (option.annotation, Field(default=option.default, json_schema_extra={"description": option.help}))
     return fields
 
 

@@ -23,9 +23,8 @@ from filelock import FileLock
 
 from .. import __version__
 from ..data import PreferenceDataStats
-from ..data.fingerprint import code_sources, source_text
+from ..data.fingerprint import code_sources, package_sources, source_text
 from ..data.stats import IDENTICAL_NOTE
-from ..strategies import chat, common, text
 from . import LOG, mapping
 from .args import is_encoder_decoder, max_prompt_length
 
@@ -153,7 +152,8 @@ def dataset_hash(cfg, tokenizer) -> str:
         "plugin": ["merlina_orpo_plugin", __version__],
         # The code that reads, checks and tokenises rows: an edit (a row newly accepted, a new count
         # in the summary) never reuses a copy prepared before it, whatever the version says.
-        "code": [*code_sources(), *(source_text(m) for m in (chat, common, text, mapping, sys.modules[__name__]))],
+        "code": [*code_sources(), *package_sources("merlina_orpo_plugin.strategies"),
+                 *(source_text(m) for m in (mapping, sys.modules[__name__]))],
         "datasets": cfg.get("merlina_datasets"),
         "test_datasets": cfg.get("merlina_test_datasets"),
         "files": [_file_signature(entry.get("path")) for entry in entries],

@@ -42,20 +42,19 @@ def orpo_eval(config: str, data_files: tuple[str, ...], data_type: str | None, a
     cfg = _load_orpo_config(config)
     from axolotl.loaders import load_tokenizer
 
+    from ..collator import pad_id_of
     from ..preference_eval import score_tokenised
 
     tokenizer = load_tokenizer(cfg)
     eval_sets = _eval_sets(cfg, tokenizer, data_files, data_type)
     trained_dir = Path(adapter or cfg.get("output_dir") or "")
     base, trained = _models(cfg, trained_dir)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    results = []
-    for label, rows in eval_sets:
-        runs = {}
-        for name, model in (("base", base), ("trained", trained)):
-            with model() as loaded:
-                runs[name] = score_tokenised(loaded, rows, pad, batch_size=batch_size).summary()
-        results.append({"dataset": label, "runs": runs})
+    pad = pad_id_of(tokenizer)
+    results = [{"dataset": label, "runs": {}} for label, _ in eval_sets]
+    for name, model in (("base", base), ("trained", trained)):  # each model loaded once, for every eval set
+        with model() as loaded:
+            for result, (_, rows) in zip(results, eval_sets):
+                result["runs"][name] = score_tokenised(loaded, rows, pad, batch_size=batch_size).summary()
     click.echo(_table(results, trained_dir))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -117,9 +116,7 @@ def _models(cfg, trained_dir: Path):
     def loader(name):
         @contextmanager
         def load():
-            model = auto.from_pretrained(name, dtype=dtype).to(device)
-            yield model
-            del model
+            yield auto.from_pretrained(name, dtype=dtype).to(device)
 
         return load
 

@@ -21,7 +21,7 @@ from ..trainer import ORPOTrainerMixin
 MerlinaTrainingArgsMixin = make_dataclass(
     "MerlinaTrainingArgsMixin",
     [
-        (f"merlina_{o.name}", o.type | None if o.nullable else o.type, field(default=o.default, metadata={"help": o.help}))
+        (f"merlina_{o.name}", o.annotation, field(default=o.default, metadata={"help": o.help}))
         for o in TRAINER_OPTIONS
     ],
 )

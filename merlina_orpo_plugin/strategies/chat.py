@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..data.formats import common_prefix_length
 from .common import (
     MessageFormat,
     a_turn,
@@ -163,11 +164,7 @@ def split_shared_prompt(
     same): a legal pair with identical answers, which the statistics count and warn about."""
     if chosen == rejected:
         return chosen[:-1], chosen[-1:], rejected[-1:]
-    n = 0
-    for a, b in zip(chosen, rejected):  # noqa: B905 - stops at the shorter on purpose
-        if a != b:
-            break
-        n += 1
+    n = common_prefix_length(chosen, rejected)
     if n in (len(chosen), len(rejected)):
         shorter = chosen_col if n == len(chosen) else rejected_col
         raise RowError(shorter, "is the start of the other conversation, so it has no answer of its own")
