@@ -23,6 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from testkit import generation_rows, tiny_llama  # noqa: E402  (tests/ is on sys.path from here)
+
 GLOBAL_BATCH = 4
 STEPS = 3
 CHUNK = 8
@@ -70,15 +72,9 @@ def pairs(n: int):
 
 
 def model(tied: bool):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=4 + len(_WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=tied, attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).float()
+    """testkit's 2-layer Llama (seed 0, float32) over the WordLevel vocabulary, <pad> = 0."""
+    return tiny_llama(seed=0, dtype=torch.float32, vocab_size=4 + len(_WORDS), max_position_embeddings=256,
+                      pad_token_id=0, tie_word_embeddings=tied)
 
 
 def allow_fsdp_on_cpu() -> None:
@@ -171,9 +167,8 @@ def train(case: str, shard: str, processes: int, output_dir: str) -> dict:
     logs = [{k: log[k] for k in LOGGED} for log in trainer.state.log_history if "loss" in log]
     if processes > 1:
         torch.distributed.barrier()  # every rank is past its evaluation: a second writer would have written
-    jsonl = Path(output_dir) / "eval_generations.jsonl"
     return {
-        "generations": [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else [],
+        "generations": generation_rows(output_dir, missing_ok=True),
         "logs": logs,
         "eval": {k: evaluation[k] for k in EVALUATED},
         "loss_chunk_size": trainer.speed.loss_chunk_size,

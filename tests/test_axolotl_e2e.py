@@ -19,8 +19,8 @@ import re
 import pytest
 
 from e2e_helpers import CliRun, run_cli, write_config
-from merlina_orpo_plugin.generation import COLUMNS, JSONL_NAME
-from testkit import pairs_path, pairs_rows, quirks, single_turn_pairs, tiny_model_dir, tiny_t5_dir
+from merlina_orpo_plugin.generation import COLUMNS
+from testkit import generation_rows, pairs_path, pairs_rows, quirks, single_turn_pairs, tiny_model_dir, tiny_t5_dir
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +173,7 @@ def _assert_generations_logged(tmp_path, wandb_dir, steps, prompts):
     and the ORPO scalars in TensorBoard."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    rows = [json.loads(line) for line in (tmp_path / "out" / JSONL_NAME).read_text().splitlines()]
+    rows = generation_rows(tmp_path / "out")
     assert [row["step"] for row in rows] == [step for step in steps for _ in range(prompts)]
     assert all(set(row) == set(COLUMNS) and row["prompt"] and row["sample"] for row in rows)
 

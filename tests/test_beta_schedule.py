@@ -1,5 +1,6 @@
 """Beta schedules in the trainer: the logged beta follows `schedules.beta_at` step by step, across a
-resume from a checkpoint, and `evaluate()` uses the current value; a constant schedule is today's run."""
+resume from a checkpoint, and `evaluate()` uses the current value; a constant schedule (named, or a
+linear one with `beta_end` = `beta`) is today's run."""
 
 from __future__ import annotations
 
@@ -46,8 +47,16 @@ def test_logged_beta_follows_the_formula_and_a_resume_continues_it(tmp_path, tok
         assert resumed[step]["loss"] == pytest.approx(logs[step]["loss"], rel=1e-5)
 
 
-def test_a_schedule_that_never_moves_trains_exactly_as_a_fixed_beta(tmp_path, tokenizer):
+@pytest.mark.parametrize("schedule", [
+    dict(beta_schedule="constant"),  # named explicitly: not scheduled, so beta is not logged
+    dict(beta_schedule="linear", beta_end=0.3),  # scheduled, logged, and flat
+], ids=lambda schedule: schedule["beta_schedule"])
+def test_a_schedule_that_never_moves_trains_exactly_as_a_fixed_beta(tmp_path, tokenizer, schedule):
     _, fixed = _train(tmp_path / "fixed", tokenizer, beta=0.3)
-    _, flat = _train(tmp_path / "flat", tokenizer, beta=0.3, beta_schedule="linear", beta_end=0.3)
-    assert "beta" not in fixed[1] and flat[1]["beta"] == pytest.approx(0.3)
+    _, flat = _train(tmp_path / "flat", tokenizer, beta=0.3, **schedule)
+    assert "beta" not in fixed[1]
+    if schedule["beta_schedule"] == "constant":
+        assert "beta" not in flat[1]
+    else:
+        assert flat[1]["beta"] == pytest.approx(0.3)
     assert [fixed[s]["loss"] for s in fixed] == [flat[s]["loss"] for s in flat]

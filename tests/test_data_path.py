@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 
-import datasets
 import pytest
 from testkit import dataset, pairs_rows, quirks, smollm2_tokenizer
 from test_data_tokenize import trl_tokenize_row
@@ -34,7 +33,7 @@ def _through_strategy(rows: list[dict], type_name: str, *, skip_bad_rows: bool =
     """The Axolotl path for one entry, without the file loader: strategy + check, then the pipeline."""
     entry = {"path": f"data/{type_name}.jsonl", "type": type_name, **options}
     checked, skipped = mapping.apply_strategy(
-        datasets.Dataset.from_list(rows), entry, source=entry["path"], skip_bad_rows=skip_bad_rows
+        dataset(rows), entry, source=entry["path"], skip_bad_rows=skip_bad_rows
     )
     tokenised, stats = mapping.tokenise_pairs(checked, CFG, smollm2_tokenizer())
     return checked, tokenised, stats, skipped

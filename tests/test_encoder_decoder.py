@@ -15,7 +15,7 @@ from datasets import Dataset
 from trl.experimental import orpo as trl_orpo  # the test oracle (installed by make test)
 
 from merlina_orpo_plugin import MerlinaORPOTrainer
-from testkit import orpo_args, seq2seq_tokenizer, tiny_bart, tiny_t5
+from testkit import generation_rows, orpo_args, seq2seq_tokenizer, tiny_bart, tiny_t5
 
 METRICS = ("loss", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
            "logps/chosen", "logps/rejected", "log_odds_ratio", "log_odds_chosen")
@@ -53,13 +53,25 @@ def test_encoder_decoder_loss_metrics_and_gradients_match_trl(tmp_path, family):
         assert mine[f"eval_{name}"] == pytest.approx(reference[f"eval_{name}"], rel=1e-5, abs=1e-6), name
 
     def gradients(trainer, batch):
-        trainer.model.zero_grad()
-        trainer.model.train()
-        trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)).backward()
-        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        """The gradients of one batch's loss, and the rows of each encoder call it made."""
+        encoded = []
 
-    got = gradients(ours, next(iter(ours.get_eval_dataloader())))
-    expected = gradients(theirs, next(iter(theirs.get_eval_dataloader())))
+        def record(module, args, kwargs):
+            encoded.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape[0])
+
+        hook = trainer.model.get_encoder().register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            trainer.model.zero_grad()
+            trainer.model.train()
+            trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)).backward()
+        finally:
+            hook.remove()
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}, encoded
+
+    pairs = common["per_device_eval_batch_size"]  # the first eval batch: 3 of the 6 pairs
+    got, ours_encoded = gradients(ours, next(iter(ours.get_eval_dataloader())))
+    expected, trl_encoded = gradients(theirs, next(iter(theirs.get_eval_dataloader())))
+    assert ours_encoded == [pairs] and trl_encoded == [2 * pairs]  # each prompt encoded once; TRL: chosen + rejected
     assert got.keys() == expected.keys() and got
     largest = max(g.abs().max() for g in expected.values())
     for name in got:
@@ -70,15 +82,13 @@ def test_encoder_decoder_loss_metrics_and_gradients_match_trl(tmp_path, family):
 
 
 def test_generations_at_evaluation_work_for_an_encoder_decoder(tmp_path):
-    import json
     import math
-
-    from merlina_orpo_plugin.generation import JSONL_NAME
 
     tok = seq2seq_tokenizer()
     args = orpo_args(tmp_path, generate_during_eval=True, num_generation_samples=2, generation_max_new_tokens=4)
     trainer = MerlinaORPOTrainer(model=tiny_t5(), args=args, eval_dataset=_pairs(), processing_class=tok)
     trainer.evaluate()
-    rows = [json.loads(line) for line in (tmp_path / JSONL_NAME).read_text().splitlines()]
+    rows = generation_rows(tmp_path)
     assert len(rows) == 2 and rows[0]["prompt"].startswith("Explain tides")
     assert all(row["sample"] and math.isfinite(row["sample_mean_logp"]) for row in rows)
+    assert all(row["sample_mean_logp"] < 0 for row in rows)  # a mean log-prob of sampled tokens

@@ -8,14 +8,13 @@ is checked through Axolotl, offline, in test_axolotl_e2e.py.)
 
 from __future__ import annotations
 
-import json
 import math
 
 from datasets import Dataset
 
-from testkit import orpo_args, tiny_llama
+from testkit import generation_rows, orpo_args, tiny_llama
 from merlina_orpo_plugin import MerlinaORPOTrainer
-from merlina_orpo_plugin.generation import COLUMNS, JSONL_NAME
+from merlina_orpo_plugin.generation import COLUMNS
 
 
 def _pairs(n: int) -> Dataset:
@@ -36,7 +35,7 @@ def test_each_evaluation_samples_the_same_prompts_and_logs_them(tmp_path, tokeni
                                  processing_class=tokenizer)
     trainer.train()
 
-    rows = [json.loads(line) for line in (tmp_path / JSONL_NAME).read_text().splitlines()]
+    rows = generation_rows(tmp_path)
     assert [row["step"] for row in rows] == [2, 2, 2, 4, 4, 4]
     assert all(set(row) == set(COLUMNS) for row in rows)
     assert [row["prompt"] for row in rows[:3]] == [row["prompt"] for row in rows[3:]]  # fixed prompts

@@ -3,7 +3,9 @@
 The scorer is checked against a plain reference: per-pair mean completion log-probs computed one
 unpadded pair at a time with a float64 log-softmax on a tiny in-process Llama. The command runs
 in-process through click on a recipe with a tiny model and a random (non-zero) LoRA adapter, and must
-score the base model and the adapter in one run, with the pairs tokenised as training tokenises them.
+score the base model and the adapter in one run, with the pairs tokenised as training tokenises them:
+its base scores equal the scorer's on the rows `load_orpo_datasets` (what `axolotl train` trains on)
+prepares from the same recipe and file.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def test_swapped_pairs_count_as_wrong_ties_do_not_count_and_batches_do_not_matte
     assert scores.chosen_logps[2] == scores.rejected_logps[2]
     one_by_one = score_tokenised(model, [pairs[0], swapped, tie], PAD, batch_size=1)
     assert one_by_one.chosen_logps == pytest.approx(scores.chosen_logps, abs=1e-5)
+    assert one_by_one.rejected_logps == pytest.approx(scores.rejected_logps, abs=1e-5)
     with pytest.raises(ValueError, match=r"`batch_size` must be >= 1, got 0"):
         score_tokenised(model, pairs, PAD, batch_size=0)
 
@@ -105,3 +108,22 @@ def test_orpo_eval_scores_the_base_model_and_the_adapter_in_one_run(tmp_path, mo
     assert base["pairs"] == trained["pairs"] == 5
     assert base["mean_chosen_logp"] != pytest.approx(trained["mean_chosen_logp"], abs=1e-5)  # the adapter acts
     assert 0 <= base["accuracy"] <= 1 and base["correct"] == round(base["accuracy"] * 5)
+
+    # The same pairs as training tokenises them (the recipe's train split, from the pipeline
+    # `axolotl train` calls), scored in-process by the base model: the command's base numbers.
+    from axolotl.loaders import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from merlina_orpo_plugin.integration.cli import _load_orpo_config
+    from merlina_orpo_plugin.integration.datasets import load_orpo_datasets
+
+    cfg = _load_orpo_config(str(config))
+    tokenizer = load_tokenizer(cfg)
+    train, evaluation, _ = load_orpo_datasets(cfg, tokenizer)
+    assert evaluation is None and len(train) == 5
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reference = score_tokenised(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32),
+                                train.to_list(), pad).summary()
+    assert base["correct"] == reference["correct"]
+    for key in ("mean_chosen_logp", "mean_rejected_logp"):
+        assert base[key] == pytest.approx(reference[key], abs=1e-5), key

@@ -12,7 +12,8 @@ or from what `make test` installs; nothing from ../shared:
   saved with their tokenizer for Axolotl (`tiny_model_dir`; `tiny_llama_dir` once per session);
 - data (`pairs.py`): the project's own files in tests/assets/pairs (its README lists them), as stored and shaped
   into the layouts `prepare_preference_dataset` accepts, and `quirks`, an oracle that counts empty
-  answers and identical pairs on the raw rows without going through the strategies.
+  answers and identical pairs on the raw rows without going through the strategies;
+- run outputs (`outputs.py`): `generation_rows`, the eval-generations JSONL a run writes, parsed.
 
 conftest.py registers this package as a plugin, so its pytest fixtures (`tokenizer`, `tiny_llama_dir`)
 need no import.
@@ -54,6 +55,7 @@ from .models import (  # noqa: E402  (after the environment above)
     tiny_t5,
     tiny_t5_dir,
 )
+from .outputs import generation_rows  # noqa: E402
 from .pairs import (  # noqa: E402
     SHAREGPT_ROLES,
     conversational_rows,
@@ -83,8 +85,8 @@ from .tokenizers import (  # noqa: E402
 __all__ = [
     "FAMILY_PINS", "FAMILY_RECIPES", "OFFLINE_ENV", "PAIRS", "QUANTIZABLE_SIZES", "RECIPES", "REPO",
     "SHAREGPT_ROLES", "SMOLLM2_DEFAULT_SYSTEM", "TESTED_FAMILIES", "TOKENIZERS", "conversational_rows",
-    "dataset", "family_tokenizer", "family_tokenizer_dir", "orpo_args", "own_chat_template", "pairs_path",
-    "pairs_rows", "quirks", "recipe_chat_template", "seq2seq_tokenizer", "sharegpt_to_messages",
+    "dataset", "family_tokenizer", "family_tokenizer_dir", "generation_rows", "orpo_args", "own_chat_template",
+    "pairs_path", "pairs_rows", "quirks", "recipe_chat_template", "seq2seq_tokenizer", "sharegpt_to_messages",
     "single_turn_pairs", "smollm2_dir", "smollm2_tokenizer", "standard_rows", "tiny_bart", "tiny_llama",
     "tiny_llama_config", "tiny_model_dir", "tiny_t5", "tiny_t5_dir", "ultrafeedback_rows",
 ]
