@@ -83,14 +83,15 @@ def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: in
         cls = ORPOTrainer
         if impl == "trl_liger":
             from .trl_liger import LigerORPOTrainer as cls
-
-            cls.liger_compiled = job["liger_compiled"]
-        return cls(model=model, args=ORPOConfig(**kwargs, **orpo), train_dataset=dataset, processing_class=tokenizer,
-                   callbacks=callbacks)
+        trainer = cls(model=model, args=ORPOConfig(**kwargs, **orpo), train_dataset=dataset, processing_class=tokenizer,
+                      callbacks=callbacks)
+        if impl == "trl_liger":
+            trainer.liger_compiled = job["liger_compiled"]  # this trainer's: the class default stays Liger's
+        return trainer
     from merlina_orpo_plugin import MerlinaORPOTrainer, ORPOConfig
 
-    # TRL 1.9 cuts prompts only to fit max_length; ours also has max_prompt_length (512 by default): set
-    # so that no prompt of the workload is cut
+    # TRL 1.9 cuts prompts only to fit max_length; ours also has max_prompt_length (by default half of
+    # max_length): set so that no prompt of the workload is cut
     extra = dict(max_prompt_length=job["max_prompt_length"], **(SPEED_OFF if impl == "merlina_nospeed" else {}))
     return MerlinaORPOTrainer(model=model, args=ORPOConfig(**kwargs, **orpo, **extra), train_dataset=dataset,
                               processing_class=tokenizer, callbacks=callbacks)

@@ -54,8 +54,9 @@ def absent_reason(module: str) -> str | None:
 def skip_reason(impl: Impl, device: str, tune: str) -> str | None:
     """Why ``impl`` cannot run here, or None."""
     for module in impl.requires:
-        if absent_reason(module):
-            return absent_reason(module)
+        reason = absent_reason(module)
+        if reason:
+            return reason
     if impl.kind == "axolotl":
         if device != "cpu":
             return "the Axolotl CLI runs are CPU-only in this harness (Axolotl is not carried to the GPU machine)"

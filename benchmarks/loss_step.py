@@ -42,7 +42,8 @@ def main(argv=None) -> None:
 
     import merlina_orpo_plugin.model_adapter as adapter
     from merlina_orpo_plugin.collator import ORPODataCollator
-    from merlina_orpo_plugin.forward import FusedLoss, concatenated_forward, nll_token_count
+    from merlina_orpo_plugin.accumulation import loss_scales
+    from merlina_orpo_plugin.forward import FusedLoss, concatenated_forward
     from merlina_orpo_plugin.losses import odds_ratio_loss, orpo_loss
     from merlina_orpo_plugin.packing import BatchLayout
 
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
     features = [dict(prompt_input_ids=random_ids(args.prompt), chosen_input_ids=random_ids(args.answer),
                      rejected_input_ids=random_ids(args.answer - 5)) for _ in range(4)]
     batch = ORPODataCollator(pad_token_id=2, layout=BatchLayout(True, True))(features)
-    fused = FusedLoss(0.1, 1.0 / nll_token_count(batch).float(), 1.0 / len(features))
+    fused = FusedLoss(0.1, *loss_scales(batch, True))  # the batch's own token and pair means
     chunked = adapter.chunked_token_logps
 
     def recomputing(*chunk_args, **chunk_kwargs):

@@ -218,6 +218,16 @@ def token_stats(dataset, collator, batch_size: int, first_batch: int, num_batche
             "processed_unique_ratio": sum(processed) / sum(unique) if unique else None}
 
 
+#: the `SpeedPlan` fields recorded (``attention``: the implementation the model runs, FlexAttention on CUDA)
+SPEED_PLAN_FIELDS = ("prefix_sharing", "padding_free", "loss_chunk_size", "attention", "fallbacks")
+
+
+def speed_plan(trainer) -> dict[str, Any] | None:
+    """Our trainer's speed plan (``trainer.speed``) as plain fields; None for a trainer without one."""
+    speed = getattr(trainer, "speed", None)
+    return None if speed is None else {name: getattr(speed, name, None) for name in SPEED_PLAN_FIELDS}
+
+
 def describe_trainer(trainer) -> dict[str, Any]:
     """The settings that must match across implementations, read back from the live trainer."""
     import torch
@@ -225,15 +235,13 @@ def describe_trainer(trainer) -> dict[str, Any]:
     from .model import matmul_params
 
     args, model, collator = trainer.args, trainer.model, trainer.data_collator
-    speed = getattr(trainer, "speed", None)  # ours: the speed plan in use
     first = next(model.parameters())
     return {
         "trainer_class": type(trainer).__module__ + "." + type(trainer).__name__,
         "collator_class": type(collator).__name__,
         "collator": {name: getattr(collator, name) for name in ("prefix_sharing", "padding_free", "pack_length")
                      if hasattr(collator, name)},
-        "speed_plan": None if speed is None else {name: getattr(speed, name, None) for name in
-                                                  ("prefix_sharing", "padding_free", "loss_chunk_size", "fallbacks")},
+        "speed_plan": speed_plan(trainer),  # ours: the speed plan in use
         "train_rows": len(trainer.train_dataset),
         "params": sum(p.numel() for p in model.parameters()),
         "matmul_params": matmul_params(model),

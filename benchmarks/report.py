@@ -192,7 +192,8 @@ def markdown(report: dict) -> str:
         f"- versions: {versions}",
         f"- training: AdamW ({'fused' if cuda else 'adamw_torch'}), lr {s['learning_rate']} constant, max_grad_norm 1.0, "
         f"grad accumulation 1, beta {s['beta']}, max_length {s['max_length']}, max_prompt_length "
-        f"{s['max_prompt_length']}, {'bf16' if cuda else 'float32'}, sdpa attention (transformers' default), "
+        f"{s['max_prompt_length']}, {'bf16' if cuda else 'float32'}, models loaded with sdpa (transformers' default"
+        f"{'; ours runs its shared-prompt / packed rows on flex_attention, see each plan' if cuda else ''}), "
         f"no gradient checkpointing, sequential sampling, seed {s['seed']}"
         + (f", {s['cpu_threads']} CPU threads per run" if s.get("cpu_threads") else ""),
         f"- timing: {s['warmup']} warm-up step(s), then {s['steps']} timed steps (on_step_begin -> on_step_end: "

@@ -79,7 +79,7 @@ def measured_peak(inline: bool) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def notes(groups: list[dict], settings: dict) -> list[str]:
+def notes(groups: list[dict]) -> list[str]:
     out = ["Same texts everywhere, no chat template. The Axolotl runs use the real `axolotl train config.yml` "
            "(accelerate launcher): `rl: orpo` gets the JSONL entry with no `type` (Axolotl hands the strings to "
            "TRL's trainer), `rl: orpo_standalone` uses `type: prompt_pairs`; the timing callback is the Axolotl "
@@ -118,7 +118,7 @@ def max_batch_summary(group: dict, args) -> dict:
 
 def write(full: dict, args, root: Path, final: bool) -> None:
     """Write the JSON and Markdown (after every configuration, so a run cut short keeps what it measured)."""
-    out = dict(full, groups=[] if args.max_batch else full["groups"], notes=notes(full["groups"], full["settings"]),
+    out = dict(full, groups=[] if args.max_batch else full["groups"], notes=notes(full["groups"]),
                complete=final)
     if args.max_batch:
         out["max_batch"] = [max_batch_summary(g, args) for g in full["groups"]]

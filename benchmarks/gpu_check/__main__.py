@@ -78,10 +78,10 @@ def main(argv=None) -> int:
             environment()
         except Exception:
             record_error("environment")
-        checks = [("1", section1), ("2", section2)]
-        for number, fn in checks + ([("trainer", run_trainer_check)] if C.ARGS.trainer else []):
-            if number not in C.ARGS.sections and number != "trainer":
-                continue
+        checks = [(number, fn) for number, fn in (("1", section1), ("2", section2)) if number in C.ARGS.sections]
+        if C.ARGS.trainer:
+            checks.append(("trainer", run_trainer_check))
+        for number, fn in checks:
             log(f"=== {'section ' + number if number != 'trainer' else 'trainer check'} ===")
             try:
                 fn()

@@ -120,11 +120,12 @@ def same_weights(trained, saved_dir: Path, tune: str, model_dir: Path) -> float:
 
 
 def check_tune(tune: str, model_dir: Path, work: Path, train_rows, eval_rows) -> dict:
+    from benchmarks.measure import speed_plan
+
     entry: dict = {"tune": tune}
     start = time.perf_counter()
     first = trainer_for(model_dir, tune, work / tune, train_rows, eval_rows)
-    entry["speed_plan"] = {k: getattr(first.speed, k, None) for k in ("prefix_sharing", "padding_free",
-                                                                       "loss_chunk_size", "fallbacks")}
+    entry["speed_plan"] = speed_plan(first)
     first.train()
     logs = step_logs(first.state.log_history)
     entry["losses"] = {step: logs[step]["loss"] for step in sorted(logs)}
