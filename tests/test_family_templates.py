@@ -57,6 +57,9 @@ from testkit import (
 )
 from merlina_orpo_plugin.data import prepare_preference_dataset
 
+# Every family's template is the one its recipe names, resolved by Axolotl's own registry.
+pytestmark = pytest.mark.needs("axolotl")
+
 SYSTEM = "You are a careful kitchen assistant. Give quantities in metric units."
 
 

@@ -29,6 +29,7 @@ def test_orpo_config_has_every_python_option_with_the_tables_default_and_help():
         assert fields[option.name].metadata["help"] == option.help, option.name
 
 
+@pytest.mark.needs("axolotl")
 def test_yaml_model_mixin_and_settings_come_from_the_table():
     from merlina_orpo_plugin.integration.args import MerlinaORPOArgs
     from merlina_orpo_plugin.integration.trainer import MerlinaTrainingArgsMixin

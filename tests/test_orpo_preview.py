@@ -149,6 +149,7 @@ def test_a_config_without_rl_is_refused_with_what_to_set(tmp_path):
     )
 
 
+@pytest.mark.needs("axolotl")
 @pytest.mark.slow
 def test_real_cli_lists_the_command_and_previews_pairs_with_a_bad_row(tmp_path, tiny_llama_dir):
     from e2e_helpers import CliRun, write_config

@@ -22,6 +22,7 @@ def _load(tmp_path, tiny_llama_dir, datasets=None, **overrides):
     return load_cfg(str(write_config(tmp_path, tiny_llama_dir, datasets or _sharegpt(), **overrides)))
 
 
+@pytest.mark.needs("axolotl")
 def test_register_rewrites_rl_and_keeps_raw_dataset_entries(tmp_path, tiny_llama_dir):
     entry = {**_sharegpt()[0], "field_chosen": "chosen", "field_rejected": "rejected"}
     cfg = _load(tmp_path, tiny_llama_dir, [entry])
@@ -32,6 +33,7 @@ def test_register_rewrites_rl_and_keeps_raw_dataset_entries(tmp_path, tiny_llama
     assert cfg.orpo_alpha == 0.1
 
 
+@pytest.mark.needs("axolotl")
 def test_register_is_idempotent():
     from merlina_orpo_plugin.integration.plugin import MerlinaORPOPlugin
 
@@ -44,6 +46,7 @@ def test_register_is_idempotent():
     assert raw["merlina_datasets"][0]["field_prompt"] == "q" and "field_prompt" not in raw["datasets"][0]
 
 
+@pytest.mark.needs("axolotl")
 def test_plugin_listed_without_orpo_standalone_changes_nothing():
     from merlina_orpo_plugin.integration.plugin import MerlinaORPOPlugin
 
@@ -65,11 +68,13 @@ def test_plugin_listed_without_orpo_standalone_changes_nothing():
          r"`max_completion_length` \(YAML: `merlina_max_completion_length`\) must be >= 1, got 0"),
     ],
 )
+@pytest.mark.needs("axolotl")
 def test_bad_options_fail_validation_with_the_key_and_fix(tmp_path, tiny_llama_dir, overrides, message):
     with pytest.raises(ValueError, match=message):
         _load(tmp_path, tiny_llama_dir, **overrides)
 
 
+@pytest.mark.needs("axolotl")
 def test_speed_options_reach_the_training_arguments(tmp_path, tiny_llama_dir):
     from merlina_orpo_plugin.integration.plugin import MerlinaORPOPlugin
 
@@ -84,17 +89,20 @@ def test_speed_options_reach_the_training_arguments(tmp_path, tiny_llama_dir):
     assert (off["merlina_prefix_sharing"], off["merlina_padding_free"], off["merlina_loss_chunk_size"]) == (False, False, 0)
 
 
+@pytest.mark.needs("axolotl")
 def test_negative_loss_chunk_size_is_refused(tmp_path, tiny_llama_dir):
     with pytest.raises(ValueError, match="merlina_loss_chunk_size"):
         _load(tmp_path, tiny_llama_dir, merlina_loss_chunk_size=-1)
 
 
+@pytest.mark.needs("axolotl")
 def test_unknown_dataset_type_lists_available(tmp_path, tiny_llama_dir):
     entry = {**_sharegpt()[0], "type": "chat_template.nope"}
     with pytest.raises(ValueError, match=r"chat_template\.nope.*chat_template\.argilla.*sharegpt"):
         _load(tmp_path, tiny_llama_dir, [entry])
 
 
+@pytest.mark.needs("axolotl")
 def test_rl_beta_is_accepted_as_beta(tmp_path, tiny_llama_dir):
     from merlina_orpo_plugin.integration.args import resolve_beta
 
@@ -123,6 +131,7 @@ def test_prepared_data_cache_key_covers_what_changes_the_tokens(tmp_path, tokeni
     assert dataset_hash(cfg, tokenizer) != key
 
 
+@pytest.mark.needs("axolotl")
 def test_total_steps_count_zero_values_as_given():
     """`max_steps` wins when > 0 (the Trainer ignores 0); `num_epochs` counts as written, 0 included."""
     from merlina_orpo_plugin.integration.plugin import total_num_steps

@@ -83,6 +83,7 @@ def test_swapped_pairs_count_as_wrong_ties_do_not_count_and_batches_do_not_matte
         score_tokenised(model, pairs, PAD, batch_size=0)
 
 
+@pytest.mark.needs("axolotl")
 def test_orpo_eval_scores_the_base_model_and_the_adapter_in_one_run(tmp_path, model, tiny_llama_dir):
     from e2e_helpers import write_config
     from peft import LoraConfig, get_peft_model
