@@ -20,9 +20,10 @@ import pytest
 
 from e2e_helpers import CliRun, run_cli, write_config
 from merlina_orpo_plugin.generation import COLUMNS
-from testkit import generation_rows, pairs_path, pairs_rows, quirks, single_turn_pairs, tiny_model_dir, tiny_t5_dir
+from testkit import REPO, generation_rows, pairs_path, pairs_rows, quirks, single_turn_pairs, tiny_model_dir, tiny_t5_dir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs("axolotl")]
+CPU_LAUNCH = REPO / "tests" / "cpu_launch.py"
 
 
 def _jsonl(path, rows):
@@ -370,8 +371,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ti
         config = write_config(directory, tiny_llama_dir, entry, micro_batch_size=micro, max_steps=3, adapter=None,
                               learning_rate=1e-4, save_strategy="steps", save_steps=3, curriculum_sampling=True,
                               dataset_prepared_path=str(tmp_path / "prepared"))
-        runs[name] = CliRun(["torchrun", "--standalone", "--nproc_per_node", str(procs), "-m", "axolotl.cli.train",
-                             str(config)], cwd=directory)  # --standalone: a free port each
+        # --standalone: a free port each; cpu_launch: Axolotl's p2p check on a CUDA build (test_host_repros.py)
+        runs[name] = CliRun(["torchrun", "--standalone", "--nproc_per_node", str(procs), str(CPU_LAUNCH),
+                             "axolotl.cli.train", str(config)], cwd=directory)
     losses = {}
     for name, run in runs.items():
         run.result()
