@@ -58,6 +58,8 @@ def _post_init(self) -> None:
         # transformers 5 recomputes non-reentrantly, inside backward, where ZeRO-3 has already
         # partitioned the layer's weights again ("Recomputed values ... different metadata").
         self.gradient_checkpointing_kwargs = {"use_reentrant": True}
+        if hasattr(self, "activation_checkpointing_kwargs"):  # newer transformers (5.25) read only this name
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
     check_options({option.name: getattr(self, option.name) for option in PYTHON_OPTIONS})
 
 

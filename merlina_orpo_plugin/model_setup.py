@@ -87,18 +87,46 @@ def _auto_class(name: str, args, init_kwargs: dict):
     return AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
 
 
+def loading_kwargs(args) -> dict:
+    """``from_pretrained`` keyword arguments for a ``model`` given as a string, as TRL builds them.
+
+    When ``model_init_kwargs`` is set, ``dtype`` defaults to "auto" (a name such as "bfloat16" becomes
+    ``torch.bfloat16``; a value of another type is a ValueError, an unknown name an AttributeError, as in
+    TRL) and ``device_map`` to "auto", in one process only (TRL: always): under ``accelerate launch``
+    each process trains its own replica, which "auto" would spread over every visible GPU.
+    ``trust_remote_code`` comes from the config unless given.
+    """
+    kwargs = dict(args.model_init_kwargs) if args.model_init_kwargs is not None else {}
+    if args.model_init_kwargs is not None:
+        dtype = kwargs.get("dtype", "auto")
+        if dtype is not None:
+            if isinstance(dtype, str) and dtype != "auto":
+                dtype = getattr(torch, dtype)
+            if dtype != "auto" and not isinstance(dtype, torch.dtype):
+                raise ValueError(f"`model_init_kwargs` `dtype` must be a torch.dtype, its name or 'auto', got {dtype!r}")
+            kwargs["dtype"] = dtype
+        if "device_map" not in kwargs and _single_process():
+            kwargs["device_map"] = "auto"
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    return kwargs
+
+
+def _single_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().num_processes == 1
+
+
 def prepare_model(model: PreTrainedModel | str, args, peft_config=None) -> torch.nn.Module:
     """Load ``model`` if it is a name or path, wrap it with ``peft_config``, apply ``args.disable_dropout``.
 
     A 4-/8-bit model gets `peft.prepare_model_for_kbit_training` first (frozen base, float32 norms,
     input grads for checkpointing), as TRL and Axolotl do for QLoRA.
     """
-    init_kwargs = dict(args.model_init_kwargs or {})
     if isinstance(model, str):
-        if getattr(args, "trust_remote_code", False):  # a loading option: a loaded model is used as it is
-            init_kwargs.setdefault("trust_remote_code", True)
+        init_kwargs = loading_kwargs(args)
         model = _auto_class(model, args, init_kwargs).from_pretrained(model, **init_kwargs)
-    elif init_kwargs:
+    elif args.model_init_kwargs is not None:  # TRL's check and exception class
         raise ValueError("`model_init_kwargs` only applies when `model` is a string; the model is already loaded")
     if model is None:
         raise ValueError("`model` is required: a PreTrainedModel, a PeftModel, or a name/path to load")
@@ -113,6 +141,9 @@ def prepare_model(model: PreTrainedModel | str, args, peft_config=None) -> torch
                 "`model` is already a PeftModel and a `peft_config` was passed too: pass one or the other "
                 "(merge and unload the existing adapter first to stack a new one)"
             )
+        from transformers.trainer_utils import set_seed
+
+        set_seed(args.seed)  # PEFT draws the adapter weights: TRL 1.15+ seeds first, for reproducible runs
         if is_quantized(model):
             model = prepare_model_for_kbit_training(
                 model,

@@ -18,15 +18,16 @@ from transformers import Trainer
 from . import losses as L
 from .collator import ORPODataCollator
 from .config import ORPOConfig
-from .data import prepare_preference_dataset
 from .accumulation import loss_scales, window_totals
 from .forward import FusedLoss, ORPOForwardOutput, concatenated_forward
 from .generation import log_generations
 from .metrics import MetricStore, batch_metrics
-from .model_setup import check_4bit_cpu_layers, prepare_model
+from .model_setup import check_4bit_cpu_layers
 from .options import ORPOSettings, settings_from
 from .schedules import beta_at, is_scheduled
 from .speed import SpeedPlan, plan_speed
+from .trl_contract import PreparedModelInit, default_collator, default_tokenizer, eval_predictions, model_revision
+from .trl_contract import resolve_args, resolve_model, tokenise_datasets
 
 
 class ORPOTrainerMixin:
@@ -37,6 +38,9 @@ class ORPOTrainerMixin:
     """
 
     _tag_names = ["orpo", "merlina-orpo"]
+    # transformers >= 5.19 and TRL 1.15+: the loss `compute_loss` returns is not yet divided by the
+    # accumulation steps (`accumulation.loss_scales` multiplies them back in), so Trainer divides it.
+    loss_is_scaled_for_ga = False
 
     def _setup_orpo(self, settings: ORPOSettings) -> None:
         """Loss settings, and the speed plan (`speed.plan_speed`) decided once for this model.
@@ -50,26 +54,32 @@ class ORPOTrainerMixin:
         self._beta_scheduled = is_scheduled(settings.beta_schedule, settings.beta_warmup_steps)
         self.nll_include_prompt = settings.nll_include_prompt
         check_4bit_cpu_layers(self.model, will_evaluate=self.eval_dataset is not None)
-        self.speed: SpeedPlan = plan_speed(
-            self.model,
-            prefix_sharing=settings.prefix_sharing,
-            padding_free=settings.padding_free,
-            loss_chunk_size=settings.loss_chunk_size,
-            max_length=settings.max_length,
-            flex_attention=settings.flex_attention,
-            device_type=self.args.device.type,
-        )
-        self.data_collator = self._planned(self.data_collator)
-        if hasattr(self, "eval_data_collator"):  # Axolotl's trainer keeps a separate one
-            self.eval_data_collator = self._planned(self.eval_data_collator)
+        self._plan_speed(self.model)
         config = getattr(self.model, "config", None)
         self.aux_loss_enabled = bool(getattr(config, "output_router_logits", False))
         self.aux_loss_coef = float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
         self._orpo_metrics = MetricStore()
         self._orpo_mode = "train"
         self._orpo_window: tuple[torch.Tensor, float] | None = None
-        # The loss is ours, not the model's: let Trainer divide it by the accumulation steps.
+        # The loss is ours, not the model's: let Trainer divide it by the accumulation steps (what
+        # transformers < 5.19 reads; newer ones read `loss_is_scaled_for_ga`).
         self.model_accepts_loss_kwargs = False
+
+    def _plan_speed(self, model) -> None:
+        s = self.settings
+        self.speed: SpeedPlan = plan_speed(model, prefix_sharing=s.prefix_sharing, padding_free=s.padding_free,
+                                           loss_chunk_size=s.loss_chunk_size, max_length=s.max_length,
+                                           flex_attention=s.flex_attention, device_type=self.args.device.type)
+        self.data_collator = self._planned(self.data_collator)
+        if hasattr(self, "eval_data_collator"):  # Axolotl's trainer keeps a separate one
+            self.eval_data_collator = self._planned(self.eval_data_collator)
+
+    def call_model_init(self, trial=None):
+        """A model from ``model_init``; one ``train()`` builds gets its own speed plan (attention kernel)."""
+        model = super().call_model_init(trial)
+        if hasattr(self, "speed"):
+            self._plan_speed(model)
+        return model
 
     def _planned(self, collator):
         if isinstance(collator, ORPODataCollator):
@@ -119,8 +129,8 @@ class ORPOTrainerMixin:
 
         With ``return_outputs=True`` returns ``(loss, outputs)`` where ``outputs`` holds tensors:
         per pair ``chosen_rewards``, ``rejected_rewards``, ``reward_margin``, ``log_odds``; per batch
-        ``nll_loss``, ``or_loss`` (the odds-ratio term as added to the loss) and ``log_odds_ratio``
-        (mean logsigmoid of the log odds).
+        ``nll_loss``, ``or_loss`` (the odds-ratio term as added to the loss), ``log_odds_ratio``
+        (mean logsigmoid of the log odds), ``logits/chosen`` and ``logits/rejected`` (as logged).
         """
         nll_scale, or_scale = self._loss_scales(inputs, num_items_in_batch)
         fused = None
@@ -148,6 +158,8 @@ class ORPOTrainerMixin:
             "or_loss": -or_losses.detach().mean(),
             "log_odds_ratio": ratio.detach().mean(),
             "log_odds": log_odds.detach(),
+            "logits/chosen": forward.chosen_logits_mean.detach().mean(),  # TRL's names, for `prediction_step`
+            "logits/rejected": forward.rejected_logits_mean.detach().mean(),
         }
         return loss, outputs
 
@@ -183,12 +195,15 @@ class ORPOTrainerMixin:
                                 schedule=s.beta_schedule, warmup_steps=s.beta_warmup_steps)
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """TRL's ``(loss, logits, labels)``: unless ``prediction_loss_only``, the batch's ``logits/chosen``
+        and ``logits/rejected`` means and zeros, what ``compute_metrics`` gets (`trl_contract.eval_predictions`)."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager(), self._mode("eval"):
-            loss = self.compute_loss(model, inputs)
-        # TRL returns two logits means as "predictions"; they carry nothing a compute_metrics could
-        # use, so only the loss is returned and the ORPO metrics reach the eval logs directly.
-        return loss.detach(), None, None
+            result = self.compute_loss(model, inputs, return_outputs=not prediction_loss_only)
+        if prediction_loss_only:
+            return result.detach(), None, None
+        loss, outputs = result
+        return (loss.detach(), *eval_predictions(outputs, model, ignore_keys, loss.device))
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
         self._refresh_beta()  # evaluation uses the value the next training step would use
@@ -220,10 +235,12 @@ class ORPOTrainerMixin:
 class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
     """ORPO (arXiv:2403.07691) on `transformers.Trainer`, no TRL import.
 
-    Takes TRL's ``ORPOTrainer`` arguments. Datasets may be in any layout `prepare_preference_dataset`
-    accepts (standard, conversational, implicit prompt, tokenised); they are validated and tokenised
-    here, before training starts. ``peft_config`` wraps the model with PEFT (k-bit models are prepared
-    for QLoRA first).
+    Takes TRL's ``ORPOTrainer`` arguments with TRL's meaning (`trl_contract`): ``model`` may be a name
+    or path (``model_init_kwargs``) or None with ``model_init``; without ``processing_class`` the model's
+    tokenizer is loaded. Datasets may be in any layout `prepare_preference_dataset` accepts (standard,
+    conversational, implicit prompt, tokenised), ``eval_dataset`` a dict of them; they are validated and
+    tokenised here, before training starts. ``peft_config`` wraps the model with PEFT (k-bit models are
+    prepared for QLoRA first).
     """
 
     def __init__(
@@ -242,26 +259,17 @@ class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
         compute_metrics=None,
         **kwargs: Any,
     ):
-        if args is None:
-            args = ORPOConfig(output_dir="orpo_output")
-        if not isinstance(args, ORPOConfig):
-            raise TypeError(f"`args` must be a merlina_orpo_plugin.ORPOConfig, got {type(args).__name__}")
+        args = resolve_args(args)
+        if "compute_loss_func" in kwargs:  # not in TRL's signature either; the loss here is the trainer's own
+            raise TypeError("MerlinaORPOTrainer got an unexpected keyword argument 'compute_loss_func'")
+        revision = model_revision(model, args)
+        model, model_init = resolve_model(model, model_init, args, peft_config)
         if processing_class is None:
-            raise ValueError("`processing_class` (the tokenizer) is required to tokenise the preference pairs")
-        model = prepare_model(model, args, peft_config)
-        seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-        train_dataset = self._tokenise(train_dataset, processing_class, args, "train_dataset", seq2seq)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                name: self._tokenise(ds, processing_class, args, f"eval_dataset[{name!r}]", seq2seq)
-                for name, ds in eval_dataset.items()
-            }
-        else:
-            eval_dataset = self._tokenise(eval_dataset, processing_class, args, "eval_dataset", seq2seq)
-        if data_collator is None:
-            data_collator = ORPODataCollator(processing_class, pad_token_id=args.padding_value)
+            processing_class = default_tokenizer(model, args, revision)
+        train_dataset, eval_dataset = tokenise_datasets(train_dataset, eval_dataset, processing_class, args, model)
+        data_collator = default_collator(data_collator, processing_class, args)
         super().__init__(
-            model=model,
+            model=None if isinstance(model_init, PreparedModelInit) else model,  # Trainer calls model_init
             args=args,
             data_collator=data_collator,
             train_dataset=train_dataset,
@@ -277,23 +285,3 @@ class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
         self._setup_orpo(settings_from(args))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
-
-    @staticmethod
-    def _tokenise(dataset, tokenizer, args: ORPOConfig, source: str, encoder_decoder: bool):
-        if dataset is None:
-            return None
-        from accelerate import PartialState
-
-        # The main process tokenises first and fills the datasets cache; the others read it.
-        with PartialState().main_process_first():
-            tokenised, _stats = prepare_preference_dataset(
-                dataset,
-                tokenizer,
-                max_length=args.max_length,
-                max_prompt_length=args.max_prompt_length,
-                max_completion_length=args.max_completion_length,
-                num_proc=args.dataset_num_proc,
-                source=source,
-                encoder_decoder=encoder_decoder,
-            )
-        return tokenised

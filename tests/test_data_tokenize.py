@@ -3,8 +3,9 @@
 Checked against: hand-counted ids for the pure functions; the text the real SmolLM2 ChatML template
 renders for the project's 300 ShareGPT pairs and its H4 UltraFeedback rows (tests/assets/pairs; ids
 must decode back to it);
-TRL 1.9's `ORPOTrainer.tokenize_row`, called on a bare instance, for the two defects we fix (its
-truncation overshoots / over-cuts; ChatML answers get a double end token).
+TRL's `ORPOTrainer.tokenize_row`, called on a bare instance: its truncation (before TRL 1.15 it overshoots
+/ over-cuts, which we fix; from 1.15 it cuts long answers as we do, and the test branches on
+`trl.__version__`) and ChatML answers, which get a double end token from TRL.
 """
 
 from __future__ import annotations
@@ -54,19 +55,33 @@ def test_truncate_pair_chosen_1100_ends_at_max_length():
     assert len(prompt) + len(chosen) == 1024 and len(prompt) + len(rejected) == 500
 
 
-def test_trl_tokenize_row_gets_both_cases_wrong_and_we_do_not():
-    """TRL cuts each answer to max_length - longest answer and never cuts the prompt:
-    prompt 200 + chosen 900 -> chosen[:1024 - 900] = 124 tokens, a 324-token sequence;
-    prompt 200 + chosen 1100 -> chosen[:1024 - 1100] = chosen[:-76] = 1024 tokens, 1224 in all."""
+def test_long_answers_truncated_against_trl_tokenize_row():
+    """A 200-token prompt, a 900- or 1100-token chosen answer, a 51-token rejected one, max_length 1024.
+
+    Ours: each answer is cut to the 824 tokens the prompt leaves; the rejected one stays whole.
+    TRL decides by version (the suite runs TRL 1.9, 1.14.1 and 1.16): before 1.15 it cut BOTH answers
+    to max_length - the longer answer and never the prompt: chosen[:124] (a 324-token sequence) and
+    chosen[:-76] (1224 tokens, over the limit), and rejected[:-76] empties the rejected answer.
+    TRL 1.15+ (PR #6588) cuts each answer to the room its own prompt leaves: exactly our ids."""
+    import trl
+    from packaging.version import Version
+
     tok = smollm2_tokenizer()
     assert len(tok(words(199), add_special_tokens=False)["input_ids"]) == 199  # + BOS = 200
     rows = [{"prompt": words(199), "chosen": " " + words(n - 1), "rejected": " " + words(50)} for n in (900, 1100)]
-    trl = [trl_tokenize_row(tok, row, max_length=1024) for row in rows]
-    assert [len(r["chosen_input_ids"]) for r in trl] == [324, 1224]
+    trl_rows = [trl_tokenize_row(tok, row, max_length=1024) for row in rows]
     ours, _ = prepare_preference_dataset(dataset(rows), tok, **LIMITS)
     for row in ours:
         assert len(row["prompt_input_ids"]) == 200 and len(row["prompt_input_ids"] + row["chosen_input_ids"]) == 1024
         assert len(row["rejected_input_ids"]) == 51
+    lengths = [(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) for r in trl_rows]
+    if Version(trl.__version__) >= Version("1.15"):  # PR #6588: each answer cut to max_length - its prompt
+        assert lengths == [(1024, 251), (1024, 251)]
+        for mine, theirs in zip(ours, trl_rows, strict=True):
+            assert mine["prompt_input_ids"] + mine["chosen_input_ids"] == theirs["chosen_input_ids"]
+            assert mine["prompt_input_ids"] + mine["rejected_input_ids"] == theirs["rejected_input_ids"]
+    else:  # both answers cut to max_length - the longer one
+        assert lengths == [(324, 251), (1224, 200)]
 
 
 def test_truncate_pair_long_prompt_that_fits_is_kept():

@@ -131,6 +131,13 @@ def truncate_pair(
     ``max_prompt_length`` is a floor for cutting, not a cap: a long prompt whose pair fits is kept.
     Returns ``(prompt, chosen, rejected, prompt_was_cut, completion_was_cut)``. Raises ValueError
     when no completion token would fit (only possible with ``max_prompt_length=None``).
+
+    Against TRL's ``tokenize_row``: the completions are cut as TRL 1.15+ cuts them (PR #6588), each to
+    the room the prompt leaves, so with the prompt whole the ids are TRL 1.15+'s. TRL up to 1.14 cut
+    both to ``max_length - the longer completion``: a sequence over ``max_length`` when one answer
+    alone exceeds it, and an emptied shorter answer. TRL never cuts the prompt, so a prompt that fills
+    ``max_length`` leaves it an empty completion (1.15+ warns), whose mean log-prob is 0/0: here the
+    prompt is cut first, and where that is not allowed the row is refused.
     """
     chosen, rejected = chosen_ids, rejected_ids
     if max_completion_length is not None:
