@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 
 import pytest
 
@@ -23,7 +24,7 @@ from merlina_orpo_plugin.generation import COLUMNS
 from testkit import REPO, generation_rows, pairs_path, pairs_rows, quirks, single_turn_pairs, tiny_model_dir, tiny_t5_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs("axolotl")]
-CPU_LAUNCH = REPO / "tests" / "cpu_launch.py"
+CPU_LAUNCH = REPO / "tests" / "cpu_launch.py"  # torchrun's script for axolotl.cli.train
 
 
 def _jsonl(path, rows):
@@ -359,29 +360,44 @@ def test_axolotl_qlora_recipe_migrates_in_two_lines_then_resumes(tmp_path):
 # --- torchrun ---------------------------------------------------------------------------------------
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_llama_dir):
-    """torchrun, 2 CPU processes (gloo) x 1 pair = 1 process x 2 pairs: the same losses and gradient
-    norms at every step. A full fine-tune, so no random adapter init differs between the runs. Both
-    runs go side by side, sharing one prepared copy of the data (built under its file lock)."""
+def test_two_processes_and_two_nodes_match_one_process_with_the_same_global_batch(tmp_path, tiny_llama_dir):
+    """torchrun, 2 CPU processes (gloo) x 1 pair, and 2 torchrun "nodes" (`--nnodes 2`, c10d rendezvous
+    on 127.0.0.1, 1 process each) x 1 pair = 1 process x 2 pairs: the same losses and gradient norms at
+    every step. A full fine-tune, so no random adapter init differs between the runs. All runs go side
+    by side, sharing one prepared copy of the data (built under its file lock)."""
     entry = [{"path": str(pairs_path("sharegpt_en.json")), "ds_type": "json", "type": "sharegpt"}]
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launches = {  # --standalone: a free port each; cpu_launch: Axolotl's p2p check on a CUDA build (test_host_repros.py)
+        "one": [["--standalone", "--nproc_per_node", "1"]],
+        "two": [["--standalone", "--nproc_per_node", "2"]],
+        "nodes": [["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
+                   "--rdzv_id", "orpo-nodes"]] * 2,  # the same command on each "node", as on two machines
+    }
     runs = {}
-    for name, procs, micro in (("one", 1, 2), ("two", 2, 1)):
+    for name, launchers in launches.items():
         directory = tmp_path / name
         directory.mkdir()
-        config = write_config(directory, tiny_llama_dir, entry, micro_batch_size=micro, max_steps=3, adapter=None,
-                              learning_rate=1e-4, save_strategy="steps", save_steps=3, curriculum_sampling=True,
-                              dataset_prepared_path=str(tmp_path / "prepared"))
-        # --standalone: a free port each; cpu_launch: Axolotl's p2p check on a CUDA build (test_host_repros.py)
-        runs[name] = CliRun(["torchrun", "--standalone", "--nproc_per_node", str(procs), str(CPU_LAUNCH),
-                             "axolotl.cli.train", str(config)], cwd=directory)
+        config = write_config(directory, tiny_llama_dir, entry, micro_batch_size=2 if name == "one" else 1,
+                              max_steps=3, adapter=None, learning_rate=1e-4, save_strategy="steps", save_steps=3,
+                              curriculum_sampling=True, dataset_prepared_path=str(tmp_path / "prepared"))
+        runs[name] = [CliRun(["torchrun", *launcher, str(CPU_LAUNCH), "axolotl.cli.train", str(config)], cwd=directory)
+                      for launcher in launchers]
     losses = {}
-    for name, run in runs.items():
-        run.result()
+    for name, node_runs in runs.items():
+        for run in node_runs:
+            run.result()
         state = _final_state(tmp_path / name / "out")
         losses[name] = [(log["loss"], log["nll_loss"], log["or_loss"], log["grad_norm"]) for log in state if "loss" in log]
-    assert len(losses["one"]) == len(losses["two"]) == 3
-    for one, two in zip(losses["one"], losses["two"]):
+    assert len(losses["one"]) == len(losses["two"]) == len(losses["nodes"]) == 3
+    for one, two, nodes in zip(losses["one"], losses["two"], losses["nodes"]):
         assert two == pytest.approx(one, rel=1e-5)
+        assert nodes == pytest.approx(one, rel=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _final_state(output_dir) -> list[dict]:
