@@ -69,7 +69,7 @@ demo: $(STAMP)
 # The same ORPO workload through TRL, `rl: orpo`, `rl: orpo_standalone` and this trainer, side by
 # side on this machine (about an hour on 2 CPU cores); results in benchmarks/results/.
 bench: $(STAMP) assets
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)" $(PY) -m benchmarks.run $(BENCH_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)" $(PY) -m benchmarks train $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(DEMO) $(ASSETS) .compat

@@ -1,3 +1,1 @@
-"""Throughput and memory benchmark: Axolotl `rl: orpo`, Axolotl `rl: orpo_standalone`, TRL and this
-package's trainer on one ORPO workload. Run it with ``python -m benchmarks.run`` (see README.md here).
-"""
+"""The benchmark harness: ``python -m benchmarks SUBCOMMAND`` (``__main__``; README.md here)."""

@@ -24,7 +24,7 @@ VENV_BIN = Path(sys.executable).parent
 class Impl:
     name: str
     label: str
-    kind: str  # "axolotl" (the real `axolotl train` CLI) or "python" (`benchmarks.child`)
+    kind: str  # "axolotl" (the real `axolotl train` CLI) or "python" (`benchmarks.trainers`)
     requires: tuple[str, ...]
 
 
@@ -96,11 +96,11 @@ def child_env(job_path: Path | None, device: str) -> dict[str, str]:
 
 def _command(impl: Impl, job: dict, job_path: Path) -> list[str]:
     if impl.kind == "axolotl":
-        from .axolotl_yaml import write_config
+        from .axolotl_timing import write_config
 
         exe = VENV_BIN / "axolotl"
         return [str(exe) if exe.exists() else "axolotl", "train", str(write_config(job))]
-    return [sys.executable, "-m", "benchmarks.child", str(job_path)]
+    return [sys.executable, "-m", "benchmarks", "train", "--job", str(job_path)]
 
 
 def run(impl: Impl, job: dict, timeout: int, inline: bool = False) -> dict:
@@ -111,7 +111,7 @@ def run(impl: Impl, job: dict, timeout: int, inline: bool = False) -> dict:
     loads = {"loadavg_before": os.getloadavg()[0]}
     start = time.perf_counter()
     if inline and impl.kind == "python":
-        from .child import run_job
+        from .trainers import run_job
 
         try:
             result = run_job(job)

@@ -1,9 +1,7 @@
-"""What a training process measures about itself: step times, memory, and tokens per timed batch.
-
-Used by `benchmarks.child` (the Python-driven implementations) and, inside the process that
-``axolotl train`` launches, by the Axolotl plugin `benchmarks.axolotl_timing`. Also the bf16 matmul
-peak that MFU is measured against, and the memory cap that exercises the micro-batch search on CPU.
-"""
+"""What a process measures about itself: step times (`StepTimer`, also inside ``axolotl train`` through
+`benchmarks.axolotl_timing`), peak memory (of training, or of one block: `PeakDelta`), tokens per timed
+batch, the bf16 matmul peak MFU is measured against, and the memory cap that lets the micro-batch search
+run its out-of-memory path on CPU."""
 
 from __future__ import annotations
 
@@ -15,8 +13,6 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-
-# --- memory -------------------------------------------------------------------------------------
 
 def rss_kb() -> int | None:
     """Resident set size now, in KiB (Linux /proc; None elsewhere)."""
@@ -50,7 +46,7 @@ def _cuda():
     return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
-def _sync() -> None:
+def sync() -> None:
     cuda = _cuda()
     if cuda is not None:
         cuda.synchronize()
@@ -61,7 +57,7 @@ class MemoryWatch:
     high-water mark (reset at the start)."""
 
     def start(self) -> dict[str, Any]:
-        _sync()
+        sync()
         cuda = _cuda()
         self.cuda = cuda is not None
         info = {"rss_before_kb": rss_kb(), "peak_rss_before_kb": max_rss_kb(), "peak_reset": reset_peak_rss()}
@@ -71,7 +67,7 @@ class MemoryWatch:
         return info
 
     def peak_bytes(self) -> int:
-        _sync()
+        sync()
         return _cuda().max_memory_allocated() if self.cuda else max_rss_kb() * 1024
 
     def stop(self) -> dict[str, Any]:
@@ -81,7 +77,23 @@ class MemoryWatch:
         return info
 
 
-# --- timing -------------------------------------------------------------------------------------
+class PeakDelta:
+    """``with PeakDelta() as m:`` -> ``m.seconds`` and ``m.bytes``, the block's peak memory growth: CUDA
+    max allocated minus allocated at entry when CUDA is in use, else the RSS high-water mark (reset at
+    entry, ``m.reset`` says whether it could be) minus RSS at entry."""
+
+    def __enter__(self):
+        self.watch = MemoryWatch()
+        info = self.watch.start()
+        self.before = info["cuda_allocated_before"] if self.watch.cuda else (info["rss_before_kb"] or 0) * 1024
+        self.reset, self.start = info["peak_reset"], time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        sync()
+        self.seconds = time.perf_counter() - self.start
+        self.bytes = self.watch.peak_bytes() - self.before
+
 
 class StepTimer(TrainerCallback):
     """Wall-clock (and process CPU) time of steps ``warmup .. warmup + steps - 1`` (on_step_begin ->
@@ -118,12 +130,12 @@ class StepTimer(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step >= self.warmup and len(self.step_seconds) < self.steps:
-            _sync()
+            sync()
             self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._start is not None:
-            _sync()
+            sync()
             self.step_seconds.append(time.perf_counter() - self._start)
             self.step_cpu_seconds.append(time.process_time() - self._cpu_start)
             self._start = None
@@ -173,8 +185,6 @@ def matmul_peak_tflops(size: int = 8192, repeats: int = 10, warmup: int = 3) -> 
     torch.cuda.synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
-
-# --- tokens per batch ---------------------------------------------------------------------------
 
 def processed_tokens(batch: dict) -> int:
     """Token positions the model runs on for one collated batch: ``input_ids.numel()`` (ours, the
@@ -232,7 +242,7 @@ def describe_trainer(trainer) -> dict[str, Any]:
     """The settings that must match across implementations, read back from the live trainer."""
     import torch
 
-    from .model import matmul_params
+    from .workload import matmul_params
 
     args, model, collator = trainer.args, trainer.model, trainer.data_collator
     first = next(model.parameters())

@@ -1,35 +1,11 @@
-"""Preprocessing throughput: ``prepare_preference_dataset`` against TRL's ``ORPOTrainer.tokenize_row``.
-
-``python benchmarks/preprocess.py [--repeats N]`` prints JSON. Data: the English and Chinese
-LLaMA-Factory ShareGPT pairs the project writes (``tests/assets/pairs/sharegpt_{en,zh}.json``), in
-the conversational layout; tokenizer: the SmolLM2 tokenizer of ``make assets`` (ChatML template);
-limits: the library defaults (max_length 1024, max_prompt_length 512); ``num_proc`` None (one process).
-
-- ``ours_cold``: ``prepare_preference_dataset`` on a file-backed copy of the rows in a NEW datasets
-  cache directory each repeat, so nothing is cached: render, validate, tokenise, truncate, write
-  the Arrow cache file. Best of ``repeats``; ``first_call`` is the first such call for that file
-  in this process (it also pays one-off warm-ups: template compilation, new characters' checks).
-- ``ours_warm_cached``: the same call again on the same directory: the datasets cache file is
-  loaded (validation and the cache key still run). A cached number, NOT a throughput.
-- ``trl_tokenize_row``: TRL 1.9's ``trl.experimental.orpo.ORPOTrainer.tokenize_row`` on the same
-  rows, called in a plain loop (no ``Dataset.map`` overhead, which favours TRL), on the
-  prompt / chosen / rejected strings its trainer would see: ``maybe_apply_chat_template`` renders
-  them BEFORE the clock starts, so only ``tokenize_row`` is timed (ours includes rendering).
-- ``ours_with_plain_tokenizer_call_cold``: the same cold call with one plain ``tokenizer(texts)``
-  call in place of ``TextEncoder`` (the tokenisation before this change), in the same run.
-- ``encode_step``: the tokenisation alone on the rendered texts: one plain ``tokenizer(texts)``
-  call against ``TextEncoder``, the piece-by-piece encoder ``prepare_preference_dataset`` uses;
-  ``encode_step.floor``: the rendering, word split and BPE that any exact pipeline must do, timed
-  alone, and the pairs/s ceiling they set (``measure_floor``).
-
-Every timed call starts from an empty Rust BPE cache (the tokenizer model keeps one across calls).
-Rates are pairs per second of wall-clock time, ``*_cpu_*`` ones of this process's CPU time (less
-skewed when other jobs share the cores); ``load_average_1m`` tells how busy the machine was.
-"""
+"""Preprocessing throughput: ``prepare_preference_dataset`` (cold, warm, and cold with a plain tokenizer
+call) against TRL's ``ORPOTrainer.tokenize_row``, and the tokenisation alone with the floor any exact
+pipeline pays, on the English and Chinese ShareGPT pairs (conversational layout, the SmolLM2 ChatML
+template, the package's default limits, one process). Prints JSON; each field is described under
+"Preprocessing" in README.md here. Every timed call starts from an empty Rust BPE cache."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -40,25 +16,15 @@ import time
 import warnings
 from pathlib import Path
 
-for _key, _value in (
-    ("HF_HUB_OFFLINE", "1"),
-    ("HF_DATASETS_OFFLINE", "1"),
-    ("TRANSFORMERS_OFFLINE", "1"),
-    ("WANDB_MODE", "offline"),
-    ("AXOLOTL_DO_NOT_TRACK", "1"),
-    ("TOKENIZERS_PARALLELISM", "false"),  # as `make` runs everything
-):
-    os.environ.setdefault(_key, _value)
+from .workload import LIMITS, PAIRS, REPO, TOKENIZER_DIR, load_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a file: `python benchmarks/preprocess.py`
-TOKENIZER_DIR = REPO / ".assets" / "tokenizers" / "smollm2"  # `make assets`
-DATASETS = {  # written by the project (tests/assets/pairs/build.py), LLaMA-Factory's ShareGPT layout
-    "llamafactory_en": REPO / "tests" / "assets" / "pairs" / "sharegpt_en.json",
-    "llamafactory_zh": REPO / "tests" / "assets" / "pairs" / "sharegpt_zh.json",
-}
-LIMITS = dict(max_length=1024, max_prompt_length=512)  # prepare_preference_dataset's defaults
+DATASETS = {"llamafactory_en": PAIRS, "llamafactory_zh": PAIRS.with_name("sharegpt_zh.json")}
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT speakers, as LLaMA-Factory maps them
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, help="also write <machine>-preprocess.json here")
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -73,11 +39,8 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def _timed(fn, tokenizer) -> tuple[float, float]:
-    """(wall, CPU) seconds ``fn()`` takes, from an empty BPE cache (the Rust model keeps one across calls).
-
-    CPU seconds of this process are reported beside wall time: on a shared machine other jobs take
-    cores and stretch the wall time, much less the CPU time.
-    """
+    """(wall, CPU) seconds ``fn()`` takes, from an empty BPE cache (the Rust model keeps one across calls);
+    on a shared machine other jobs stretch the wall time, much less this process's CPU time."""
     model = tokenizer.backend_tokenizer.model
     if hasattr(model, "_clear_cache"):
         model._clear_cache()
@@ -198,18 +161,8 @@ def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
 
 
 def measure_floor(batch: dict, texts: list[str], tokenizer, repeats: int) -> dict:
-    """Seconds of the work any exact preprocessing of these pairs must do, each step best of ``repeats``:
-
-    - ``render_s``: the chat template, three renders per pair (prompt, prompt + chosen, prompt +
-      rejected), with transformers' own renderer;
-    - ``split_s``: the byte-level word split of each DISTINCT text piece once (Python ``re``, about
-      10x Rust's splitter on this text);
-    - ``bpe_s``: the tokenizer's own Rust BPE model on each DISTINCT word once, in one call.
-
-    ``ceiling_pairs_per_s`` = pairs / their sum: the most any exact single-process pipeline could
-    reach here even if joining ids, truncating, hashing and writing Arrow cost nothing; two
-    processes could at best double it.
-    """
+    """Seconds of the work any exact preprocessing must do, each best of ``repeats`` (README.md here):
+    rendering (``render_s``), the word split (``split_s``) and BPE (``bpe_s``) of each distinct piece once."""
     from tokenizers import Tokenizer, pre_tokenizers
 
     from merlina_orpo_plugin.data.encoding import _plan
@@ -237,11 +190,10 @@ def measure_floor(batch: dict, texts: list[str], tokenizer, repeats: int) -> dic
 def measure_preprocessing(repeats: int = 3) -> dict:
     """Throughput of our preprocessing and of TRL's ``tokenize_row`` on the LLaMA-Factory pairs."""
     import datasets
-    from transformers import AutoTokenizer
 
     datasets.disable_progress_bars()
     load_at_start = round(os.getloadavg()[0], 2)
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    tokenizer = load_tokenizer()
     results = {}
     for name, path in DATASETS.items():
         if not path.exists():
@@ -276,22 +228,13 @@ def measure_preprocessing(repeats: int = 3) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, help="also write <machine>-preprocess.json here")
-    args = parser.parse_args()
+def main(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # libraries' log lines must not break the JSON on stdout
         results = measure_preprocessing(args.repeats)
-    from benchmarks.report import environment, machine_slug, scrub
+    from .report import command, environment, machine_slug, scrub, write_result
 
-    results = scrub({"command": "python benchmarks/preprocess.py " + " ".join(sys.argv[1:]),
-                     "environment": environment("cpu"), **results})
+    results = scrub({"command": command("preprocess", args.argv), "environment": environment("cpu"), **results})
     print(json.dumps(results, indent=2))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{machine_slug('cpu')}-preprocess.json").write_text(json.dumps(results, indent=1) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+        write_result(args.out / f"{machine_slug('cpu')}-preprocess", results)
+    return 0

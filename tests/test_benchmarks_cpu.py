@@ -1,12 +1,12 @@
 """The benchmark harness and the GPU check, run on CPU in this process: the code paths the GPU script runs.
 
-- ``python -m benchmarks.run --smoke --isolation inline``: TRL's trainer, TRL + Liger's fused ORPO
+- ``python -m benchmarks train --smoke --isolation inline``: TRL's trainer, TRL + Liger's fused ORPO
   loss, ours (defaults and speed features off) and the causal-LM limit each train 1 warm-up + 2 timed
   steps and are measured; LoRA too. Speeds are machine- and load-dependent, so only that each
   produced sane numbers is checked, and the processed/unique ratios each layout implies.
 - ``--max-batch`` with a fake memory cap: the search meets a real ``torch.OutOfMemoryError`` path,
   frees it and brackets the answer.
-- ``python -m benchmarks.gpu_check --device cpu --quick --sections 1,2 --trainer``: every float32
+- ``python -m benchmarks gpu-check --device cpu --quick --sections 1,2 --trainer``: every float32
   layout / attention / chunking variant and TRL's own loss path match the padded reference (the
   negative control, a mask that lets rejected tokens see the chosen ones, must fail); the loss alone
   matches TRL's; ``train()`` with logging every step, ``evaluate()``, ``save_model()`` and a resume
@@ -36,13 +36,13 @@ def _finite_positive(value) -> bool:
 
 
 def test_harness_measures_every_python_implementation_full_and_lora(tmp_path):
-    from benchmarks import run
+    from benchmarks.__main__ import main
 
-    assert run.main(["--smoke", "--isolation", "inline", "--shapes", "long-prompt", "--tunes", "full", "lora",
+    assert main(["train", "--smoke", "--isolation", "inline", "--shapes", "long-prompt", "--tunes", "full", "lora",
                      "--impls", *PYTHON_IMPLS, "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*-smoke.json")
     report = json.loads(path.read_text())
-    assert report["environment"]["versions"]["trl"] and report["settings"]["command"].startswith("python -m benchmarks.run")
+    assert report["environment"]["versions"]["trl"] and report["settings"]["command"].startswith("python -m benchmarks train")
     groups = {g["tune"]: g["impls"] for g in report["groups"]}
     assert set(groups) == {"full", "lora"}
     for tune, impls in groups.items():
@@ -71,9 +71,9 @@ def test_harness_measures_every_python_implementation_full_and_lora(tmp_path):
 
 
 def test_max_batch_search_catches_out_of_memory_and_brackets_the_answer(tmp_path):
-    from benchmarks import run
+    from benchmarks.__main__ import main
 
-    assert run.main(["--smoke", "--max-batch", "--isolation", "inline", "--impls", "trl", "--max-length", "512",
+    assert main(["train", "--smoke", "--max-batch", "--isolation", "inline", "--impls", "trl", "--max-length", "512",
                      "--max-batch-limit", "8", "--memory-cap-mib", "450", "--out", str(tmp_path)]) == 0
     (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*-max-batch.json")]
     (search,) = report["max_batch"]
@@ -87,9 +87,9 @@ def test_max_batch_search_catches_out_of_memory_and_brackets_the_answer(tmp_path
 
 
 def test_gpu_check_quick_on_cpu(tmp_path):
-    from benchmarks.gpu_check.__main__ import main
+    from benchmarks.__main__ import main
 
-    assert main(["--device", "cpu", "--quick", "--sections", "1,2", "--trainer", "--out", str(tmp_path)]) == 0
+    assert main(["gpu-check", "--device", "cpu", "--quick", "--sections", "1,2", "--trainer", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*-gpu-check-quick.json")
     report = json.loads(path.read_text())
 

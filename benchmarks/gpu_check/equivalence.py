@@ -8,30 +8,22 @@ import time
 
 import torch
 
+from ..loss_paths import collate, ours_loss, trl_features, trl_loss, trl_trainer
+from ..workload import llama_config, random_pairs
 from . import common as C
-from .common import (PAD, RESULTS, collate, elapsed, free, log, ours_loss, random_pairs, record_error, rel, remaining,
-                     save, sync, to_device, trl_features, trl_loss, trl_trainer)
+from .common import RESULTS, elapsed, free, log, record_error, rel, remaining, save, sync, to_device
 from .report import fmt
-
-
-def tiny_config(attn: str, vocab: int = 49152):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=PAD,
-        tie_word_embeddings=False, attn_implementation=attn,
-        # 5x the default init: the default gives near-uniform logits (every log-prob ~ -log V), and then the
-        # forward outputs cannot show a layout difference in float32 at all
-        initializer_range=0.1,
-    )
 
 
 def tiny_model(attn: str, dtype):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(1234)
-    model = LlamaForCausalLM(tiny_config(attn))  # built on CPU: identical weights on every device
+    # the smoke Llama, narrower; 5x the default init: the default gives near-uniform logits (every log-prob
+    # ~ -log V), and then the forward outputs cannot show a layout difference in float32 at all
+    config = llama_config("smoke", 49152, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=4096,
+                          attn_implementation=attn, initializer_range=0.1)
+    model = LlamaForCausalLM(config)  # built on CPU: identical weights on every device
     return model.to(device=C.ARGS.device, dtype=dtype).train()
 
 

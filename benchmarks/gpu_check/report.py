@@ -14,7 +14,7 @@ def markdown() -> str:
     env = RESULTS["env"]
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
     lines = [f"# gpu_check: {env.get('gpu') or env.get('cpu')}{' (quick)' if C.ARGS.quick else ''}", "",
-             f"- command: `python -m benchmarks.gpu_check {' '.join(env.get('argv') or [])}`; date {env.get('date')}; "
+             f"- command: `python -m benchmarks gpu-check {' '.join(env.get('argv') or [])}`; date {env.get('date')}; "
              f"git {env.get('git')}",
              f"- versions: {versions}; CUDA {env.get('cuda')}; Python {env.get('python')}", ""]
     s1 = RESULTS["section1"]

@@ -4,7 +4,7 @@ a new trainer whose steps 3-4 must log the same losses; per tuning (full, LoRA r
 bf16, gradient accumulation 2, the default speed features. Then the real ``axolotl train`` with the
 plugin, where Axolotl is installed.
 
-``python -m benchmarks.gpu_check --trainer [--device cpu --quick]``. On CUDA the check turns on
+``python -m benchmarks gpu-check --trainer [--device cpu --quick]``. On CUDA the check turns on
 PyTorch's deterministic algorithms (``warn_only``), so a resumed run can match to the bit.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.impls import absent_reason
-
+from ..impls import absent_reason, child_env
+from ..workload import BETA, LORA, MAX_LENGTH, Shape, build_model_dir, build_rows, load_tokenizer
 from . import common as C
 from .common import RESULTS, free, log, record_error, save
 
@@ -33,9 +33,6 @@ NOT_COMPARED = {"epoch", "step", "learning_rate", "train_runtime", "train_sample
 
 def build_inputs(work: Path) -> tuple[Path, list[dict], list[dict]]:
     """A seeded Llama saved to ``work/model`` (vocab 128,256 on CUDA, 49,152 on CPU) and text pairs."""
-    from benchmarks.model import build_model_dir
-    from benchmarks.workload import Shape, build_rows, load_tokenizer
-
     scale = "smoke" if C.ARGS.quick else "cpu"
     vocab = 128256 if C.ARGS.device == "cuda" else 49152
     info = build_model_dir(work / "model", scale, vocab, C.ARGS.device, seed=0)
@@ -52,7 +49,7 @@ def orpo_args(output_dir: Path):
     return ORPOConfig(output_dir=str(output_dir), per_device_train_batch_size=2, per_device_eval_batch_size=2,
                       gradient_accumulation_steps=2, max_steps=4, logging_steps=1, save_strategy="steps", save_steps=2,
                       eval_strategy="no", learning_rate=1e-4, lr_scheduler_type="constant", bf16=True, use_cpu=not cuda,
-                      report_to="none", seed=0, beta=0.1, max_length=1024, max_prompt_length=768,
+                      report_to="none", seed=0, beta=BETA, max_length=MAX_LENGTH, max_prompt_length=768,
                       dataloader_num_workers=0, disable_dropout=True)
 
 
@@ -74,7 +71,6 @@ def trainer_for(model_dir: Path, tune: str, output_dir: Path, train_rows, eval_r
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from benchmarks.model import LORA
     from merlina_orpo_plugin import MerlinaORPOTrainer
 
     peft_config = None
@@ -120,7 +116,7 @@ def same_weights(trained, saved_dir: Path, tune: str, model_dir: Path) -> float:
 
 
 def check_tune(tune: str, model_dir: Path, work: Path, train_rows, eval_rows) -> dict:
-    from benchmarks.measure import speed_plan
+    from ..measure import speed_plan
 
     entry: dict = {"tune": tune}
     start = time.perf_counter()
@@ -173,16 +169,15 @@ def check_tune(tune: str, model_dir: Path, work: Path, train_rows, eval_rows) ->
 
 def check_axolotl(model_dir: Path, train_rows, work: Path) -> dict:
     """``axolotl train`` with the plugin, bf16 (float32 on CPU), logging every step, saving at steps 2 and 4."""
-    from benchmarks.axolotl_yaml import write_config
-    from benchmarks.impls import child_env
+    from ..axolotl_timing import write_config
 
     data = work / "axolotl" / "pairs.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
     overrides = dict(gradient_accumulation_steps=2, logging_steps=1, save_strategy="steps", save_steps=2,
                      bf16=C.ARGS.device == "cuda", max_steps=4, micro_batch_size=2, learning_rate=1e-4)  # CPU: Axolotl refuses bf16
-    job = dict(impl="axolotl_merlina", device=C.ARGS.device, model_dir=str(model_dir), data_path=str(data), beta=0.1,
-               max_length=1024, micro_batch=2, warmup=0, steps=4, learning_rate=1e-4, seed=0,
+    job = dict(impl="axolotl_merlina", device=C.ARGS.device, model_dir=str(model_dir), data_path=str(data), beta=BETA,
+               max_length=MAX_LENGTH, micro_batch=2, warmup=0, steps=4, learning_rate=1e-4, seed=0,
                work_dir=str(work / "axolotl"), merlina_yaml=overrides)
     config = write_config(job)
     start = time.perf_counter()

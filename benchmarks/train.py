@@ -1,20 +1,11 @@
-"""``python -m benchmarks.run``: one ORPO workload through every implementation, shape, tuning and device.
-
-    python -m benchmarks.run                        # CPU: both shapes (CPU-sized), full fine-tune, every implementation
-    python -m benchmarks.run --smoke --isolation inline     # tiny model, 1 warm-up + 2 timed steps, in this process
-    python -m benchmarks.run --device cuda --tunes full lora  # Llama-3.2-1B shape, bf16, both shapes, MFU
-    python -m benchmarks.run --device cuda --max-batch      # largest micro-batch at max_length 4096, long-prompt
-
-Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (name: the machine, then ``-smoke``,
-``-max-batch`` and ``--tag`` where given) and prints the Markdown. Exit status 1 when a
-configuration that could run failed.
-"""
+"""``python -m benchmarks train``: one ORPO workload through every implementation, shape, tuning and
+device; or, with ``--max-batch``, the largest micro-batch each fits. Writes ``<out>/<name>.{json,md}``
+(name: the machine, then ``-smoke``, ``-max-batch`` and ``--tag`` where given) after every configuration
+and prints the Markdown; exit status 1 when a configuration that could run failed."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import shutil
 import subprocess
 import sys
@@ -23,15 +14,13 @@ from pathlib import Path
 
 from . import report
 from .impls import IMPLS, cpu_threads, run, skip_reason
-from .model import DEFAULT_VOCABS, build_model_dir
-from .workload import SHAPES, load_tokenizer, missing_inputs, write_workload
+from .workload import BETA, DEFAULT_VOCABS, MAX_LENGTH, REPO, SHAPES, build_model_dir, load_tokenizer, \
+    missing_inputs, write_workload
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 NOMINAL_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+def add_arguments(p) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--smoke", action="store_true", help="smallest model and shapes, 1 warm-up + 2 timed steps")
     p.add_argument("--scale", choices=("smoke", "cpu", "gpu"), help="model and shape sizes (default: by device)")
@@ -46,15 +35,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--liger-compiled", choices=("auto", "on", "off"), default="auto",
                    help="LigerFusedLinearORPOLoss(compiled=...): auto = on for CUDA, off on CPU")
     p.add_argument("--max-batch", action="store_true", help="find the largest micro-batch (pairs) per implementation")
-    p.add_argument("--max-length", type=int, help="default 1024 (cpu, smoke), 2048 (gpu), 4096 with --max-batch")
+    p.add_argument("--max-length", type=int,
+                   help=f"default {MAX_LENGTH} (cpu, smoke: the package's), 2048 (gpu), 4096 with --max-batch")
     p.add_argument("--max-batch-limit", type=int, default=256, help="largest micro-batch tried (default 256)")
     p.add_argument("--memory-cap-mib", type=float, help="treat more than this as out of memory (tests the search on CPU)")
     p.add_argument("--search-seconds", type=float, help="stop each implementation's search after this long (partial)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="default benchmarks/results")
     p.add_argument("--tag", help="added to the output name")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration (default 1800)")
     p.add_argument("--keep", action="store_true", help="keep the temporary models, data and logs")
-    a = p.parse_args(argv)
+    p.add_argument("--job", help=argparse.SUPPRESS)  # the child process of one configuration
+
+
+def finish(a):
+    """The defaults that depend on the device, the scale and the mode."""
     cuda = a.device == "cuda"
     a.scale = a.scale or ("smoke" if a.smoke else "gpu" if cuda else "cpu")
     a.shapes = a.shapes or (["long-prompt"] if a.max_batch else list(SHAPES))
@@ -62,20 +56,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.vocabs = a.vocabs or list(DEFAULT_VOCABS[a.scale])
     a.steps = a.steps or (2 if a.smoke else 8 if cuda else 6)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.smoke else 3 if cuda else 2)
-    a.max_length = a.max_length or (4096 if a.max_batch else 2048 if a.scale == "gpu" else 1024)
+    a.max_length = a.max_length or (4096 if a.max_batch else 2048 if a.scale == "gpu" else MAX_LENGTH)
     a.liger_compiled = cuda if a.liger_compiled == "auto" else a.liger_compiled == "on"
     return a
 
 
 def measured_peak(inline: bool) -> float:
     """The bf16 matmul TFLOP/s of this GPU, timed now (in a child process unless ``inline``)."""
-    if inline:
-        from .measure import matmul_peak_tflops
+    from .measure import matmul_peak_tflops
 
+    if inline:
         return matmul_peak_tflops()
     code = "from benchmarks.measure import matmul_peak_tflops; print(matmul_peak_tflops())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -84,7 +77,6 @@ def notes(groups: list[dict]) -> list[str]:
            "(accelerate launcher): `rl: orpo` gets the JSONL entry with no `type` (Axolotl hands the strings to "
            "TRL's trainer), `rl: orpo_standalone` uses `type: prompt_pairs`; the timing callback is the Axolotl "
            "plugin `benchmarks.axolotl_timing.BenchTimingPlugin`, which also makes the sampler sequential."]
-    seen = set()
     for group in groups:
         for name, entry in group["impls"].items():
             trainer = entry["result"].get("trainer") or {}
@@ -93,8 +85,7 @@ def notes(groups: list[dict]) -> list[str]:
             plan = trainer.get("speed_plan") or {}
             text += "".join(f"; plan {k}={v}" for k, v in plan.items() if k != "fallbacks")
             text += "".join(f"; fallback: {f}" for f in plan.get("fallbacks") or ())
-            if trainer and text not in seen:
-                seen.add(text)
+            if trainer and text + "." not in out:
                 out.append(text + ".")
         uniques = {n: sum(e["result"]["tokens"]["unique_per_batch"]) for n, e in group["impls"].items()
                    if "tokens" in e["result"]}
@@ -118,15 +109,12 @@ def max_batch_summary(group: dict, args) -> dict:
 
 def write(full: dict, args, root: Path, final: bool) -> None:
     """Write the JSON and Markdown (after every configuration, so a run cut short keeps what it measured)."""
-    out = dict(full, groups=[] if args.max_batch else full["groups"], notes=notes(full["groups"]),
-               complete=final)
+    out = dict(full, groups=[] if args.max_batch else full["groups"], notes=notes(full["groups"]), complete=final)
     if args.max_batch:
         out["max_batch"] = [max_batch_summary(g, args) for g in full["groups"]]
     out = report.scrub(out, {str(root): "<work>"})
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{full['name']}.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
     text = report.markdown(out)
-    (args.out / f"{full['name']}.md").write_text(text)
+    report.write_result(args.out / full["name"], out, text)
     if final:
         print("\n" + text)
         print(f"written: {report.scrub(str(args.out / full['name']))}.md and .json", flush=True)
@@ -154,8 +142,37 @@ def run_one(args, impl_name: str, job: dict, peaks: dict) -> dict:
     return entry
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_groups(args, full: dict, root: Path, peaks: dict) -> None:
+    """Every vocabulary x shape x tuning x implementation, the results written after each."""
+    settings, tokenizer = full["settings"], load_tokenizer()
+    for vocab in args.vocabs:
+        model_dir = root / f"model-{vocab}"
+        model = build_model_dir(model_dir, args.scale, vocab, args.device, seed=settings["seed"])
+        for shape_name in args.shapes:
+            shape, data_path = SHAPES[shape_name][args.scale], root / f"{shape_name}.jsonl"
+            rows = 64 if args.max_batch else (args.warmup + args.steps) * shape.pairs_per_step
+            workload = write_workload(data_path, tokenizer, shape, rows, seed=settings["seed"])
+            for tune in args.tunes:
+                group = {"shape": workload["shape"], "shape_text": shape.describe(), "tune": tune, "model": model,
+                         "workload": workload, "impls": {}}
+                full["groups"].append(group)
+                for impl_name in args.impls:
+                    job = dict(settings, model_dir=str(model_dir), data_path=str(data_path), shape=shape_name,
+                               micro_batch=shape.pairs_per_step, tune=tune,
+                               work_dir=str(root / "runs" / f"{shape_name}-{tune}-{vocab}-{impl_name}"),
+                               mode="max_batch" if args.max_batch else "time", max_batch_limit=args.max_batch_limit,
+                               memory_cap_mib=args.memory_cap_mib, search_seconds=args.search_seconds)
+                    group["impls"][impl_name] = run_one(args, impl_name, job, peaks)
+                    report.add_ratios(group["impls"])
+                    write(full, args, root, final=False)
+
+
+def main(args) -> int:
+    if args.job:
+        from .trainers import run_job_file
+
+        return run_job_file(args.job)
+    args = finish(args)
     missing = missing_inputs()
     if missing:
         print("benchmark inputs are absent: " + "; ".join(missing))
@@ -163,41 +180,18 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="merlina-bench-"))
     name = "-".join([report.machine_slug(args.device)] + ["smoke"] * args.smoke + ["max-batch"] * args.max_batch
                     + ([args.tag] if args.tag else []))
-    settings = dict(command="python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv),
-                    device=args.device, scale=args.scale, steps=args.steps, warmup=args.warmup, learning_rate=1e-5,
-                    beta=0.1, max_length=args.max_length, max_prompt_length=args.max_length * 7 // 8, seed=0,
-                    isolation=args.isolation, liger_compiled=args.liger_compiled,
-                    cpu_threads=cpu_threads() if args.device == "cpu" else None)
+    settings = dict(command=report.command("train", args.argv), device=args.device, scale=args.scale, steps=args.steps,
+                    warmup=args.warmup, learning_rate=1e-5, beta=BETA, max_length=args.max_length,
+                    max_prompt_length=args.max_length * 7 // 8, seed=0, isolation=args.isolation,
+                    liger_compiled=args.liger_compiled, cpu_threads=cpu_threads() if args.device == "cpu" else None)
     peaks = {}
     if args.device == "cuda" and not args.max_batch:
         peaks = {"measured": measured_peak(args.isolation == "inline"), "nominal": NOMINAL_TFLOPS}
         print(f"bf16 matmul peak: {peaks['measured']:.0f} TFLOP/s measured", flush=True)
     full = {"name": name, "settings": settings, "environment": report.environment(args.device), "peaks_tflops": peaks,
             "groups": []}
-    tokenizer = load_tokenizer()
     try:
-        for vocab in args.vocabs:
-            model_dir = root / f"model-{vocab}"
-            model = build_model_dir(model_dir, args.scale, vocab, args.device, seed=settings["seed"])
-            for shape_name in args.shapes:
-                shape = SHAPES[shape_name][args.scale]
-                data_path = root / f"{shape_name}.jsonl"
-                rows = 64 if args.max_batch else (args.warmup + args.steps) * shape.pairs_per_step
-                workload = write_workload(data_path, tokenizer, shape, rows, seed=settings["seed"])
-                for tune in args.tunes:
-                    group = {"shape": workload["shape"], "shape_text": shape.describe(), "tune": tune, "model": model,
-                             "workload": workload, "impls": {}}
-                    full["groups"].append(group)
-                    for impl_name in args.impls:
-                        job = dict(settings, model_dir=str(model_dir), data_path=str(data_path), shape=shape_name,
-                                   micro_batch=shape.pairs_per_step, tune=tune,
-                                   work_dir=str(root / "runs" / f"{shape_name}-{tune}-{vocab}-{impl_name}"),
-                                   mode="max_batch" if args.max_batch else "time",
-                                   max_batch_limit=args.max_batch_limit, memory_cap_mib=args.memory_cap_mib,
-                                   search_seconds=args.search_seconds)
-                        group["impls"][impl_name] = run_one(args, impl_name, job, peaks)
-                        report.add_ratios(group["impls"])
-                        write(full, args, root, final=False)
+        run_groups(args, full, root, peaks)
         write(full, args, root, final=True)
     finally:
         failed = any("error" in e["result"] for g in full["groups"] for e in g["impls"].values())
@@ -206,7 +200,3 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

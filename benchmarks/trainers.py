@@ -1,31 +1,25 @@
-"""One configuration of the Python-driven implementations: load the model, build the trainer, time it.
-
-``python -m benchmarks.child JOB.json`` (a fresh process per configuration) or `run_job(job)` in
-the caller's process. ``job["mode"]`` is ``"time"`` (warm-up + timed steps, `measure.StepTimer`) or
-``"max_batch"`` (the largest micro-batch in pairs that trains two steps without running out of
-memory: doubling, then bisection, each out-of-memory caught and its memory freed).
-
-Implementations: TRL 1.9's ``ORPOTrainer``; the same with Liger-Kernel's fused linear ORPO loss
-(`benchmarks.trl_liger`); ``MerlinaORPOTrainer`` with its defaults or with its speed features off;
-and the causal-LM limit, a plain ``transformers.Trainer`` step with the model's own loss over rows
-that hold one pair's unique tokens (prompt + chosen + rejected).
-"""
+"""One configuration of a Python-driven implementation (`impls.IMPLS`): load the model, build the
+trainer, and either time warm-up + timed steps (``job["mode"] == "time"``, `measure.StepTimer`) or find
+the largest micro-batch that trains two steps (``"max_batch"``: doubling, then bisection, each
+out-of-memory caught and freed). In the caller's process (`run_job`) or a fresh one
+(``python -m benchmarks train --job JOB.json``)."""
 
 from __future__ import annotations
 
 import functools
 import gc
 import json
-import sys
 import time
 from pathlib import Path
+
+from .workload import load_tokenizer, read_rows
 
 #: ORPOConfig kwargs that turn our speed features off ("merlina_nospeed").
 SPEED_OFF = {"prefix_sharing": False, "padding_free": False, "loss_chunk_size": 0}
 
 
 def training_kwargs(job: dict, micro_batch: int, max_steps: int) -> dict:
-    """The `TrainingArguments` every implementation shares (Axolotl YAML: `benchmarks.axolotl_yaml`)."""
+    """The `TrainingArguments` every implementation shares (Axolotl's: `axolotl_timing.write_config`)."""
     cuda = job["device"] == "cuda"
     return dict(
         output_dir=str(Path(job["work_dir"]) / "out"), per_device_train_batch_size=micro_batch,
@@ -99,16 +93,14 @@ def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: in
 
 @functools.lru_cache(maxsize=4)
 def tokenizer_for(model_dir: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
+    return load_tokenizer(model_dir)
 
 
 def load(job: dict):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .model import add_lora
+    from .workload import add_lora
 
     torch.manual_seed(job["seed"])
     cuda = job["device"] == "cuda"
@@ -134,7 +126,6 @@ def time_steps(job: dict) -> dict:
     import torch
 
     from .measure import StepTimer
-    from .workload import read_rows
 
     torch._dynamo.reset()  # inline runs: every configuration compiles (Liger's loss) as a fresh process would
     model, tokenizer = load(job)
@@ -173,8 +164,6 @@ def fits(job: dict, model, tokenizer, rows: list[dict], pairs: int) -> dict:
 def max_batch(job: dict) -> dict:
     """Largest micro-batch (pairs) in [1, job["max_batch_limit"]] that fits: double from 1, then bisect;
     stopped early (``complete`` false) once ``job["search_seconds"]`` have passed."""
-    from .workload import read_rows
-
     model, tokenizer = load(job)
     rows, limit = read_rows(job["data_path"]), job["max_batch_limit"]
     trials, fit, fail, stopped = [], 0, None, None
@@ -208,11 +197,8 @@ def run_job(job: dict) -> dict:
     return max_batch(job) if job.get("mode") == "max_batch" else time_steps(job)
 
 
-def main(job_path: str) -> None:
+def run_job_file(job_path: str | Path) -> int:
+    """The child process's side: run the job file's configuration, write its result beside it."""
     job = json.loads(Path(job_path).read_text())
-    result = run_job(job)
-    Path(job["result_path"]).write_text(json.dumps(result, indent=1, default=str))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
+    Path(job["result_path"]).write_text(json.dumps(run_job(job), indent=1, default=str))
+    return 0

@@ -1,0 +1,44 @@
+"""``python -m benchmarks SUBCOMMAND [options]``: the one entry point of the benchmarks (README.md here)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .impls import OFFLINE
+
+#: subcommand -> (module with ``add_arguments(parser)`` and ``main(args) -> int``, what it does)
+SUBCOMMANDS = {
+    "train": ("train", "one ORPO workload through TRL, TRL + Liger, Axolotl `rl: orpo` / `rl: orpo_standalone`, "
+                       "this trainer and the causal-LM limit; --max-batch: the largest micro-batch each fits"),
+    "loss-memory": ("loss_memory", "peak memory of the ORPO loss alone (hidden states -> head -> loss), TRL's "
+                                   "against ours"),
+    "loss-step": ("loss_step", "step time of the ways our chunked loss runs (default, checkpointed, unchunked)"),
+    "preprocess": ("preprocess", "preprocessing throughput: prepare_preference_dataset against TRL's tokenize_row"),
+    "gpu-check": ("gpu_check", "correctness on a GPU: layout equivalence, the loss alone, the trainer end to end"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = p.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    for name, (module, text) in SUBCOMMANDS.items():
+        mod = importlib.import_module(f"benchmarks.{module}")
+        mod.add_arguments(sub.add_parser(name, help=text, description=mod.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter))
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for key, value in OFFLINE.items():  # what every child process gets too (`impls.child_env`)
+        os.environ.setdefault(key, value)
+    args = parser().parse_args(argv)
+    args.argv = argv[1:]  # the subcommand's own options, as results record them
+    return importlib.import_module(f"benchmarks.{SUBCOMMANDS[args.subcommand][0]}").main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
