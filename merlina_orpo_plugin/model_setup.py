@@ -103,7 +103,7 @@ def loading_kwargs(args) -> dict:
             if isinstance(dtype, str) and dtype != "auto":
                 dtype = getattr(torch, dtype)
             if dtype != "auto" and not isinstance(dtype, torch.dtype):
-                raise ValueError(f"`model_init_kwargs` `dtype` must be a torch.dtype, its name or 'auto', got {dtype!r}")
+                raise ValueError(f"`model_init_kwargs` `dtype` must be a torch.dtype, its name or 'auto': {dtype!r}")
             kwargs["dtype"] = dtype
         if "device_map" not in kwargs and _single_process():
             kwargs["device_map"] = "auto"

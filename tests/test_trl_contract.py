@@ -83,7 +83,7 @@ def test_signature_and_config_fields_are_trls(tmp_path):
     ``optimizer_cls_and_kwargs``; an unknown name is still a TypeError, next test).
     ``remove_unused_columns`` defaults to False in ours: TRL keeps Trainer's True and sets it to False
     in `__init__` whenever it uses its own collator (the only way its batches keep their columns);
-    both trainers end with False (checked below).
+    both trainers end with False (next test).
     """
     theirs = inspect.signature(trl_orpo.ORPOTrainer.__init__).parameters
     ours = inspect.signature(MerlinaORPOTrainer.__init__).parameters
@@ -102,6 +102,39 @@ def test_signature_and_config_fields_are_trls(tmp_path):
     assert default(our_fields["remove_unused_columns"]) is False
     for config_cls in (ORPOConfig, trl_orpo.ORPOConfig):  # both end with bf16 on unless fp16, on a CPU
         assert config_cls(output_dir=str(tmp_path), use_cpu=True).bf16 is True
+
+
+def test_data_collator_and_remove_unused_columns_as_in_trl(tmp_path, tokenizer, pairs):
+    """No ``data_collator``: each trainer's own, with ``remove_unused_columns=True`` turned off for it
+    (TRL warns and sets it to False). A given collator is the one every batch comes from, with the same
+    losses as TRL's own padding collator given the same way."""
+    from trl.experimental.utils import DPODataCollatorWithPadding
+
+    from merlina_orpo_plugin import ORPODataCollator
+
+    ours, theirs = both(tmp_path, tiny_llama(), pairs, config=dict(remove_unused_columns=True),
+                        processing_class=tokenizer)
+    assert ours.args.remove_unused_columns is False and theirs.args.remove_unused_columns is False
+    runs = []
+    for trainer_cls, config_cls, collator in (
+        (MerlinaORPOTrainer, ORPOConfig, ORPODataCollator(tokenizer)),
+        (trl_orpo.ORPOTrainer, trl_orpo.ORPOConfig, DPODataCollatorWithPadding(pad_token_id=tokenizer.pad_token_id)),
+    ):
+        batches = []
+
+        def counting(features, collator=collator, batches=batches):
+            batches.append(len(features))
+            return collator(features)
+
+        args = config_cls(output_dir=str(tmp_path), remove_unused_columns=False, **COMMON)
+        trainer = trainer_cls(model=tiny_llama(), args=args, train_dataset=pairs, processing_class=tokenizer,
+                              data_collator=counting)
+        assert trainer.data_collator is counting
+        trainer.train()
+        runs.append((batches, [log["loss"] for log in trainer.state.log_history if "loss" in log]))
+    (my_batches, my_losses), (their_batches, their_losses) = runs
+    assert my_batches == their_batches and my_batches[:2] == [2, 2]  # then the loader's look-ahead batch
+    assert my_losses == pytest.approx(their_losses, rel=1e-4)
 
 
 def test_unknown_keyword_raises_type_error_as_in_trl(tmp_path, tokenizer, pairs):
@@ -371,16 +404,12 @@ def test_eval_dataset_dict_metrics_per_name(tmp_path, tokenizer, pairs):
 
 
 def _layouts():
-    standard = single_turn_pairs(3)
-    conversation = conversational_rows()[:3]
-    return {
-        "standard": standard,
-        "implicit prompt": [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]}
-                            for r in standard],
-        "conversational": conversation,
-        "conversational implicit prompt": [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]}
-                                           for r in conversation],
-    }
+    def implicit(rows):
+        return [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows]
+
+    standard, conversation = single_turn_pairs(3), conversational_rows()[:3]
+    return {"standard": standard, "implicit prompt": implicit(standard), "conversational": conversation,
+            "conversational implicit prompt": implicit(conversation)}
 
 
 @pytest.mark.parametrize("layout", list(_layouts()))
