@@ -8,6 +8,7 @@ W&B offline, and can go in the background beside each other (`CliRun`).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,3 +123,43 @@ class CliRun:
 def run_cli(args: list[str], cwd: Path, timeout: int = 600, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """Run a command (e.g. ``["axolotl", "train", "config.yml"]``) with the venv first on PATH."""
     return CliRun(args, cwd, timeout, **env).result(check)
+
+
+def hide_entry_points(directory: Path, group: str, distribution: str = "merlina-orpo-plugin") -> dict[str, str]:
+    """The environment of a subprocess in which ``distribution`` declares no ``group`` entry point (tests only).
+
+    A copy of the distribution's installed metadata (its ``.dist-info``) without that group goes on
+    PYTHONPATH, which comes before site-packages; importlib.metadata reads the first copy of a
+    distribution on the path, so the group loses the entry point while the package still imports from
+    where it is installed. Nothing installed is touched; `CliRun(..., **env)` passes it on. Only the
+    current directory comes earlier on a subprocess's path: run it elsewhere than the checkout, whose
+    `*.egg-info` (left by an editable install) is a copy of the metadata too.
+    """
+    from importlib.metadata import distributions
+
+    for installed in distributions(name=distribution):  # the .dist-info one; a checkout's .egg-info lacks METADATA
+        metadata = next((path for path in installed.files or () if path.name == "METADATA"), None)
+        if metadata is not None:
+            break
+    else:
+        raise AssertionError(f"{distribution} has no installed .dist-info")
+    source = Path(metadata.locate()).parent
+    target = directory / "metadata" / source.name
+    shutil.copytree(source, target)
+    kept, skipping = [], False
+    for line in (target / "entry_points.txt").read_text().splitlines():
+        if line.startswith("["):
+            skipping = line.strip() == f"[{group}]"
+        if not skipping:
+            kept.append(line)
+    (target / "entry_points.txt").write_text("\n".join(kept) + "\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(target.parent), os.environ.get("PYTHONPATH")]))}
+
+
+def log_history(output_dir: Path) -> list[dict]:
+    """The trainer's log history from the last checkpoint's trainer_state.json under ``output_dir``."""
+    import json
+
+    candidates = sorted(Path(output_dir).rglob("trainer_state.json"))
+    assert candidates, f"no trainer_state.json under {output_dir}"
+    return json.loads(candidates[-1].read_text())["log_history"]

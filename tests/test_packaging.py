@@ -1,5 +1,5 @@
 """The package as a user installs it into an existing environment: a wheel with every module and the
-entry points Axolotl discovers its commands by, built offline from this checkout."""
+entry points Axolotl discovers its commands and (from 0.21) its plugins by, built offline from this checkout."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import zipfile
 from testkit import REPO
 
 
-def test_the_wheel_carries_the_package_and_the_axolotl_commands(tmp_path):
+def test_the_wheel_carries_the_package_and_the_axolotl_entry_points(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(REPO)], check=True)
     (wheel,) = tmp_path.glob("merlina_orpo_plugin-*.whl")
@@ -23,3 +23,5 @@ def test_the_wheel_carries_the_package_and_the_axolotl_commands(tmp_path):
     assert "[axolotl.cli_commands]" in text
     assert "orpo-preview = merlina_orpo_plugin.integration.cli:orpo_preview" in text
     assert "orpo-eval = merlina_orpo_plugin.integration.eval_cli:orpo_eval" in text
+    # Axolotl 0.21 normalises `module:Class` to `module.Class`: the name README tells `plugins:` to list
+    assert "[axolotl.plugins]\nmerlina-orpo = merlina_orpo_plugin:MerlinaORPOPlugin\n" in text

@@ -5,6 +5,10 @@ config before validation: `rl` becomes unset (the causal builder runs, passing t
 already applied), the raw `datasets` entries are kept in `merlina_datasets` (the SFT schema would
 drop their `field_*` keys), and the hooks below hand Axolotl the ORPO trainer, collator, datasets
 and training arguments. See `../shared/notes/axolotl-integration.md` for why this route.
+
+Axolotl 0.21 also loads the plugin for EVERY config through this package's `axolotl.plugins` entry
+point, so nothing here acts unless the config asks for `rl: orpo_standalone`: every hook returns None
+for SFT and for Axolotl's own `rl` types, and `register` leaves their config untouched.
 """
 
 from __future__ import annotations
@@ -33,16 +37,29 @@ _LOADER_KEYS = ("path", "name", "split", "data_files", "ds_type", "revision", "t
 
 
 class MerlinaORPOPlugin(BasePlugin):
-    """Enable with `plugins: [merlina_orpo_plugin.MerlinaORPOPlugin]` and `rl: orpo_standalone`."""
+    """`rl: orpo_standalone`. Axolotl 0.21 loads it by entry point; 0.19 needs
+    `plugins: [merlina_orpo_plugin.MerlinaORPOPlugin]` (the entry point's name, so 0.21 loads it once)."""
 
-    def get_input_args(self) -> str:
+    def __init__(self):
+        super().__init__()
+        self._orpo_config = False  # whether the config last given to `register` is an ORPO one
+
+    def get_input_args(self) -> str | None:
+        """Our YAML keys join Axolotl's schema for an ORPO config only (`register` runs before validation)."""
+        if not (self._orpo_config and self._is_primary()):
+            return None
         return "merlina_orpo_plugin.integration.args.MerlinaORPOArgs"
 
-    def get_training_args_mixin(self) -> str:
+    def get_training_args_mixin(self) -> str | None:
+        """Merged once, when `axolotl.core.training_args` is first imported, before any config may be known:
+        so for every config (fields with defaults that only our trainer reads)."""
+        if not self._is_primary():
+            return None
         return "merlina_orpo_plugin.integration.trainer.MerlinaTrainingArgsMixin"
 
     def register(self, cfg: dict) -> None:
         """Rewrite the raw config; runs per `load_cfg` and per rank, so it must be idempotent."""
+        self._orpo_config = cfg.get("rl") == RL_NAME or bool(cfg.get("merlina_enabled"))
         if cfg.get("rl") != RL_NAME:
             return
         for key in ("datasets", "test_datasets"):
@@ -64,7 +81,7 @@ class MerlinaORPOPlugin(BasePlugin):
         _move_generation_keys(cfg)
 
     def load_datasets(self, cfg, preprocess: bool = False):
-        if not cfg.get("merlina_enabled"):
+        if not self._active(cfg):
             return None
         from axolotl.common.datasets import TrainDatasetMeta
         from axolotl.loaders import load_tokenizer
@@ -80,21 +97,21 @@ class MerlinaORPOPlugin(BasePlugin):
         )
 
     def get_trainer_cls(self, cfg):
-        if not cfg.get("merlina_enabled"):
+        if not self._active(cfg):
             return None
         from .trainer import AxolotlMerlinaORPOTrainer
 
         return AxolotlMerlinaORPOTrainer
 
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
-        if not cfg.get("merlina_enabled"):
+        if not self._active(cfg):
             return None
         from ..collator import ORPODataCollator
 
         return ORPODataCollator, {}
 
     def get_training_args(self, cfg):
-        if not cfg.get("merlina_enabled"):
+        if not self._active(cfg):
             return None
         args = {
             **training_args(cfg),
@@ -105,6 +122,19 @@ class MerlinaORPOPlugin(BasePlugin):
         if _is_multi_process_cpu():
             args.update(use_cpu=True, ddp_backend="gloo")  # see _set_process_environment
         return args
+
+    def _active(self, cfg) -> bool:
+        return bool(cfg.get("merlina_enabled")) and self._is_primary()
+
+    def _is_primary(self) -> bool:
+        """Whether this instance speaks for the plugin. Axolotl keys its plugins by name: listing a second
+        spelling (`merlina_orpo_plugin.integration.plugin.MerlinaORPOPlugin`) beside the entry point's
+        gives two instances, and two would load the datasets twice (Axolotl raises) and add our schema
+        twice (a duplicate base class). The first one Axolotl holds acts; one it does not hold acts alone."""
+        from axolotl.integrations.base import PluginManager
+
+        ours = [plugin for plugin in PluginManager().plugins.values() if isinstance(plugin, MerlinaORPOPlugin)]
+        return not any(plugin is self for plugin in ours) or ours[0] is self
 
 
 def total_num_steps(cfg, train_size: int) -> int:
