@@ -108,7 +108,7 @@ def build(name: str, leg: dict, python: str, log) -> dict:
     return install
 
 
-SUMMARY = re.compile(r"^=+ (.*\d+ (?:passed|failed|error|errors).*) in ([\d.]+)s.*=+$")
+SUMMARY = re.compile(r"^=* ?(\d+ (?:passed|failed|errors?|skipped).*) in ([\d.]+)s.*?=*$")
 
 
 def run_suite(name: str, leg: dict, log_path: Path) -> dict:

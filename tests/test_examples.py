@@ -67,6 +67,7 @@ def validated(tiny_llama_dir) -> dict[str, dict]:
     return {Path(entry.pop("recipe")).name: entry for entry in lines}
 
 
+@pytest.mark.needs("axolotl")  # validated by Axolotl's own load_cfg
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipe_opens_with_a_header_and_validates(recipe: Path, validated):
     text = recipe.read_text()

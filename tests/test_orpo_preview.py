@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from merlina_orpo_plugin.data import PreferenceDataStats
-from merlina_orpo_plugin.integration.cli import orpo_preview
+from merlina_orpo_plugin.integration.cli import _check_config_file, _loaded_for_every_config, orpo_preview
 from merlina_orpo_plugin.integration.preview import (
     format_counts,
     format_pair,
@@ -123,7 +123,6 @@ def test_counts_name_the_refused_rows_and_what_training_would_do():
         (None, r"missing\.yml: no such config file"),
         ({"plugins": ["merlina_orpo_plugin.MerlinaORPOPlugin"], "rl": "dpo"},
          r"is not an `rl: orpo_standalone` config \(`rl` is 'dpo'\)"),
-        ({"rl": "orpo_standalone"}, r"\(`plugins:` does not list the plugin\).*merlina_orpo_plugin\.MerlinaORPOPlugin"),
     ],
 )
 def test_missing_or_non_orpo_config_is_refused_in_one_line_before_axolotl_loads(tmp_path, config, message):
@@ -136,6 +135,19 @@ def test_missing_or_non_orpo_config_is_refused_in_one_line_before_axolotl_loads(
     assert len(result.output.strip().splitlines()) == 1 and re.search(message, result.output), result.output
 
 
+def test_a_config_that_does_not_load_the_plugin_is_refused_where_axolotl_would_not_load_it(tmp_path):
+    """Axolotl 0.19 loads only what `plugins:` lists; 0.21 also loads the installed `axolotl.plugins` entry
+    point, so there `rl: orpo_standalone` alone is an ORPO config and passes this check."""
+    path = tmp_path / "config.yml"
+    path.write_text(json.dumps({"rl": "orpo_standalone"}))
+    if _loaded_for_every_config():
+        assert _check_config_file(str(path)) is None
+        return
+    result = CliRunner().invoke(orpo_preview, [str(path)])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert re.search(r"\(`plugins:` does not list the plugin\).*merlina_orpo_plugin\.MerlinaORPOPlugin", result.output)
+
+
 def test_a_config_without_rl_is_refused_with_what_to_set(tmp_path):
     from e2e_helpers import write_config
 
@@ -143,9 +155,10 @@ def test_a_config_without_rl_is_refused_with_what_to_set(tmp_path):
     config = write_config(tmp_path, tmp_path / "model", [entry], rl=None)  # the model is never read
     result = CliRunner().invoke(orpo_preview, [str(config)])
     assert result.exit_code == 1
+    plugins = "" if _loaded_for_every_config() else " and `plugins: [merlina_orpo_plugin.MerlinaORPOPlugin]`"
     assert result.output == (
         f"Error: {config} is not an `rl: orpo_standalone` config (`rl` is None); orpo-preview needs "
-        "`rl: orpo_standalone` and `plugins: [merlina_orpo_plugin.MerlinaORPOPlugin]`\n"
+        f"`rl: orpo_standalone`{plugins}\n"
     )
 
 

@@ -90,8 +90,26 @@ def _check_config_file(config: str) -> None:
         raise click.ClickException(f"{config}: not a YAML mapping of config keys")
     if raw.get("rl") != RL_NAME:
         raise click.ClickException(_not_orpo(config, f"`rl` is {raw.get('rl')!r}"))
-    if not any(isinstance(p, str) and p.endswith(PLUGIN_NAME) for p in raw.get("plugins") or []):
+    listed = any(isinstance(p, str) and p.endswith(PLUGIN_NAME) for p in raw.get("plugins") or [])
+    if not (listed or _loaded_for_every_config()):
         raise click.ClickException(_not_orpo(config, "`plugins:` does not list the plugin"))
+
+
+def _loaded_for_every_config() -> bool:
+    """Whether this Axolotl loads the plugin without a `plugins:` line: 0.21+ loads every installed
+    `axolotl.plugins` entry point (`integrations.base.get_builtin_plugins`), and installing this package
+    registers one; 0.19 and 0.20 load only what `plugins:` lists. Read from the package metadata:
+    importing Axolotl here would cost seconds and print its logging setup."""
+    from importlib.metadata import PackageNotFoundError, entry_points, version
+
+    from packaging.version import Version
+
+    try:
+        if Version(version("axolotl")) < Version("0.21.0"):
+            return False
+    except PackageNotFoundError:
+        return False
+    return any(point.value.startswith("merlina_orpo_plugin") for point in entry_points(group="axolotl.plugins"))
 
 
 def _load_orpo_config(config: str):
@@ -108,8 +126,8 @@ def _load_orpo_config(config: str):
 
 
 def _not_orpo(config: str, why: str) -> str:
-    return (f"{config} is not an `rl: {RL_NAME}` config ({why}); orpo-preview needs `rl: {RL_NAME}` "
-            f"and `plugins: [merlina_orpo_plugin.{PLUGIN_NAME}]`")
+    plugins = "" if _loaded_for_every_config() else f" and `plugins: [merlina_orpo_plugin.{PLUGIN_NAME}]`"
+    return f"{config} is not an `rl: {RL_NAME}` config ({why}); orpo-preview needs `rl: {RL_NAME}`{plugins}"
 
 
 def _selected_entries(cfg, dataset_index: int | None) -> list[tuple[str, dict]]:
