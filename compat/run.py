@@ -12,7 +12,8 @@ Each leg is built the way a user of that release line has it, then this package 
    `python -m pytest` with MERLINA_COMPAT_LEG set, so tests/conftest.py knows what the leg lacks.
 
 Results: compat/results.json and compat/results.md (the README's compatibility table), one column per
-leg that ran, with the versions it resolved. Exit status 1 if a leg that ran failed anything.
+leg, with the versions it resolved and the commit it ran; a run of some legs replaces their columns
+only. Exit status 1 if a leg that ran failed anything, or could not be built.
 """
 
 from __future__ import annotations
@@ -144,11 +145,20 @@ def run_leg(name: str) -> dict:
             return {"ran": False, "why": f"install failed: {error} (see .compat/{name}/install.log)"}
     versions = freeze(str(WORK / name / "venv" / "bin" / "python"))
     suite = run_suite(name, leg, WORK / name / "pytest.log")
-    return {"ran": True, "python_path": python, "install": install, "suite": suite,
+    return {"ran": True, "commit": _commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "install": install, "suite": suite,
             "versions": {key: versions.get(key, "-") for key in SHOWN[1:]},
             "python": subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
                                      capture_output=True, text=True).stdout.strip(),
             "minutes": round((time.monotonic() - started) / 60, 1)}
+
+
+def _commit() -> str:
+    """The checkout a leg ran: its commit, and whether files differed from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=REPO).stdout.strip()
+    return (head.stdout.strip() or "unknown") + (" + uncommitted changes" if dirty else "")
 
 
 def table(results: dict) -> str:
@@ -159,7 +169,7 @@ def table(results: dict) -> str:
         rows.append(f"| {label} | " + " | ".join(cell(results[n]) for n in names) + " |")
 
     ran = lambda f: lambda r: f(r) if r["ran"] else "-"  # noqa: E731
-    row("ran", lambda r: "yes" if r["ran"] else f"skipped: {r['why']}")
+    row("ran", lambda r: f"{r['date']}, at {r['commit']}" if r["ran"] else f"skipped: {r['why']}")
     row("python", ran(lambda r: r["python"]))
     for package in SHOWN[1:]:
         row(package, ran(lambda r, p=package: r["versions"][p]))
@@ -184,9 +194,12 @@ def main(argv: list[str]) -> int:
         print(f"[compat] {name}: " + (f"{r['suite']['summary']} ({r['minutes']} min); wheel moved: "
                                       f"{r['install']['moved'] or 'nothing'}" if r["ran"] else f"SKIPPED: {r['why']}"),
               flush=True)
-    if not argv:  # the committed table is only ever the whole matrix
-        (REPO / "compat" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        (REPO / "compat" / "results.md").write_text(table(results))
+    # Each leg's column is replaced by its newest run and says which commit that was; the others stay.
+    saved = REPO / "compat" / "results.json"
+    merged = {**(json.loads(saved.read_text()) if saved.exists() else {}), **results}
+    merged = {name: merged[name] for name in LEGS if name in merged}
+    saved.write_text(json.dumps(merged, indent=1) + "\n")
+    (REPO / "compat" / "results.md").write_text(table(merged))
     failed = [n for n, r in results.items() if r["ran"] and (r["suite"]["returncode"] or r["install"]["moved"]
                                                               or not r["install"]["pip_check"])]
     not_run = [n for n, r in results.items() if not r["ran"] and not r["why"].startswith("no Python")]
