@@ -1,13 +1,7 @@
-"""The two Axolotl CLI runs: their YAML (`write_config`) and the plugin that times training inside the
-process ``axolotl train`` launches (`BenchTimingPlugin`).
-
-Both recipes read the same JSONL of plain ``prompt``/``chosen``/``rejected`` strings, no chat template:
-built-in ``rl: orpo`` gets the entry with no ``type`` (Axolotl hands the rows to TRL's trainer as they
-are), ours ``type: prompt_pairs`` (Axolotl's only ORPO type, ``chat_template.argilla``, would render a
-template). The plugin (listed under ``plugins:``, repository root on PYTHONPATH) reads the job file named
-by ``MERLINA_BENCH_JOB`` (without it, it does nothing), adds a `measure.StepTimer` and makes the sampler
-sequential, so every implementation trains on the same rows in the same order.
-"""
+"""The Axolotl plugin that times training inside the process ``axolotl train`` launches (its YAML:
+`impls.write_config`). Listed under ``plugins:`` (repository root on PYTHONPATH), it reads the job file
+named by ``MERLINA_BENCH_JOB`` (without it, it does nothing), adds a `measure.StepTimer` and makes the
+sampler sequential, so every implementation trains on the same rows in the same order."""
 
 from __future__ import annotations
 
@@ -15,42 +9,9 @@ import json
 import os
 from pathlib import Path
 
-import yaml
 from axolotl.integrations.base import BasePlugin
 
 JOB_ENV = "MERLINA_BENCH_JOB"
-TIMING_PLUGIN = "benchmarks.axolotl_timing.BenchTimingPlugin"
-MERLINA_PLUGIN = "merlina_orpo_plugin.MerlinaORPOPlugin"
-#: the YAML both recipes share, beside what `base_config` reads from the job
-FIXED = dict(gradient_accumulation_steps=1, num_epochs=1, optimizer="adamw_torch", lr_scheduler="constant",
-             weight_decay=0.0, max_grad_norm=1.0, fp16=False, tf32=False, attn_implementation="sdpa",
-             lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, sample_packing=False,
-             gradient_checkpointing=False, val_set_size=0.0, shuffle_merged_datasets=False, logging_steps=1000,
-             save_strategy="no", dataloader_num_workers=0, dataloader_pin_memory=False)
-
-
-def base_config(job: dict) -> dict:
-    work = Path(job["work_dir"])
-    return dict(FIXED, base_model=job["model_dir"], orpo_alpha=job["beta"], sequence_len=job["max_length"],
-                micro_batch_size=job["micro_batch"], max_steps=job["warmup"] + job["steps"],
-                learning_rate=job["learning_rate"], bf16=job["device"] == "cuda", seed=job["seed"],
-                output_dir=str(work / "out"), dataset_prepared_path=str(work / "prepared"))
-
-
-def write_config(job: dict) -> Path:
-    cfg = base_config(job)
-    entry = {"path": job["data_path"], "ds_type": "json", "split": "train"}
-    if job["impl"] == "axolotl_orpo":
-        cfg.update(plugins=[TIMING_PLUGIN], rl="orpo", datasets=[entry])
-    elif job["impl"] == "axolotl_merlina":
-        cfg.update(plugins=[MERLINA_PLUGIN, TIMING_PLUGIN], rl="orpo_standalone",
-                   datasets=[{**entry, "type": "prompt_pairs"}])
-        cfg.update(job.get("merlina_yaml") or {})
-    else:
-        raise ValueError(f"not an Axolotl implementation: {job['impl']}")
-    path = Path(job["work_dir"]) / "config.yml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
 
 
 def _job() -> dict | None:

@@ -67,6 +67,42 @@ def skip_reason(impl: Impl, device: str, tune: str) -> str | None:
     return None
 
 
+# The Axolotl recipes read the same JSONL of plain strings, no chat template: built-in `rl: orpo` gets the
+# entry with no `type` (Axolotl hands the rows to TRL's trainer as they are), ours `type: prompt_pairs`
+# (Axolotl's only ORPO type, `chat_template.argilla`, would render a template).
+TIMING_PLUGIN = "benchmarks.axolotl_timing.BenchTimingPlugin"
+MERLINA_PLUGIN = "merlina_orpo_plugin.MerlinaORPOPlugin"
+#: the YAML both recipes share, beside what `write_config` reads from the job
+FIXED = dict(gradient_accumulation_steps=1, num_epochs=1, optimizer="adamw_torch", lr_scheduler="constant",
+             weight_decay=0.0, max_grad_norm=1.0, fp16=False, tf32=False, attn_implementation="sdpa",
+             lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, sample_packing=False,
+             gradient_checkpointing=False, val_set_size=0.0, shuffle_merged_datasets=False, logging_steps=1000,
+             save_strategy="no", dataloader_num_workers=0, dataloader_pin_memory=False)
+
+
+def write_config(job: dict) -> Path:
+    """``<work_dir>/config.yml`` for ``job["impl"]``, ``job["merlina_yaml"]`` over ours."""
+    import yaml
+
+    work = Path(job["work_dir"])
+    cfg = dict(FIXED, base_model=job["model_dir"], orpo_alpha=job["beta"], sequence_len=job["max_length"],
+               micro_batch_size=job["micro_batch"], max_steps=job["warmup"] + job["steps"],
+               learning_rate=job["learning_rate"], bf16=job["device"] == "cuda", seed=job["seed"],
+               output_dir=str(work / "out"), dataset_prepared_path=str(work / "prepared"))
+    entry = {"path": job["data_path"], "ds_type": "json", "split": "train"}
+    if job["impl"] == "axolotl_orpo":
+        cfg.update(plugins=[TIMING_PLUGIN], rl="orpo", datasets=[entry])
+    elif job["impl"] == "axolotl_merlina":
+        cfg.update(plugins=[MERLINA_PLUGIN, TIMING_PLUGIN], rl="orpo_standalone",
+                   datasets=[{**entry, "type": "prompt_pairs"}])
+        cfg.update(job.get("merlina_yaml") or {})
+    else:
+        raise ValueError(f"not an Axolotl implementation: {job['impl']}")
+    path = work / "config.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 def cpu_threads() -> int:
     """Threads every child trains with: ``OMP_NUM_THREADS`` if set, else PyTorch's default here."""
     if os.environ.get("OMP_NUM_THREADS"):
@@ -96,8 +132,6 @@ def child_env(job_path: Path | None, device: str) -> dict[str, str]:
 
 def _command(impl: Impl, job: dict, job_path: Path) -> list[str]:
     if impl.kind == "axolotl":
-        from .axolotl_timing import write_config
-
         exe = VENV_BIN / "axolotl"
         return [str(exe) if exe.exists() else "axolotl", "train", str(write_config(job))]
     return [sys.executable, "-m", "benchmarks", "train", "--job", str(job_path)]

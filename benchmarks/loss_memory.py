@@ -1,14 +1,6 @@
-"""Peak memory of the ORPO loss alone: final hidden states -> LM head -> loss, forward + backward.
-
-Input for every side: hidden states ``[2B, T, H]`` (requiring grad: the decoder's output), a bias-free
-``Linear(H, V)`` head (requiring grad unless ``--frozen-head``) and B pairs whose rows are a T/2-token
-prompt then a T/2-token answer, chosen rows first. Sides, each in its own process: ``trl`` (TRL 1.9's
-full logits, its NLL over the chosen rows, ``get_batch_logps``, ``odds_ratio_loss`` and ``logits/*``
-means), ``ours`` (the scored positions selected as `scoring.score_hidden` does, then
-`scoring.chunked_token_logps`, ``--chunk-size`` tokens at a time) and ``ours-full`` (the same math from
-the full logits, `scoring.score_logits`). Memory: `measure.PeakDelta` (both include the head's weight
-gradient, none with ``--frozen-head``, the same for every side).
-"""
+"""Peak memory of the ORPO loss alone (hidden states -> LM head -> loss, forward + backward): TRL 1.9's
+full logits against ours, chunked and unchunked, each side in a fresh process (the sides and how memory
+is counted: "The loss alone" in README.md here)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,10 @@
-"""Step time of the ways the chunked loss runs, for a frozen head (LoRA) and a trained one (full fine-tune).
-
-A ``cpu``-size Llama (``--tune lora``: LoRA r 16 on the attention projections, head frozen), one batch of
-4 random pairs (prompt ``--prompt`` tokens, answers ``--answer`` and ``--answer - 5``), shared prompt and
-packing on; forward + backward of the ORPO loss, median of ``--steps`` after one warm-up, the ways
-interleaved step by step so machine load hits each alike, and each way's largest peak memory growth
-over a step (`measure.PeakDelta`). Ways: ``default`` (what the trainer runs: a frozen head keeps each
-chunk's gradient from the forward, `scoring._FrozenHeadLogps`; a trained head sums the loss over chunks
-of whole pairs with its gradients taken in the forward, `forward.FusedLoss`), ``checkpointed`` (each
-chunk recomputed in backward, ``recompute=True``) and ``unchunked`` (``loss_chunk_size=0``). Prints one
-line of JSON.
-"""
+"""Step time of the ways the chunked loss runs (``default``: what the trainer runs, ``checkpointed``,
+``unchunked``) for a frozen head (LoRA) or a trained one (full fine-tune), interleaved step by step, with
+each way's peak memory growth; one line of JSON ("The loss alone" in README.md here)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import statistics
 from unittest import mock
@@ -59,8 +51,10 @@ def main(args) -> int:
     model, batch = setup(args)
     chunked = adapter.chunked_token_logps
 
-    def recomputing(*chunk_args, **chunk_kwargs):
-        return chunked(*chunk_args, **{**chunk_kwargs, "recompute": True})
+    def recomputing(*chunk_args, **chunk_kwargs):  # score_hidden passes `recompute` by position or name
+        bound = inspect.signature(chunked).bind(*chunk_args, **chunk_kwargs)
+        bound.arguments["recompute"] = True
+        return chunked(*bound.args, **bound.kwargs)
 
     fused = FusedLoss(BETA, *loss_scales(batch, True))  # the batch's own token and pair means
     ways = {"default": (CHUNK, fused, chunked), "checkpointed": (CHUNK, None, recomputing), "unchunked": (0, None, chunked)}

@@ -194,6 +194,40 @@ def group_table(group: dict[str, dict], device: str, peaks: dict[str, float]) ->
 
 
 def markdown(report: dict) -> str:
+    """The training benchmark's Markdown: its settings, a table per group, the micro-batch searches, notes."""
+    s = report["settings"]
+    lines = header(report)
+    for group in report["groups"]:
+        model, w = group["model"], group["workload"]
+        lines += ["", f"## {group['shape']['name']}, {group['tune']}, vocab {model['vocab_size']:,}", "",
+                  f"Workload: {w['rows']} rows, {group['shape_text']}; plain-text means: prompt "
+                  f"{w['mean_prompt_tokens']:.0f}, chosen {w['mean_chosen_tokens']:.0f}, rejected "
+                  f"{w['mean_rejected_tokens']:.0f} tokens. Model: Llama, hidden {model['hidden_size']}, "
+                  f"{model['num_hidden_layers']} layers, {model['params'] / 1e6:,.0f}M parameters"
+                  f"{', tied embeddings' if model['tie_word_embeddings'] else ''}.", ""]
+        lines += group_table(group["impls"], s["device"], report["peaks_tflops"])
+    for mb in report.get("max_batch") or ():
+        lines += max_batch_table(mb)
+    lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def max_batch_table(mb: dict) -> list[str]:
+    lines = ["", f"## Largest micro-batch: {mb['shape']}, {mb['tune']}, vocab {mb['vocab']:,}, "
+                 f"max_length {mb['max_length']}", "", mb["method"], "",
+             "| implementation | pairs | trials (pairs: peak memory, or out of memory) |", "|---|---|---|"]
+    for name, r in mb["impls"].items():
+        if "max_pairs" not in r:
+            lines.append(f"| {IMPLS[name].label} | {r.get('skipped') or 'FAILED: ' + str(r.get('error'))} | |")
+            continue
+        pairs = (f">= {r['max_pairs']} (the limit)" if r["limit_reached"] else str(r["max_pairs"]) if r.get("complete")
+                 else f">= {r['max_pairs']} (search cut short: {r.get('stopped', 'unfinished')})")
+        trials = ", ".join(f"{t['pairs']}: " + (f"{t['peak_gib']:.1f} GiB" if t["fits"] else "OOM") for t in r["trials"])
+        lines.append(f"| {IMPLS[name].label} | {pairs} | {trials} |")
+    return lines
+
+
+def header(report: dict) -> list[str]:
     env, s = report["environment"], report["settings"]
     cuda = s["device"] == "cuda"
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
@@ -226,27 +260,4 @@ def markdown(report: dict) -> str:
     if s.get("liger_compiled") is False:
         lines.append("- TRL+Liger: `LigerFusedLinearORPOLoss(compiled=False)` on CPU, where compiling its chunk "
                      "took minutes per new shape; `compiled=True` (Liger's default) on CUDA")
-    for group in report["groups"]:
-        model, w = group["model"], group["workload"]
-        lines += ["", f"## {group['shape']['name']}, {group['tune']}, vocab {model['vocab_size']:,}", "",
-                  f"Workload: {w['rows']} rows, {group['shape_text']}; plain-text means: prompt "
-                  f"{w['mean_prompt_tokens']:.0f}, chosen {w['mean_chosen_tokens']:.0f}, rejected "
-                  f"{w['mean_rejected_tokens']:.0f} tokens. Model: Llama, hidden {model['hidden_size']}, "
-                  f"{model['num_hidden_layers']} layers, {model['params'] / 1e6:,.0f}M parameters"
-                  f"{', tied embeddings' if model['tie_word_embeddings'] else ''}.", ""]
-        lines += group_table(group["impls"], s["device"], report["peaks_tflops"])
-    for mb in report.get("max_batch") or ():
-        lines += ["", f"## Largest micro-batch: {mb['shape']}, {mb['tune']}, vocab {mb['vocab']:,}, "
-                      f"max_length {mb['max_length']}", "", mb["method"], "",
-                  "| implementation | pairs | trials (pairs: peak memory, or out of memory) |", "|---|---|---|"]
-        for name, r in mb["impls"].items():
-            if "max_pairs" not in r:
-                lines.append(f"| {IMPLS[name].label} | {r.get('skipped') or 'FAILED: ' + str(r.get('error'))} | |")
-                continue
-            pairs = (f">= {r['max_pairs']} (the limit)" if r["limit_reached"] else str(r["max_pairs"]) if r.get("complete")
-                     else f">= {r['max_pairs']} (search cut short: {r.get('stopped', 'unfinished')})")
-            trials = ", ".join(f"{t['pairs']}: " + (f"{t['peak_gib']:.1f} GiB" if t["fits"] else "OOM")
-                               for t in r["trials"])
-            lines.append(f"| {IMPLS[name].label} | {pairs} | {trials} |")
-    lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
-    return "\n".join(lines) + "\n"
+    return lines

@@ -19,7 +19,7 @@ SPEED_OFF = {"prefix_sharing": False, "padding_free": False, "loss_chunk_size": 
 
 
 def training_kwargs(job: dict, micro_batch: int, max_steps: int) -> dict:
-    """The `TrainingArguments` every implementation shares (Axolotl's: `axolotl_timing.write_config`)."""
+    """The `TrainingArguments` every implementation shares (Axolotl's: `impls.write_config`)."""
     cuda = job["device"] == "cuda"
     return dict(
         output_dir=str(Path(job["work_dir"]) / "out"), per_device_train_batch_size=micro_batch,

@@ -1,12 +1,7 @@
 """The peer to beat: TRL 1.9's ORPO trainer with Liger-Kernel's fused linear ORPO loss, as a
-speed-conscious user writes it today.
-
-Liger's own ``LigerORPOTrainer`` does not run with TRL 1.9 (it imports ``trl.trainer.ORPOTrainer``,
-which TRL 1.9 removed, and passes a removed ``label_pad_token_id`` argument), so the user subclasses
-``trl.experimental.orpo.ORPOTrainer``, runs the decoder for the last hidden states and hands them
-with the head's weight to ``LigerFusedLinearORPOLoss``: the body below is Liger 0.8.1's
-``LigerORPOTrainer`` with those two lines changed and its FSDP redirection left out (one device).
-"""
+speed-conscious user writes it. Liger's own ``LigerORPOTrainer`` does not run with TRL 1.9 (it imports the
+removed ``trl.trainer.ORPOTrainer`` and passes a removed argument), so this is Liger 0.8.1's trainer body
+on ``trl.experimental.orpo.ORPOTrainer``, the decoder run for the last hidden states, no FSDP redirection."""
 
 from __future__ import annotations
 

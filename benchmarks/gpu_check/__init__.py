@@ -1,15 +1,8 @@
-"""``python -m benchmarks gpu-check``: one-shot GPU check of correctness (speed is ``train``'s job).
-
-1. Equivalence (`equivalence`), float32: a tiny Llama, random pairs; TRL's padded layout with sdpa and no
-   chunking is the reference; sdpa / flex_attention / eager with shared prompt and/or packing and/or the
-   chunked loss, and TRL 1.9's own loss path, must match it to ``--tol``; a mask that lets rejected
-   tokens see the chosen ones must fail. TF32 off. bf16 numbers too (no bar; not on CPU --quick).
-2. The loss alone at vocab 128,256 (bf16 on CUDA): TRL's full logits against ours (`loss_memory`).
-``--trainer`` (`trainer_check`): train, evaluate, save, resume; full, LoRA, QLoRA; ``axolotl train``.
-Results: ``<out>/<machine>-gpu-check.{json,md}`` (``-trainer-check`` for ``--trainer`` alone, ``-quick``
-added with ``--quick``), rewritten after every measurement; ``<out>``: ``--out``, else ``$OUT``, else
-``benchmarks/results``. On the GPU machine ``device_run.sh`` runs it; ``fetch_wheels.sh`` fetches its wheels.
-"""
+"""One-shot GPU check of correctness ("On a GPU" in README.md here): 1. the layouts' float32 equivalence
+against TRL's padded layout (`equivalence`), 2. the loss alone (`loss_memory`), ``--trainer``: train,
+evaluate, save, resume (`trainer_check`). Results: ``<out>/<machine>-gpu-check.{json,md}``
+(``-trainer-check`` for ``--trainer`` alone, ``-quick`` added with ``--quick``), rewritten after every
+measurement; ``<out>``: ``--out``, else ``$OUT``, else ``benchmarks/results``."""
 
 from __future__ import annotations
 

@@ -69,6 +69,23 @@ def compare(got: dict, ref: dict) -> dict:
     return out
 
 
+VARIANTS = {
+    "float32": [
+        ("sdpa shared+packed chunk64", "sdpa", dict(shared=True, packed=True, chunk=64)),
+        ("flex shared+packed chunk64", "flex_attention", dict(shared=True, packed=True, chunk=64)),
+        ("flex shared", "flex_attention", dict(shared=True)),
+        ("flex packed", "flex_attention", dict(packed=True)),
+        ("eager shared+packed", "eager", dict(shared=True, packed=True)),
+        ("TRL ORPOTrainer (sdpa, padded)", "sdpa", dict(trl=True)),
+        ("negative control: sdpa shared, rejected sees chosen (must FAIL)", "sdpa", dict(shared=True, leak=True)),
+    ],
+    "bfloat16": [
+        ("bf16 sdpa shared+packed chunk64", "sdpa", dict(shared=True, packed=True, chunk=64)),
+        ("bf16 flex shared+packed chunk64", "flex_attention", dict(shared=True, packed=True, chunk=64)),
+    ],
+}
+
+
 def section1() -> None:
     res = RESULTS["section1"]
     n, prompt, comp = (4, (20, 120), (5, 60)) if C.ARGS.quick else (8, (20, 300), (5, 120))
@@ -80,21 +97,7 @@ def section1() -> None:
     cpu = C.ARGS.device == "cpu"
     if cpu and C.ARGS.quick:  # CPU: one static flex compile per shape (its dynamic-shape compile fails, then retries)
         torch._dynamo.config.automatic_dynamic_shapes = False
-
-    variants32 = [
-        ("sdpa shared+packed chunk64", "sdpa", dict(shared=True, packed=True, chunk=64)),
-        ("flex shared+packed chunk64", "flex_attention", dict(shared=True, packed=True, chunk=64)),
-        ("flex shared", "flex_attention", dict(shared=True)),
-        ("flex packed", "flex_attention", dict(packed=True)),
-        ("eager shared+packed", "eager", dict(shared=True, packed=True)),
-        ("TRL ORPOTrainer (sdpa, padded)", "sdpa", dict(trl=True)),
-        ("negative control: sdpa shared, rejected sees chosen (must FAIL)", "sdpa", dict(shared=True, leak=True)),
-    ]
-    variants16 = [
-        ("bf16 sdpa shared+packed chunk64", "sdpa", dict(shared=True, packed=True, chunk=64)),
-        ("bf16 flex shared+packed chunk64", "flex_attention", dict(shared=True, packed=True, chunk=64)),
-    ]
-    for dtype, variants, bar in ((torch.float32, variants32, C.ARGS.tol), (torch.bfloat16, variants16, None)):
+    for dtype, bar in ((torch.float32, C.ARGS.tol), (torch.bfloat16, None)):
         dname = str(dtype).replace("torch.", "")
         if dtype is torch.bfloat16 and cpu and C.ARGS.quick:
             res["variants"].append(dict(name=f"{dname} variants", skipped="CPU --quick: bf16 has no pass bar"))
@@ -111,50 +114,67 @@ def section1() -> None:
         except Exception:
             res[f"reference_{dname}"] = dict(error=record_error(f"section1 reference {dname}"))
             continue
-        for name, attn, kw in variants:
-            entry = dict(name=name, dtype=dname, attn=attn, **{k: v for k, v in kw.items()})
+        for name, attn, kw in VARIANTS[dname]:
+            entry = dict(name=name, dtype=dname, attn=attn, **kw)
             res["variants"].append(entry)
-            flex = attn == "flex_attention"
-            if flex and C.ARGS.skip_flex:
-                entry["skipped"] = "--skip-flex"
-                continue
-            if flex and remaining() < 60:
-                entry["skipped"] = f"budget: {remaining():.0f}s left"
-                log(f"section 1: skip {name} ({entry['skipped']})")
-                continue
-            forward_only = flex and cpu  # FlexAttention has no backward on CPU
-            if forward_only:
-                entry["note"] = "forward only: FlexAttention has no backward on CPU"
-            try:
-                log(f"section 1 [{dname}]: {name}" + (" (flex compiles for each new shape)" if flex else ""))
-                try:
-                    got = run_once(tiny_model(attn, dtype), features, grad=not forward_only, **kw)
-                except Exception:
-                    if not (flex and torch._dynamo.config.automatic_dynamic_shapes):
-                        raise
-                    # a second batch shape makes dynamo recompile flex with dynamic shapes, as real training
-                    # (a new width every batch) does; if that fails, say so and retry with static shapes
-                    entry["dynamic_shapes_error"] = record_error(f"section1 {name} (dynamic-shape flex compile)")
-                    log("    retrying with static shapes (torch._dynamo.reset(), automatic_dynamic_shapes=False)")
-                    free()
-                    torch._dynamo.config.automatic_dynamic_shapes = False
-                    torch._dynamo.reset()
-                    entry["retried_static_shapes"] = True
-                    got = run_once(tiny_model(attn, dtype), features, grad=not forward_only, **kw)
-                diffs = compare(got, ref)
-                entry.update(diffs, processed=got["processed"], unique=got["unique"], seconds=round(got["seconds"], 2))
-                worst = max(v for k, v in diffs.items() if isinstance(v, float))
-                entry["max_rel"] = worst
-                entry["pass"] = None if bar is None else bool(worst <= bar)
-                if kw.get("leak") and bar is not None:
-                    entry["as_expected"] = not entry["pass"]
-                log(f"    max rel {worst:.2e} (loss {diffs['loss']:.1e}, logps {max(diffs['chosen_logps'], diffs['rejected_logps']):.1e}, "
-                    f"nll {diffs['nll']:.1e}, grads {fmt(diffs.get('grads'), '.1e') if 'grads' in diffs else 'not computed'}) "
-                    f"{'' if bar is None else ('PASS' if entry['pass'] else 'FAIL')}")
-            except Exception:
-                entry["error"] = record_error(f"section1 {name}")
-                free()
+            run_variant(entry, kw, dtype, features, ref, bar)
             save()
+    summarise(res, features)
+
+
+def run_variant(entry: dict, kw: dict, dtype, features, ref: dict, bar) -> None:
+    """One variant against the reference, its differences and verdict written into ``entry``."""
+    name, attn = entry["name"], entry["attn"]
+    flex = attn == "flex_attention"
+    if flex and C.ARGS.skip_flex:
+        entry["skipped"] = "--skip-flex"
+        return
+    if flex and remaining() < 60:
+        entry["skipped"] = f"budget: {remaining():.0f}s left"
+        log(f"section 1: skip {name} ({entry['skipped']})")
+        return
+    forward_only = flex and C.ARGS.device == "cpu"  # FlexAttention has no backward on CPU
+    if forward_only:
+        entry["note"] = "forward only: FlexAttention has no backward on CPU"
+    try:
+        log(f"section 1 [{entry['dtype']}]: {name}" + (" (flex compiles for each new shape)" if flex else ""))
+        got = run_retrying(entry, dtype, features, grad=not forward_only, **kw)
+        diffs = compare(got, ref)
+        entry.update(diffs, processed=got["processed"], unique=got["unique"], seconds=round(got["seconds"], 2))
+        worst = max(v for k, v in diffs.items() if isinstance(v, float))
+        entry["max_rel"] = worst
+        entry["pass"] = None if bar is None else bool(worst <= bar)
+        if kw.get("leak") and bar is not None:
+            entry["as_expected"] = not entry["pass"]
+        log(f"    max rel {worst:.2e} (loss {diffs['loss']:.1e}, logps {max(diffs['chosen_logps'], diffs['rejected_logps']):.1e}, "
+            f"nll {diffs['nll']:.1e}, grads {fmt(diffs.get('grads'), '.1e') if 'grads' in diffs else 'not computed'}) "
+            f"{'' if bar is None else ('PASS' if entry['pass'] else 'FAIL')}")
+    except Exception:
+        entry["error"] = record_error(f"section1 {name}")
+        free()
+
+
+def run_retrying(entry: dict, dtype, features, **kw) -> dict:
+    """`run_once`; a flex variant whose dynamic-shape compile fails is retried with static shapes."""
+    flex = entry["attn"] == "flex_attention"
+    try:
+        return run_once(tiny_model(entry["attn"], dtype), features, **kw)
+    except Exception:
+        if not (flex and torch._dynamo.config.automatic_dynamic_shapes):
+            raise
+    # a second batch shape makes dynamo recompile flex with dynamic shapes, as real training (a new width
+    # every batch) does; if that fails, say so and retry with static shapes
+    entry["dynamic_shapes_error"] = record_error(f"section1 {entry['name']} (dynamic-shape flex compile)")
+    log("    retrying with static shapes (torch._dynamo.reset(), automatic_dynamic_shapes=False)")
+    free()
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch._dynamo.reset()
+    entry["retried_static_shapes"] = True
+    return run_once(tiny_model(entry["attn"], dtype), features, **kw)
+
+
+def summarise(res: dict, features) -> None:
+    """The float32 verdict; if a flex variant failed, whether transformers' own flex mask fails too."""
     bars = [v for v in res["variants"] if v.get("dtype") == "float32" and "pass" in v]
     res["all_float32_pass"] = bool(bars) and all(v["as_expected"] if v.get("leak") else v["pass"] for v in bars)
     res["float32_not_run"] = [v["name"] for v in res["variants"] if v.get("dtype") == "float32" and "pass" not in v]
@@ -165,7 +185,7 @@ def section1() -> None:
         res["variants"].append(entry)
         try:
             ref = run_once(tiny_model("sdpa", torch.float32), features)
-            got = run_once(tiny_model("flex_attention", torch.float32), features, grad=not cpu)
+            got = run_once(tiny_model("flex_attention", torch.float32), features, grad=C.ARGS.device != "cpu")
             diffs = compare(got, ref)
             entry.update(diffs, max_rel=max(v for v in diffs.values() if isinstance(v, float)))
             log(f"    flex padded diagnostic: max rel {entry['max_rel']:.2e}")

@@ -17,7 +17,15 @@ def markdown() -> str:
              f"- command: `python -m benchmarks gpu-check {' '.join(env.get('argv') or [])}`; date {env.get('date')}; "
              f"git {env.get('git')}",
              f"- versions: {versions}; CUDA {env.get('cuda')}; Python {env.get('python')}", ""]
-    s1 = RESULTS["section1"]
+    lines += section1_lines(RESULTS["section1"], env) + section2_lines(RESULTS["section2"]) + trainer_lines(RESULTS["trainer"])
+    if RESULTS["errors"]:
+        lines += ["## Errors", ""] + [f"- {e['where']}: {e['traceback'].strip().splitlines()[-1]}" for e in RESULTS["errors"]]
+    lines.append(f"\nTotal wall time {elapsed():.0f}s (budget {C.ARGS.budget_s:.0f}s).")
+    return "\n".join(lines) + "\n"
+
+
+def section1_lines(s1: dict, env: dict) -> list[str]:
+    lines = []
     if s1.get("variants"):
         lines += ["## 1. Equivalence vs sdpa padded unchunked (max |diff| / max |ref|)", "",
                   f"bar {C.ARGS.tol:g} for float32; TF32 {'off' if not env.get('tf32') else 'on'}; "
@@ -42,7 +50,11 @@ def markdown() -> str:
         lines.append(f"\nAll float32 variants as expected: {s1.get('all_float32_pass')}"
                      + (f" (not run: {', '.join(s1['float32_not_run'])})" if s1.get("float32_not_run") else ""))
         lines.append("")
-    s2 = RESULTS["section2"]
+    return lines
+
+
+def section2_lines(s2: dict) -> list[str]:
+    lines = []
     if s2.get("sides"):
         st = s2["setup"]
         lines += [f"## 2. Loss alone: {2 * st['pairs']} rows x {st['tokens']} tokens, hidden {st['hidden']}, "
@@ -59,7 +71,11 @@ def markdown() -> str:
         if "loss_rel_diff" in s2:
             lines.append(f"loss relative difference, ours chunked vs TRL ({st['dtype']}): {s2['loss_rel_diff']:.2e}")
         lines.append("")
-    tr = RESULTS["trainer"]
+    return lines
+
+
+def trainer_lines(tr: dict) -> list[str]:
+    lines = []
     if tr.get("tunes") is not None:
         lines += ["## Trainer check: train (logging every step), evaluate, save_model, resume from step 2", "",
                   f"Model: {tr['setup']['model']['params'] / 1e6:.1f}M-parameter Llama, vocab "
@@ -86,7 +102,4 @@ def markdown() -> str:
             lines.append(f"\n`axolotl train` with the plugin (bf16 on CUDA, accumulation 2, logging every step): {text}")
         lines.append(f"\nAll trainer checks passed: {tr.get('all_passed')}")
         lines.append("")
-    if RESULTS["errors"]:
-        lines += ["## Errors", ""] + [f"- {e['where']}: {e['traceback'].strip().splitlines()[-1]}" for e in RESULTS["errors"]]
-    lines.append(f"\nTotal wall time {elapsed():.0f}s (budget {C.ARGS.budget_s:.0f}s).")
-    return "\n".join(lines) + "\n"
+    return lines

@@ -1,12 +1,7 @@
-"""The trainer as a user runs it: ``MerlinaORPOTrainer.train()`` with ``logging_steps=1``, then
-``evaluate()``, ``save_model()`` (reloaded and compared), and a resume from the step-2 checkpoint in
-a new trainer whose steps 3-4 must log the same losses; per tuning (full, LoRA r16, QLoRA 4-bit),
-bf16, gradient accumulation 2, the default speed features. Then the real ``axolotl train`` with the
-plugin, where Axolotl is installed.
-
-``python -m benchmarks gpu-check --trainer [--device cpu --quick]``. On CUDA the check turns on
-PyTorch's deterministic algorithms (``warn_only``), so a resumed run can match to the bit.
-"""
+"""The trainer as a user runs it, per tuning (full, LoRA r16, QLoRA 4-bit): ``train()`` logging every
+step, ``evaluate()``, ``save_model()`` (reloaded and compared), and a resume from the step-2 checkpoint
+whose steps 3-4 must log the same losses (on CUDA with PyTorch's deterministic algorithms); then the
+real ``axolotl train`` with the plugin, where Axolotl is installed."""
 
 from __future__ import annotations
 
@@ -21,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..impls import absent_reason, child_env
+from ..impls import absent_reason, child_env, write_config
 from ..workload import BETA, LORA, MAX_LENGTH, Shape, build_model_dir, build_rows, load_tokenizer
 from . import common as C
 from .common import RESULTS, free, log, record_error, save
@@ -169,7 +164,6 @@ def check_tune(tune: str, model_dir: Path, work: Path, train_rows, eval_rows) ->
 
 def check_axolotl(model_dir: Path, train_rows, work: Path) -> dict:
     """``axolotl train`` with the plugin, bf16 (float32 on CPU), logging every step, saving at steps 2 and 4."""
-    from ..axolotl_timing import write_config
 
     data = work / "axolotl" / "pairs.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
