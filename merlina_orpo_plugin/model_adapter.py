@@ -2,7 +2,8 @@
 
 It unwraps DDP / DeepSpeed / PEFT wrappers, finds the LM head (called as a module, so LoRA on it,
 tied embeddings and DeepSpeed ZeRO-3's gathering on module calls apply; under FSDP2 and ZeRO-3
-`sharding` gathers what the module hooks do not and keeps every rank's head calls equal in number), reproduces the logit
+`sharding` gathers what the module hooks do not, calls a head that is an FSDP2 unit without that
+unit's hooks and keeps every rank's head calls equal in number), reproduces the logit
 post-processing the model applies after its head, captures the decoder's final hidden states, and
 says why the chunked loss cannot run on a model. The kernels it feeds (`scoring.py`) take tensors and
 a head module only.
@@ -17,7 +18,7 @@ from typing import Callable
 import torch
 
 from .scoring import chunked_token_logps, fused_chunk_loss
-from .sharding import equal_chunk_count, is_sharded, whole_head
+from .sharding import equal_chunk_count, gradients_in_forward_allowed, is_sharded, whole_head
 
 # Config keys about logits that `logit_postprocess` reproduces, or that concern attention, not the head.
 _HANDLED_LOGIT_KEYS = {"final_logit_softcapping", "logit_scale", "logits_scaling", "attn_logit_softcapping"}
@@ -105,9 +106,10 @@ def score_hidden(
     head = base.get_output_embeddings()
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
     num_chunks = equal_chunk_count(head, selected.shape[0], chunk_size, selected.device)
-    with whole_head(model, head, backward_follows=torch.is_grad_enabled() and hidden.requires_grad):
+    recompute = None if gradients_in_forward_allowed(head) else True
+    with whole_head(model, head, backward_follows=torch.is_grad_enabled() and hidden.requires_grad) as call:
         return chunked_token_logps(
-            head, selected, targets, chunk_size, logit_postprocess(base.config), num_chunks=num_chunks
+            call, selected, targets, chunk_size, logit_postprocess(base.config), recompute, num_chunks
         )
 
 

@@ -1,23 +1,38 @@
 """The chunked loss under FSDP2 and DeepSpeed ZeRO-3: whole weights for the head, the same collectives on every rank.
 
 The chunked loss calls the LM head after the model's forward has returned (`scoring.score_hidden`).
-Two things then go wrong under parameter sharding, and this module fixes both:
+Three things then go wrong under parameter sharding, and this module fixes them:
 
 * FSDP2 (`fully_shard`, what accelerate and Axolotl apply for `fsdp_version: 2`) wraps the
-  decoder layers and the root model; the head, the final norm and the embeddings belong to the
-  root unit. Set to reshard after forward (accelerate passes `reshard_after_forward` explicitly),
-  the root's weights are DTensor shards by the time the head is called ("aten.mm.default got
-  mixed torch.Tensor and DTensor"), and since the loss reaches the model through the captured
-  hidden states rather than through an output of the root, FSDP's pre-backward hook never
-  gathers them again for backward. `whole_head` all-gathers the head's enclosing FSDP units
-  (`FSDPModule.unshard`) before the chunks; FSDP's end-of-backward callback then reduce-scatters
-  their gradients and reshards them as usual. Without a backward (evaluation) they are resharded
-  on exit.
-* Where the head's weight is gathered on every call of the head module (DeepSpeed ZeRO-3, or an
-  FSDP2 unit on the head itself or its LoRA adapters), each chunk is a collective. Ranks score
-  different numbers of tokens, so with fixed-size chunks they would make different numbers of
-  calls and the collectives would pair up wrongly (gloo: "Received data size doesn't match
-  expected size"; NCCL: a hang). `equal_chunk_count` makes every rank use the same count.
+  decoder layers and the root model; up to accelerate 1.13 the head, the final norm and the
+  embeddings belong to the root unit. Set to reshard after forward (accelerate passes
+  `reshard_after_forward` explicitly), the root's weights are DTensor shards by the time the head
+  is called ("aten.mm.default got mixed torch.Tensor and DTensor"), and since the loss reaches the
+  model through the captured hidden states rather than through an output of the root, FSDP's
+  pre-backward hook never gathers them again for backward. `whole_head` all-gathers the head's
+  enclosing FSDP units (`FSDPModule.unshard`) before the chunks; FSDP's end-of-backward callback
+  then reduce-scatters their gradients and reshards them as usual. Without a backward
+  (evaluation) they are resharded on exit.
+* In accelerate 1.15 and 1.16 (`fsdp2_prepare_model`) the head is an FSDP2 unit itself: grouped with
+  the final norm where accelerate finds it (`fully_shard([norm, lm_head])`; tied: the input
+  embeddings too), else alone, and kept unsharded after forward (a head in
+  `fsdp_transformer_layer_cls_to_wrap` is its own unit too). Called through that unit's hooks after
+  the forward, each chunk starts a new forward pass of the unit, which hooks the unit's
+  post-backward to the chunk's input: in backward it fires right after that chunk, before the norm's
+  backward, and reshards the unit, freeing the norm's weight the norm's backward still reads
+  (SIGSEGV on CPU; torch 2.13 to 2.15 alike). And a frozen head's gradients, which `scoring` takes
+  in the forward, would run FSDP's backward hooks and end-of-backward callback in the middle of the
+  forward, resharding every unit. So `whole_head` unshards the head's own unit like the enclosing
+  ones and calls the head through its ``forward`` (`_WithoutUnitHooks`); the unit's post-backward
+  (hooked to the norm's input in the model's forward, or FSDP's end-of-backward callback)
+  reduce-scatters the head's and the norm's gradients once and reshards the unit.
+* Where the head's weight is gathered on every call of a module (DeepSpeed ZeRO-3, or FSDP2 units
+  inside the head, e.g. its LoRA adapters), each chunk is a collective. Ranks score different
+  numbers of tokens, so with fixed-size chunks they would make different numbers of calls and the
+  collectives would pair up wrongly (gloo: "Received data size doesn't match expected size";
+  NCCL: a hang). `equal_chunk_count` makes every rank use the same count. FSDP2 units inside the
+  head also register backward hooks on each call, so `gradients_in_forward_allowed` says no: the
+  chunks are checkpointed instead.
 """
 
 from __future__ import annotations
@@ -64,31 +79,61 @@ def _is_sharded(unit: torch.nn.Module) -> bool:
     return False
 
 
+def _is_unit(module: torch.nn.Module) -> bool:
+    fsdp_module = _fsdp_module_class()
+    return fsdp_module is not None and isinstance(module, fsdp_module)
+
+
+class _WithoutUnitHooks(torch.nn.Module):
+    """``head`` called through its ``forward``: the forward hooks of its FSDP2 unit do not run.
+
+    Its parameters are the head's (what the chunked loss trains); modules inside it run as usual.
+    """
+
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head.forward(hidden)
+
+
 @contextmanager
 def whole_head(model: torch.nn.Module, head: torch.nn.Module, backward_follows: bool):
-    """Run the body with the FSDP2 units around ``head`` unsharded; without FSDP2, do nothing.
+    """Yield what to call as the head, with the FSDP2 units around ``head`` unsharded; without FSDP2, ``head``.
 
-    ``backward_follows``: a backward through the head will run (training); FSDP reshards the
+    A head that is an FSDP2 unit is yielded wrapped (`_WithoutUnitHooks`) and its unit unsharded
+    too. ``backward_follows``: a backward through the head will run (training); FSDP reshards the
     units after it. Otherwise the units this call unsharded are resharded when the body ends.
     """
     units = _enclosing_units(model, head) if torch.distributed.is_available() else []
+    if _is_unit(head):
+        units.append(head)
     gathered = [unit for unit in units if _is_sharded(unit)]
     for unit in gathered:
         unit.unshard()
     try:
-        yield
+        yield _WithoutUnitHooks(head) if _is_unit(head) else head
     finally:
         if not backward_follows:
             for unit in gathered:
                 unit.reshard()
 
 
+def _units_inside(head: torch.nn.Module) -> bool:
+    """Whether FSDP2 units inside ``head`` (not the head's own: `whole_head` skips its hooks) run on a head call."""
+    return any(_is_unit(module) for module in head.modules() if module is not head)
+
+
 def _gathered_per_call(head: torch.nn.Module) -> bool:
-    """Whether calling ``head`` runs a collective: ZeRO-3 partitioned weights, or an FSDP2 unit in it."""
-    fsdp_module = _fsdp_module_class()
-    if any(hasattr(p, "ds_status") for p in head.parameters()):  # DeepSpeed ZeRO-3
-        return True
-    return fsdp_module is not None and any(isinstance(m, fsdp_module) for m in head.modules())
+    """Whether calling ``head`` runs a collective: ZeRO-3 partitioned weights, or FSDP2 units inside it."""
+    return any(hasattr(p, "ds_status") for p in head.parameters()) or _units_inside(head)
+
+
+def gradients_in_forward_allowed(head: torch.nn.Module) -> bool:
+    """Whether `scoring` may take a frozen head's gradients in the forward: not where head calls run
+    FSDP2 units' hooks (their backward hooks and FSDP's end-of-backward callback would run then)."""
+    return not _units_inside(head)
 
 
 def equal_chunk_count(head: torch.nn.Module, rows: int, chunk_size: int, device: torch.device) -> int | None:
@@ -108,7 +153,7 @@ def equal_chunk_count(head: torch.nn.Module, rows: int, chunk_size: int, device:
 
 
 def is_sharded(model: torch.nn.Module, head: torch.nn.Module) -> bool:
-    """Whether the head's weights are split across processes (FSDP2 units above or in it, or ZeRO-3)."""
-    if _gathered_per_call(head):
+    """Whether the head's weights are split across processes (FSDP2 units above, at or in it, or ZeRO-3)."""
+    if _gathered_per_call(head) or _is_unit(head):
         return True
     return bool(torch.distributed.is_available() and _enclosing_units(model, head))

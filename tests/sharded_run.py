@@ -38,9 +38,12 @@ CASES = {
     "lora": dict(tied=False, lora=True, accumulation=1, wrap=["LlamaDecoderLayer"]),
     # tied embeddings, full fine-tune: the head's weight is the embedding's
     "tied": dict(tied=True, lora=False, accumulation=1, wrap=["LlamaDecoderLayer"]),
-    # FSDP2 with every Linear its own unit, the head included: one all-gather per head call
+    # FSDP2 with every Linear its own unit, the head included: called without its unit's hooks
     "head_unit": dict(tied=False, lora=False, accumulation=1, wrap=["LlamaDecoderLayer", "Linear"]),
+    # the final norm and the head in one unit, as accelerate >= 1.15 groups them, here resharded after forward
+    "grouped": dict(tied=False, lora=False, accumulation=2, wrap=["LlamaDecoderLayer"], group_tail=True),
 }
+REFERENCE = {"head_unit": "full", "grouped": "full"}  # the 1-process run each case must match, if not its own
 
 _WORDS = [f"w{i}" for i in range(90)]
 
@@ -71,10 +74,20 @@ def pairs(n: int):
     return Dataset.from_list(rows)
 
 
-def model(tied: bool):
-    """testkit's 2-layer Llama (seed 0, float32) over the WordLevel vocabulary, <pad> = 0."""
-    return tiny_llama(seed=0, dtype=torch.float32, vocab_size=4 + len(_WORDS), max_position_embeddings=256,
-                      pad_token_id=0, tie_word_embeddings=tied)
+def model(tied: bool, group_tail: bool = False):
+    """testkit's 2-layer Llama (seed 0, float32) over the WordLevel vocabulary, <pad> = 0.
+
+    ``group_tail``: its final norm and head sharded as one FSDP2 unit (``fully_shard([norm, lm_head])``),
+    resharded after forward. accelerate 1.15 and later group them so themselves (kept unsharded after
+    forward); done here it runs on every accelerate, which leaves modules already sharded as they are.
+    """
+    network = tiny_llama(seed=0, dtype=torch.float32, vocab_size=4 + len(_WORDS), max_position_embeddings=256,
+                         pad_token_id=0, tie_word_embeddings=tied)
+    if group_tail:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard([network.model.norm, network.lm_head], reshard_after_forward=True)
+    return network
 
 
 def allow_fsdp_on_cpu() -> None:
@@ -158,7 +171,8 @@ def train(case: str, shard: str, processes: int, output_dir: str) -> dict:
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0) if spec["lora"] else None
     data = pairs(GLOBAL_BATCH * STEPS + 4)
     trainer = MerlinaORPOTrainer(
-        model=model(spec["tied"]), args=args, train_dataset=data.select(range(GLOBAL_BATCH * STEPS)),
+        model=model(spec["tied"], spec.get("group_tail", False)), args=args,
+        train_dataset=data.select(range(GLOBAL_BATCH * STEPS)),
         eval_dataset=data.select(range(GLOBAL_BATCH * STEPS, len(data))), processing_class=tokenizer(),
         peft_config=lora,
     )

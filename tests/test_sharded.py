@@ -1,15 +1,18 @@
 """Sharded training with the chunked loss on: 2 CPU processes (torchrun, gloo) = 1 process.
 
 One torchrun runs every sharded case of `sharded_run.py` one after the other: FSDP2 as accelerate
-applies it (units per decoder layer and the root; in `head_unit` every Linear, the LM head
-included, is its own unit) and DeepSpeed ZeRO-3 (every weight partitioned). Each case trains 3
+applies it (units per decoder layer and the root; from accelerate 1.15 also the embeddings, and the
+final norm with the LM head as one unit; in `head_unit` every Linear, the LM head included, is its
+own unit; in `grouped` the norm and the head are one unit resharded after forward, whatever the
+accelerate) and DeepSpeed ZeRO-3 (every weight partitioned). Each case trains 3
 steps of 4 pairs (2 per rank) with 8-token loss chunks, a different number of chunks on each
 rank, then evaluates; the 1-process reference runs here meanwhile. Losses, gradient norms,
 ORPO metrics and evaluation must agree within 1e-5 relative, with chunking still on; the
 evaluation's generations are sampled on both ranks in step (no hang) and written once, for the
 same eval prompts as in one process. Without
-`sharding.whole_head` FSDP2 fails at the first head call; without `sharding.equal_chunk_count`
-ZeRO-3 and `head_unit` fail on mismatched collectives.
+`sharding.whole_head` FSDP2 fails at the first head call, or, where the head is a unit, both ranks
+die of a SIGSEGV in backward (the unit's hooks reshard it before the norm's backward); without
+`sharding.equal_chunk_count` ZeRO-3 fails on mismatched collectives.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from testkit import REPO
 
 import sharded_run  # tests/ is on sys.path, as for conftest
 
-RUNS = ["fsdp2:full", "fsdp2:lora", "fsdp2:tied", "fsdp2:head_unit", "zero3:full", "zero3:lora", "zero3:tied"]
+RUNS = ["fsdp2:full", "fsdp2:lora", "fsdp2:tied", "fsdp2:head_unit", "fsdp2:grouped",
+        "zero3:full", "zero3:lora", "zero3:tied"]
 EXPECTED = {  # what each sharding must have done to the model, so a silent fallback to DDP fails
     "fsdp2": ("DistributedType.FSDP", "FSDP"),
     "zero3": ("DistributedType.DEEPSPEED", "DeepSpeedEngine"),
@@ -64,11 +68,11 @@ def runs(tmp_path_factory):
 def test_two_sharded_processes_train_as_one_with_the_chunked_loss(runs, run):
     sharded, reference = runs
     shard, case = run.split(":")
-    got, expected = sharded[run], reference["full" if case == "head_unit" else case]
+    got, expected = sharded[run], reference[sharded_run.REFERENCE.get(case, case)]
     distributed_type, wrapper = EXPECTED[shard]
     assert got["sharding"] == distributed_type and got["wrapped"].startswith(wrapper), got
-    if case == "head_unit":
-        assert got["head"] == "FSDPLinear", got  # the head really is its own FSDP unit
+    if case in ("head_unit", "grouped"):
+        assert got["head"] == "FSDPLinear", got  # the head really is an FSDP unit
     assert got["loss_chunk_size"] == expected["loss_chunk_size"] == sharded_run.CHUNK, got["fallbacks"]
     assert len(got["logs"]) == len(expected["logs"]) == sharded_run.STEPS
     for step, (mine, theirs) in enumerate(zip(got["logs"], expected["logs"]), start=1):
@@ -82,7 +86,7 @@ def test_two_sharded_processes_train_as_one_with_the_chunked_loss(runs, run):
 def test_generations_at_eval_are_written_once_for_the_same_prompts(runs, run):
     sharded, reference = runs
     case = run.split(":")[1]
-    got, expected = sharded[run]["generations"], reference["full" if case == "head_unit" else case]["generations"]
+    got, expected = sharded[run]["generations"], reference[sharded_run.REFERENCE.get(case, case)]["generations"]
     assert len(got) == len(expected) == sharded_run.GENERATIONS  # the main process alone wrote them
     for mine, theirs in zip(got, expected):
         assert (mine["step"], mine["prompt"], mine["chosen"], mine["rejected"]) == (
