@@ -21,13 +21,16 @@ SUBCOMMANDS = {
 }
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(subcommand: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand listed; only ``subcommand``'s module imported (and its options added)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
     for name, (module, text) in SUBCOMMANDS.items():
-        mod = importlib.import_module(f"benchmarks.{module}")
-        mod.add_arguments(sub.add_parser(name, help=text, description=mod.__doc__,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter))
+        sp = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == subcommand:
+            mod = importlib.import_module(f"benchmarks.{module}")
+            sp.description = mod.__doc__
+            mod.add_arguments(sp)
     return p
 
 
@@ -35,7 +38,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for key, value in OFFLINE.items():  # what every child process gets too (`impls.child_env`)
         os.environ.setdefault(key, value)
-    args = parser().parse_args(argv)
+    args = parser(argv[0] if argv else None).parse_args(argv)
     args.argv = argv[1:]  # the subcommand's own options, as results record them
     return importlib.import_module(f"benchmarks.{SUBCOMMANDS[args.subcommand][0]}").main(args)
 

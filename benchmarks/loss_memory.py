@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from .workload import BETA, CHUNK
 
 SIDES = ("trl", "ours", "ours-full")
@@ -31,8 +33,6 @@ def add_arguments(p) -> None:
 
 
 def _inputs(args, device):
-    import torch
-
     torch.manual_seed(0)
     rows, half = 2 * args.pairs, args.tokens // 2
     dtype = getattr(torch, args.dtype)
@@ -45,7 +45,6 @@ def _inputs(args, device):
 
 
 def _trl_loss(args, hidden, head, input_ids, half):
-    import torch
     from trl.experimental.orpo import ORPOTrainer
 
     from .loss_paths import trl_trainer
@@ -63,7 +62,6 @@ def _trl_loss(args, hidden, head, input_ids, half):
 
 
 def _ours_loss(args, hidden, head, input_ids, half, chunk_size):
-    import torch
     from merlina_orpo_plugin.losses import odds_ratio_loss
     from merlina_orpo_plugin.scoring import chunked_token_logps, score_logits
 
@@ -85,8 +83,6 @@ def _ours_loss(args, hidden, head, input_ids, half, chunk_size):
 
 def measure_side(args) -> dict:
     import gc
-
-    import torch
 
     from .measure import PeakDelta
 

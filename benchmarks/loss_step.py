@@ -9,6 +9,8 @@ import json
 import statistics
 from unittest import mock
 
+import torch
+
 from .workload import BETA, CHUNK, PROJECTIONS
 
 
@@ -23,7 +25,6 @@ def add_arguments(p) -> None:
 def setup(args):
     """The model and the one collated batch every way runs."""
     import peft
-    import torch
     from transformers import LlamaForCausalLM
 
     from .loss_paths import collate
@@ -38,8 +39,6 @@ def setup(args):
 
 
 def main(args) -> int:
-    import torch
-
     import merlina_orpo_plugin.model_adapter as adapter
     from merlina_orpo_plugin.accumulation import loss_scales
     from merlina_orpo_plugin.forward import FusedLoss

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 
@@ -41,8 +42,6 @@ def reset_peak_rss() -> bool:
 
 
 def _cuda():
-    import torch
-
     return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
@@ -163,8 +162,6 @@ class MemoryCap(TrainerCallback):
         self.base_bytes = 0 if self.watch.cuda else (base["rss_before_kb"] or 0) * 1024
 
     def on_step_end(self, args, state, control, **kwargs):
-        import torch
-
         self.used = max(self.used, self.watch.peak_bytes() - self.base_bytes)
         if self.cap is not None and self.used > self.cap:
             raise torch.OutOfMemoryError(f"memory cap: {self.used / 2**20:.0f} MiB used, cap {self.cap / 2**20:.0f} MiB")
@@ -172,8 +169,6 @@ class MemoryCap(TrainerCallback):
 
 def matmul_peak_tflops(size: int = 8192, repeats: int = 10, warmup: int = 3) -> float:
     """bf16 TFLOP/s of a timed ``size``^3 matmul on the current GPU (mean of ``repeats`` after ``warmup``)."""
-    import torch
-
     a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
     for _ in range(warmup):
@@ -240,8 +235,6 @@ def speed_plan(trainer) -> dict[str, Any] | None:
 
 def describe_trainer(trainer) -> dict[str, Any]:
     """The settings that must match across implementations, read back from the live trainer."""
-    import torch
-
     from .workload import matmul_params
 
     args, model, collator = trainer.args, trainer.model, trainer.data_collator

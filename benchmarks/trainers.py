@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from .workload import load_tokenizer, read_rows
 
 #: ORPOConfig kwargs that turn our speed features off ("merlina_nospeed").
@@ -49,8 +51,6 @@ class CausalLMCollator:
         self.pad = pad_token_id
 
     def __call__(self, rows):
-        import torch
-
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), width), self.pad)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -97,7 +97,6 @@ def tokenizer_for(model_dir: str):
 
 
 def load(job: dict):
-    import torch
     from transformers import AutoModelForCausalLM
 
     from .workload import add_lora
@@ -115,16 +114,12 @@ def load(job: dict):
 def free() -> None:
     """Collect the last configuration's tensors and hand the GPU's cache back (a no-op on CPU, where a
     collection of a large process costs about half a second)."""
-    import torch
-
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         gc.collect()
         torch.cuda.empty_cache()
 
 
 def time_steps(job: dict) -> dict:
-    import torch
-
     from .measure import StepTimer
 
     torch._dynamo.reset()  # inline runs: every configuration compiles (Liger's loss) as a fresh process would
@@ -141,8 +136,6 @@ def time_steps(job: dict) -> dict:
 
 def fits(job: dict, model, tokenizer, rows: list[dict], pairs: int) -> dict:
     """Two training steps of ``pairs`` pairs each (the second holds the optimizer state), or OOM."""
-    import torch
-
     from .measure import MemoryCap
 
     cap = job.get("memory_cap_mib")
