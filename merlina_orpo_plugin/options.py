@@ -3,8 +3,9 @@
 `ORPOConfig` (Python), the Axolotl YAML schema (`integration/args.py`), the training arguments the
 plugin hands Axolotl's trainer (`integration/trainer.py`) and `ORPOSettings`, what the trainer reads,
 are all built from `OPTIONS`; `check_options` is the one validator every entry point calls, so a bad
-value gets the same message from YAML and from Python. The length rule (how far a long prompt may be
-cut) is `prompt_floor`, used by every tokenisation path.
+value gets the same message from YAML and from Python. A YAML config is read through `yaml_values` /
+`yaml_settings` only: an option's `merlina_` key, or the Axolotl keys its row names (`axolotl_keys`).
+The length rule (how far a long prompt may be cut) is `prompt_floor`, used by every tokenisation path.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ PYTHON, YAML, BOTH = "python", "yaml", "both"
 
 @dataclass(frozen=True)
 class Option:
-    """One option. ``where``: set from Python (`ORPOConfig`), from YAML (``merlina_`` key) or both.
+    """One option. ``where``: set from Python (`ORPOConfig`), from YAML or both.
 
-    ``yaml`` overrides the YAML spelling (``""``: read from Axolotl's own keys, see ``yaml_hint``).
-    ``minimum`` bounds a number (None: unbounded); ``nullable`` admits None.
+    In YAML an option is its ``merlina_<name>`` key, unless ``axolotl_keys`` names keys Axolotl's own
+    schema already owns (dotted: nested, ``trl.beta``): then it is read from those (any may be set; set
+    ones must agree) and has no key of the plugin's. ``minimum`` bounds a number (None: unbounded);
+    ``nullable`` admits None.
     """
 
     name: str
@@ -33,8 +36,7 @@ class Option:
     where: str = BOTH
     minimum: float | None = None
     nullable: bool = False
-    yaml: str | None = None
-    yaml_hint: str = ""
+    axolotl_keys: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
 
     @property
@@ -44,9 +46,16 @@ class Option:
 
     @property
     def yaml_key(self) -> str | None:
-        if self.where == PYTHON:
+        """The plugin's YAML key (None: Python only, or carried by ``axolotl_keys``)."""
+        if self.where == PYTHON or self.axolotl_keys:
             return None
-        return self.yaml if self.yaml is not None else f"merlina_{self.name}"
+        return f"merlina_{self.name}"
+
+    @property
+    def yaml_hint(self) -> str:
+        """The Axolotl keys that carry the option, as messages list them: "`a`, `b` or `c`"."""
+        keys = [f"`{key}`" for key in self.axolotl_keys]
+        return " or ".join(filter(None, (", ".join(keys[:-1]), *keys[-1:])))
 
     @property
     def spelled(self) -> str:
@@ -58,7 +67,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("beta", float, 0.1, minimum=0, yaml="", yaml_hint="`orpo_alpha`, `rl_beta` or `trl.beta`",
+    Option("beta", float, 0.1, minimum=0, axolotl_keys=("orpo_alpha", "rl_beta", "trl.beta"),
            help="lambda of the paper (`alpha` in its code, `orpo_alpha` in Axolotl): loss = nll - "
                 "beta * mean(logsigmoid(log_odds))."),
     Option("beta_schedule", str, "constant", choices=SCHEDULES,
@@ -68,7 +77,7 @@ OPTIONS: tuple[Option, ...] = (
            help="Where a `linear` or `cosine` beta schedule ends, at the last optimizer step."),
     Option("beta_warmup_steps", int, 0, minimum=0,
            help="Optimizer steps over which beta rises linearly from 0 before its schedule."),
-    Option("max_length", int, 1024, minimum=1, nullable=True, yaml="", yaml_hint="`sequence_len`",
+    Option("max_length", int, 1024, minimum=1, nullable=True, axolotl_keys=("sequence_len",),
            help="Longest prompt + completion, in tokens; longer pairs are truncated, never dropped. None: no limit."),
     Option("max_prompt_length", int, None, minimum=1, nullable=True,
            help="Shortest a prompt is cut to (from the left) when a pair is over `max_length`; TRL never cuts "
@@ -152,6 +161,49 @@ def check_options(values: Mapping[str, Any]) -> None:
             f"{prompt} and {max_length}: a prompt cut to it must leave room for the completions (unset, it is "
             "half of the limit)"
         )
+
+
+def yaml_value(option: Option, cfg: Mapping[str, Any]) -> Any:
+    """What a YAML config (raw or validated) sets ``option`` to; None where it does not set it.
+
+    Read from the option's ``merlina_`` key, or from the Axolotl keys of its row: any of them may be
+    set, and a ValueError lists them where set ones disagree.
+    """
+    if option.where == PYTHON:
+        return None
+    if option.yaml_key:
+        return cfg.get(option.yaml_key)
+    given = {key: value for key in option.axolotl_keys if (value := _lookup(cfg, key)) is not None}
+    if len(set(given.values())) > 1:
+        listed = ", ".join(f"`{key}: {value}`" for key, value in given.items())
+        raise ValueError(f"conflicting ORPO {option.name}: {listed}; set one of them (they all set `{option.name}`)")
+    return next(iter(given.values()), None)
+
+
+def yaml_values(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a YAML config sets, by option name (unset ones left out), through `yaml_value`."""
+    values = {option.name: yaml_value(option, cfg) for option in OPTIONS}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def yaml_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option YAML can set, by name: the config's value, else the table's default; checked by
+    `check_options`, and an int given for a float option (``orpo_alpha: 1``) made a float."""
+    values = {option.name: option.default for option in OPTIONS if option.where != PYTHON}
+    values.update(yaml_values(cfg))
+    check_options(values)
+    return {name: float(value) if BY_NAME[name].type is float and type(value) is int else value
+            for name, value in values.items()}
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    """``cfg["trl"]["beta"]`` for ``"trl.beta"``, through mappings or attributes; None where any part is missing."""
+    value = cfg
+    for part in dotted.split("."):
+        if value is None:
+            return None
+        value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
+    return value
 
 
 def _check_value(option: Option, value: Any) -> None:

@@ -23,10 +23,10 @@ from test_data_tokenize import trl_tokenize_row
 from merlina_orpo_plugin.data import Layout, prepare_preference_dataset
 from merlina_orpo_plugin.data import pipeline as pipeline_module
 from merlina_orpo_plugin.integration import mapping
-from merlina_orpo_plugin.integration.datasets import DEFAULT_SEED, seed
+from merlina_orpo_plugin.integration.data_options import DEFAULT_SEED, DataOptions
 
 EOS, NEWLINE = 2, 198  # SmolLM2: <|im_end|> is the EOS, "\n"
-CFG = {"sequence_len": 2048}
+OPTIONS = DataOptions.from_cfg({"sequence_len": 2048})
 
 
 def _through_strategy(rows: list[dict], type_name: str, *, skip_bad_rows: bool = False, **options):
@@ -35,7 +35,7 @@ def _through_strategy(rows: list[dict], type_name: str, *, skip_bad_rows: bool =
     checked, skipped = mapping.apply_strategy(
         dataset(rows), entry, source=entry["path"], skip_bad_rows=skip_bad_rows
     )
-    tokenised, stats = mapping.tokenise_pairs(checked, CFG, smollm2_tokenizer())
+    tokenised, stats = mapping.tokenise_pairs(checked, OPTIONS, smollm2_tokenizer())
     return checked, tokenised, stats, skipped
 
 
@@ -171,5 +171,8 @@ def test_a_wrongly_typed_field_stops_naming_file_row_and_field():
 
 
 def test_seed_zero_stays_zero():
+    def seed(cfg):
+        return DataOptions.from_cfg(cfg).seed
+
     assert seed({"seed": 0}) == 0 and seed({"seed": 7}) == 7
     assert seed({}) == seed({"seed": None}) == DEFAULT_SEED

@@ -93,3 +93,47 @@ def test_the_readme_option_tables_are_the_table():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert markdown_table(PYTHON) in readme
     assert markdown_table(YAML) in readme
+
+
+def _nested(dotted: str, value):
+    """``{"trl": {"beta": value}}`` for ``"trl.beta"``."""
+    head, _, rest = dotted.partition(".")
+    return {head: _nested(rest, value) if rest else value}
+
+
+def test_every_yaml_alias_is_resolved_from_the_table_rows():
+    """beta and max_length are read from the Axolotl keys their rows list, each alias alone, and nowhere else."""
+    from merlina_orpo_plugin.integration.data_options import DataOptions
+    from merlina_orpo_plugin.options import BY_NAME, yaml_settings, yaml_values
+
+    assert BY_NAME["beta"].axolotl_keys == ("orpo_alpha", "rl_beta", "trl.beta")
+    assert BY_NAME["max_length"].axolotl_keys == ("sequence_len",)
+    assert BY_NAME["beta"].yaml_hint == "`orpo_alpha`, `rl_beta` or `trl.beta`"
+    assert BY_NAME["max_length"].spelled == "`max_length` (YAML: `sequence_len`)"
+    aliased = [o for o in OPTIONS if o.axolotl_keys]
+    assert {o.name for o in aliased} == {"beta", "max_length"}
+    for option in aliased:
+        assert option.yaml_key is None, option.name  # Axolotl's schema owns those keys, not the plugin's
+        value = 0.35 if option.type is float else 300
+        for key in option.axolotl_keys:
+            cfg = _nested(key, value)
+            assert yaml_values(cfg) == {option.name: value}, key
+            assert yaml_settings(cfg)[option.name] == value, key
+        assert option.name not in yaml_values({}), option.name
+        assert yaml_settings({})[option.name] == option.default
+    assert DataOptions.from_cfg({"sequence_len": 300}).max_length == 300
+    for first, second in ((k1, k2) for k1 in BY_NAME["beta"].axolotl_keys for k2 in BY_NAME["beta"].axolotl_keys
+                          if k1 < k2):
+        with pytest.raises(ValueError, match=rf"conflicting ORPO beta: `{first}: 0.1`, `{second}: 0.2`|"
+                                             rf"conflicting ORPO beta: `{second}: 0.2`, `{first}: 0.1`"):
+            yaml_values({**_nested(first, 0.1), **_nested(second, 0.2)})
+        assert yaml_values({**_nested(first, 0.1), **_nested(second, 0.1)}) == {"beta": 0.1}
+
+
+@pytest.mark.needs("axolotl")
+def test_aliases_are_no_fields_of_the_plugins_yaml_model():
+    from merlina_orpo_plugin.integration.args import MerlinaORPOArgs
+
+    for option in OPTIONS:
+        for key in option.axolotl_keys:
+            assert key.split(".")[0] not in MerlinaORPOArgs.model_fields, key

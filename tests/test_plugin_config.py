@@ -114,21 +114,26 @@ def test_prepared_data_cache_key_covers_what_changes_the_tokens(tmp_path, tokeni
     """Same inputs, same key; any option that changes the tokens, or an edited data file, a new key."""
     import os
 
+    from merlina_orpo_plugin.integration.data_options import DataOptions
     from merlina_orpo_plugin.integration.datasets import dataset_hash
+
+    def key_of(cfg):
+        return dataset_hash(DataOptions.from_cfg(cfg), tokenizer)
 
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
     cfg = {"merlina_datasets": [{"path": str(data), "type": "prompt_pairs"}], "sequence_len": 256, "seed": 1}
-    key = dataset_hash(cfg, tokenizer)
-    assert dataset_hash(dict(cfg), tokenizer) == key
+    key = key_of(cfg)
+    assert key_of(dict(cfg)) == key
     for change in ({"sequence_len": 512}, {"merlina_max_prompt_length": 64}, {"merlina_skip_bad_rows": True},
                    {"merlina_max_completion_length": 32}, {"val_set_size": 0.1}, {"seed": 2},
+                   {"shuffle_merged_datasets": False},
                    {"merlina_datasets": [{"path": str(data), "type": "prompt_pairs", "field_prompt": "q"}]}):
-        assert dataset_hash({**cfg, **change}, tokenizer) != key, change
+        assert key_of({**cfg, **change}) != key, change
     stat = data.stat()
     data.write_text('{"prompt": "a", "chosen": "b", "rejected": "d"}\n')
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert dataset_hash(cfg, tokenizer) != key
+    assert key_of(cfg) != key
 
 
 @pytest.mark.needs("axolotl")
@@ -140,3 +145,22 @@ def test_total_steps_count_zero_values_as_given():
     assert total_num_steps({"max_steps": 0, "num_epochs": 2, "batch_size": 4}, 10) == 5  # ceil(10 * 2 / 4)
     assert total_num_steps({"num_epochs": None, "batch_size": 4}, 10) == 3  # unset: one epoch
     assert total_num_steps({"num_epochs": 0, "batch_size": 4}, 10) == 0
+
+
+@pytest.mark.needs("axolotl")
+def test_the_model_config_is_read_once_per_load_of_the_datasets(tmp_path, tiny_llama_dir, monkeypatch):
+    """`DataOptions.from_cfg` reads it once; the cache key and every entry's tokenisation reuse the answer."""
+    import axolotl.loaders.utils as loader_utils
+    from axolotl.loaders import load_tokenizer
+
+    from merlina_orpo_plugin.integration.datasets import load_orpo_datasets
+
+    cfg = _load(tmp_path, tiny_llama_dir, _sharegpt() * 2)
+    assert len(cfg.merlina_datasets) == 2
+    tokenizer = load_tokenizer(cfg)
+    reads = []
+    real = loader_utils.load_model_config
+    monkeypatch.setattr(loader_utils, "load_model_config", lambda *a, **k: reads.append(a) or real(*a, **k))
+    train, _, summary = load_orpo_datasets(cfg, tokenizer)
+    assert len(summary["datasets"]) == 2 and len(train) > 0
+    assert len(reads) == 1

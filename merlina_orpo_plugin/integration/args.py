@@ -1,8 +1,10 @@
 """The plugin's YAML options: a pydantic model built from `options.OPTIONS`, merged into Axolotl's schema.
 
-Every key shares the `merlina_` prefix. Beta keeps Axolotl's existing keys (`orpo_alpha`, `rl_beta`,
-`trl.beta`) and `sequence_len` is `max_length`. Values are checked by `options.check_options`, the same
-validator `ORPOConfig` runs, so a bad value reads the same from YAML and from Python.
+Every key shares the `merlina_` prefix. An option whose row names `axolotl_keys` (beta: `orpo_alpha`,
+`rl_beta`, `trl.beta`; `max_length`: `sequence_len`) is read from those keys, which Axolotl's schema
+owns, so it is no field here. A config is read through `options.yaml_values` / `yaml_settings` only, and
+checked by `options.check_options`, the same validator `ORPOConfig` runs, so a bad value reads the same
+from YAML and from Python.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
-from ..options import BY_NAME, OPTIONS, TRAINER_OPTIONS, check_options, prompt_floor
+from ..options import OPTIONS, TRAINER_OPTIONS, check_options, yaml_settings, yaml_values
 
 #: SFT-only options that would silently do nothing (or break) under ORPO, with the reason.
 REFUSED_OPTIONS = {
@@ -59,7 +61,7 @@ class _ORPOArgsBase(BaseModel):
 def _yaml_fields() -> dict[str, Any]:
     fields = {}
     for option in OPTIONS:
-        if option.yaml_key:  # beta and max_length come from Axolotl's own keys
+        if option.yaml_key:  # none for an option carried by `axolotl_keys`: Axolotl owns those
             fields[option.yaml_key] = (option.annotation, Field(default=option.default, json_schema_extra={"description": option.help}))
     return fields
 
@@ -67,47 +69,17 @@ def _yaml_fields() -> dict[str, Any]:
 MerlinaORPOArgs = create_model("MerlinaORPOArgs", __base__=_ORPOArgsBase, __module__=__name__, **_yaml_fields())
 
 
-def yaml_values(cfg: Any) -> dict[str, Any]:
-    """The options a YAML config sets, by option name: `merlina_*` keys, beta and `sequence_len`."""
-    values = {o.name: cfg.get(o.yaml_key) for o in OPTIONS if o.yaml_key and cfg.get(o.yaml_key) is not None}
-    values["beta"] = resolve_beta(cfg)
-    values["max_length"] = cfg.get("sequence_len")
-    return values
+def orpo_enabled(cfg: Any) -> bool:
+    """Whether `register` turned this config into an `rl: orpo_standalone` one (the plugin's state)."""
+    return bool(cfg.get("merlina_enabled"))
 
 
 def training_args(cfg: Any) -> dict[str, Any]:
     """The trainer-time options as `merlina_<name>` training arguments (`MerlinaTrainingArgsMixin`)."""
-    values = yaml_values(cfg)
-    return {f"merlina_{o.name}": values.get(o.name, o.default) for o in TRAINER_OPTIONS}
+    values = yaml_settings(cfg)
+    return {f"merlina_{o.name}": values[o.name] for o in TRAINER_OPTIONS}
 
 
 def resolve_beta(cfg: Any) -> float:
-    """Beta from `orpo_alpha`, `rl_beta` or `trl.beta` (any may be set; set ones must agree)."""
-    trl = cfg.get("trl") or {}
-    given = {
-        key: value
-        for key, value in (("orpo_alpha", cfg.get("orpo_alpha")), ("rl_beta", cfg.get("rl_beta")),
-                           ("trl.beta", trl.get("beta") if isinstance(trl, dict) else getattr(trl, "beta", None)))
-        if value is not None
-    }
-    if len(set(given.values())) > 1:
-        listed = ", ".join(f"`{k}: {v}`" for k, v in given.items())
-        raise ValueError(f"conflicting ORPO beta: {listed}; set one of them (they mean the same lambda)")
-    beta = next(iter(given.values()), BY_NAME["beta"].default)
-    check_options({"beta": beta})
-    return float(beta)
-
-
-def max_prompt_length(cfg: Any) -> int | None:
-    """How far a long prompt may be cut under this config (`options.prompt_floor`)."""
-    return prompt_floor(cfg.get("sequence_len"), cfg.get("merlina_max_prompt_length"))
-
-
-def is_encoder_decoder(cfg: Any) -> bool:
-    """Whether the recipe's model is an encoder-decoder (T5, BART): its data are tokenised for the encoder
-    and the decoder apart (`data.seq2seq`). Read from the model's config as Axolotl loads it."""
-    if not cfg.get("base_model"):
-        return False
-    from axolotl.loaders.utils import load_model_config
-
-    return bool(getattr(load_model_config(cfg), "is_encoder_decoder", False))
+    """Beta from the Axolotl keys of its row (`orpo_alpha`, `rl_beta` or `trl.beta`; set ones must agree)."""
+    return yaml_settings(cfg)["beta"]

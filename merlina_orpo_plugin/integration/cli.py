@@ -2,9 +2,9 @@
 
 Where chat templates are debugged: each `datasets:` entry goes through the plugin's own pipeline
 (`datasets.prepare_entry`: load; `mapping.py`: strategy and row check, then the data pipeline:
-render, tokenise, truncate) and the first pairs are printed with the prompt / completion boundary
-marked and the token ids on both sides of it, then counts (refused and truncated rows, empty
-completions, identical pairs) and length percentiles.
+render, tokenise, truncate) under the config's `DataOptions`, resolved once, and the first pairs
+are printed with the prompt / completion boundary marked and the token ids on both sides of it,
+then counts (refused and truncated rows, empty completions, identical pairs) and length percentiles.
 
 Registered in `pyproject.toml` under Axolotl's `axolotl.cli_commands` entry-point group. Axolotl
 imports this module to render `axolotl --help`, so Axolotl, datasets and transformers are
@@ -17,12 +17,16 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
 
 from . import LOG
 from .preview import format_counts, format_pair, length_table, pair_lengths
+
+if TYPE_CHECKING:
+    from .data_options import DataOptions
 
 RL_NAME = "orpo_standalone"  # plugin.RL_NAME; that module imports Axolotl, too slow for `--help`
 PLUGIN_NAME = "MerlinaORPOPlugin"
@@ -51,14 +55,17 @@ def orpo_preview(config: str, rows: int, dataset_index: int | None, max_chars: i
     cfg = _load_orpo_config(config)
     from axolotl.loaders import load_tokenizer
 
+    from .data_options import DataOptions
+
     tokenizer = load_tokenizer(cfg)
-    entries = _selected_entries(cfg, dataset_index)
-    click.echo(_setup_line(cfg, tokenizer))
+    options = DataOptions.from_cfg(cfg)
+    entries = _selected_entries(options, dataset_index)
+    click.echo(_setup_line(options, tokenizer))
     failed = 0
     for label, entry in entries:
         click.echo(f"\n════ {label}: {entry.get('path')} (type {entry.get('type')}) ════")
         try:
-            click.echo(_preview_entry(entry, cfg, tokenizer, rows=rows, max_chars=max_chars))
+            click.echo(_preview_entry(entry, options, tokenizer, rows=rows, max_chars=max_chars))
         except (ValueError, OSError) as error:  # unreadable or untokenisable: say so, preview the others
             failed += 1
             click.echo(f"  error: {error}")
@@ -116,11 +123,13 @@ def _load_orpo_config(config: str):
     """The validated config through Axolotl's `load_cfg` (which runs our `register()`), ORPO only."""
     from axolotl.cli.config import load_cfg
 
+    from .args import orpo_enabled
+
     try:
         cfg = load_cfg(config)
     except ValueError as error:  # pydantic's ValidationError and our register() checks are ValueErrors
         raise click.ClickException(f"{config}: {error}") from error
-    if not cfg.get("merlina_enabled"):
+    if not orpo_enabled(cfg):
         raise click.ClickException(_not_orpo(config, f"`rl` is {cfg.get('rl')!r}"))  # an https config
     return cfg
 
@@ -130,31 +139,31 @@ def _not_orpo(config: str, why: str) -> str:
     return f"{config} is not an `rl: {RL_NAME}` config ({why}); orpo-preview needs `rl: {RL_NAME}`{plugins}"
 
 
-def _selected_entries(cfg, dataset_index: int | None) -> list[tuple[str, dict]]:
-    train = cfg.get("merlina_datasets") or []
+def _selected_entries(options: DataOptions, dataset_index: int | None) -> list[tuple[str, dict]]:
+    train = options.train_entries
     if dataset_index is not None:
         if dataset_index >= len(train):
             raise click.ClickException(
                 f"--dataset {dataset_index}: the config has {len(train)} `datasets:` entries (0 to {len(train) - 1})")
         return [(f"datasets[{dataset_index}]", train[dataset_index])]
-    test = cfg.get("merlina_test_datasets") or []
+    test = options.test_entries
     return [*((f"datasets[{i}]", e) for i, e in enumerate(train)),
             *((f"test_datasets[{i}]", e) for i, e in enumerate(test))]
 
 
-def _setup_line(cfg, tokenizer) -> str:
-    from .args import max_prompt_length
-
+def _setup_line(options: DataOptions, tokenizer) -> str:
     special = ", ".join(f"{name} {getattr(tokenizer, f'{name}_token')!r} ({getattr(tokenizer, f'{name}_token_id')})"
                         for name in ("bos", "eos", "pad"))
-    completion = cfg.get("merlina_max_completion_length")
+    completion = options.max_completion_length
     completions = f"at most {completion} tokens" if completion else "not capped"
     return (f"tokenizer: {tokenizer.name_or_path}; {special}\n"
-            f"limits: sequence_len {cfg.get('sequence_len')}; long prompts cut from the left to no fewer than "
-            f"{max_prompt_length(cfg)} tokens; completions {completions}")
+            f"limits: sequence_len {options.max_length}; long prompts cut from the left to no fewer than "
+            f"{options.prompt_floor} tokens; completions {completions}")
 
 
-def _preview_entry(entry: dict, cfg, tokenizer, *, rows: int, max_chars: int) -> str:
+def _preview_entry(entry: dict, options: DataOptions, tokenizer, *, rows: int, max_chars: int) -> str:
+    from dataclasses import replace
+
     import datasets
 
     from ..data import OUTPUT_COLUMNS
@@ -162,14 +171,14 @@ def _preview_entry(entry: dict, cfg, tokenizer, *, rows: int, max_chars: int) ->
 
     datasets.disable_progress_bars()
     # Always skip here, so that every bad row is counted instead of stopping at the first.
-    prepared = prepare_entry(entry, cfg, tokenizer, skip_bad_rows=True)
+    prepared = prepare_entry(entry, replace(options, skip_bad_rows=True), tokenizer)
     tokenised, stats, refused = prepared.tokenised, prepared.stats, prepared.skipped
     out = [f"{prepared.rows} rows, {stats.layout} layout"]
     for index, row in enumerate(tokenised.select(range(min(rows, len(tokenised))))):
         out.append(f"\n── pair {index} ──")
         out.append(format_pair(*(row[name] for name in OUTPUT_COLUMNS), tokenizer, max_chars=max_chars))
     out.append("\nstatistics")
-    out.append(format_counts(stats, refused=len(refused), skip_bad_rows=bool(cfg.get("merlina_skip_bad_rows")),
+    out.append(format_counts(stats, refused=len(refused), skip_bad_rows=options.skip_bad_rows,
                              bad_rows=refused[:BAD_ROW_EXAMPLES]))
     out.append(length_table(pair_lengths(*_column_lengths(tokenised, OUTPUT_COLUMNS))))
     return "\n".join(out)

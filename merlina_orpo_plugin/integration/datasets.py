@@ -5,7 +5,8 @@ Axolotl's loaders only know SFT and TRL's preference layouts, so the plugin owns
 `mapping.py` (strategy, one check per row, tokeniser); the entries are joined, split off for
 `val_set_size` and shuffled by `seed`. The result is cached under `dataset_prepared_path` by a hash
 of everything that changes the tokens; the first process builds it under a file lock and the others
-(ranks, later `train` runs) load it.
+(ranks, later `train` runs) load it. What is read from the config is resolved once, into a
+`data_options.DataOptions`, which everything here takes.
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from .. import __version__
 from ..data import PreferenceDataStats
 from ..data.fingerprint import code_sources, package_sources, source_text
 from ..data.stats import IDENTICAL_NOTE
-from . import LOG, mapping
-from .args import is_encoder_decoder, max_prompt_length
+from . import LOG, data_options, mapping
+from .data_options import DataOptions
 
-DEFAULT_PREPARED_PATH = "last_run_prepared"
-DEFAULT_SEED = 42  # the split and shuffle seed when the config sets none (`seed: 0` is a seed)
 _COMPLETE = "merlina_orpo_complete.json"
 
 
@@ -45,15 +44,17 @@ class PreparedEntry:
 
 
 def load_orpo_datasets(cfg, tokenizer) -> tuple[datasets.Dataset, datasets.Dataset | None, dict]:
-    """(train, eval or None, summary) for the validated ``cfg``, from the cache when it is there."""
-    key = dataset_hash(cfg, tokenizer)
-    target = Path(cfg.get("dataset_prepared_path") or DEFAULT_PREPARED_PATH) / f"merlina-orpo-{key}"
+    """(train, eval or None, summary) for the validated ``cfg`` (or its `DataOptions`, resolved once
+    here otherwise), from the cache when it is there."""
+    options = cfg if isinstance(cfg, DataOptions) else DataOptions.from_cfg(cfg)
+    key = dataset_hash(options, tokenizer)
+    target = Path(options.prepared_path) / f"merlina-orpo-{key}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{target}.lock"):
         if (target / _COMPLETE).exists():
             LOG.info("ORPO datasets: loading the prepared copy in %s", target)
         else:
-            splits, summary = _build(cfg, tokenizer)
+            splits, summary = _build(options, tokenizer)
             datasets.DatasetDict(splits).save_to_disk(str(target))
             (target / _COMPLETE).write_text(json.dumps(summary, indent=2))
             LOG.info("ORPO datasets: prepared and saved to %s", target)
@@ -76,23 +77,17 @@ def _log_summary(summary: dict) -> None:
     )
 
 
-def seed(cfg) -> int:
-    """The config's `seed`, 0 included; `DEFAULT_SEED` only when it is not set."""
-    value = cfg.get("seed")
-    return DEFAULT_SEED if value is None else int(value)
-
-
-def _build(cfg, tokenizer) -> tuple[dict[str, datasets.Dataset], dict]:
+def _build(options: DataOptions, tokenizer) -> tuple[dict[str, datasets.Dataset], dict]:
     summary: dict[str, Any] = {"plugin_version": __version__, "datasets": []}
-    train = _prepare_entries(cfg["merlina_datasets"], cfg, tokenizer, summary)
+    train = _prepare_entries(options.train_entries, options, tokenizer, summary)
     eval_dataset = None
-    if cfg.get("merlina_test_datasets"):
-        eval_dataset = _prepare_entries(cfg["merlina_test_datasets"], cfg, tokenizer, summary)
-    elif cfg.get("val_set_size"):
-        parts = train.train_test_split(test_size=cfg["val_set_size"], shuffle=True, seed=seed(cfg))
+    if options.test_entries:
+        eval_dataset = _prepare_entries(options.test_entries, options, tokenizer, summary)
+    elif options.val_set_size:
+        parts = train.train_test_split(test_size=options.val_set_size, shuffle=True, seed=options.seed)
         train, eval_dataset = parts["train"], parts["test"]
-    if cfg.get("shuffle_merged_datasets", True) is not False:
-        train = train.shuffle(seed=seed(cfg))
+    if options.shuffle:
+        train = train.shuffle(seed=options.seed)
     splits = {"train": train}
     if eval_dataset is not None:
         splits["eval"] = eval_dataset
@@ -100,22 +95,23 @@ def _build(cfg, tokenizer) -> tuple[dict[str, datasets.Dataset], dict]:
     return splits, summary
 
 
-def _prepare_entries(entries: list[dict], cfg, tokenizer, summary: dict) -> datasets.Dataset:
+def _prepare_entries(entries: tuple[dict, ...], options: DataOptions, tokenizer, summary: dict) -> datasets.Dataset:
     parts = []
     for entry in entries:
-        prepared = prepare_entry(entry, cfg, tokenizer, skip_bad_rows=bool(cfg.get("merlina_skip_bad_rows")))
+        prepared = prepare_entry(entry, options, tokenizer)
         summary["datasets"].append({"source": prepared.source, "type": entry.get("type"), "rows": prepared.rows,
                                     "skipped": len(prepared.skipped), **vars(prepared.stats)})
         parts.append(prepared.tokenised)
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def prepare_entry(entry: dict, cfg, tokenizer, *, skip_bad_rows: bool) -> PreparedEntry:
-    """One `datasets:` entry read, mapped through its strategy, checked and tokenised."""
+def prepare_entry(entry: dict, options: DataOptions, tokenizer) -> PreparedEntry:
+    """One `datasets:` entry read, mapped through its strategy, checked (bad rows stop or are skipped,
+    by ``options.skip_bad_rows``) and tokenised with ``options``' limits."""
     source = describe_source(entry)
-    raw = load_raw_dataset(entry, cfg)
-    checked, skipped = mapping.apply_strategy(raw, entry, source=source, skip_bad_rows=skip_bad_rows)
-    tokenised, stats = mapping.tokenise_pairs(checked, cfg, tokenizer)
+    raw = load_raw_dataset(entry, options)
+    checked, skipped = mapping.apply_strategy(raw, entry, source=source, skip_bad_rows=options.skip_bad_rows)
+    tokenised, stats = mapping.tokenise_pairs(checked, options, tokenizer)
     return PreparedEntry(source, len(raw), tokenised, stats, skipped)
 
 
@@ -129,12 +125,12 @@ def describe_source(entry: dict) -> str:
     return source
 
 
-def load_raw_dataset(entry: dict, cfg) -> datasets.Dataset:
+def load_raw_dataset(entry: dict, options: DataOptions) -> datasets.Dataset:
     """One `datasets:` entry through Axolotl's own loader (local files, hub, cloud, URLs)."""
     from axolotl.utils.data.shared import load_dataset_with_config
     from axolotl.utils.dict import DictDefault
 
-    loaded = load_dataset_with_config(DictDefault(entry), use_auth_token=bool(cfg.get("hf_use_auth_token")))
+    loaded = load_dataset_with_config(DictDefault(entry), use_auth_token=options.use_auth_token)
     if isinstance(loaded, datasets.DatasetDict):
         split = entry.get("split") or "train"
         if split not in loaded:
@@ -145,26 +141,26 @@ def load_raw_dataset(entry: dict, cfg) -> datasets.Dataset:
     return loaded
 
 
-def dataset_hash(cfg, tokenizer) -> str:
+def dataset_hash(options: DataOptions, tokenizer) -> str:
     """Everything the prepared tokens depend on, hashed: data entries, files, limits, tokenizer, code."""
-    entries = [*(cfg.get("merlina_datasets") or []), *(cfg.get("merlina_test_datasets") or [])]
+    entries = [*options.train_entries, *options.test_entries]
     material = {
         "plugin": ["merlina_orpo_plugin", __version__],
         # The code that reads, checks and tokenises rows: an edit (a row newly accepted, a new count
         # in the summary) never reuses a copy prepared before it, whatever the version says.
         "code": [*code_sources(), *package_sources("merlina_orpo_plugin.strategies"),
-                 *(source_text(m) for m in (mapping, sys.modules[__name__]))],
-        "datasets": cfg.get("merlina_datasets"),
-        "test_datasets": cfg.get("merlina_test_datasets"),
+                 *(source_text(m) for m in (data_options, mapping, sys.modules[__name__]))],
+        "datasets": list(options.train_entries),
+        "test_datasets": list(options.test_entries),
         "files": [_file_signature(entry.get("path")) for entry in entries],
-        "val_set_size": cfg.get("val_set_size"),
-        "seed": cfg.get("seed"),
-        "shuffle": cfg.get("shuffle_merged_datasets", True),
-        "sequence_len": cfg.get("sequence_len"),
-        "max_prompt_length": max_prompt_length(cfg),
-        "max_completion_length": cfg.get("merlina_max_completion_length"),
-        "encoder_decoder": is_encoder_decoder(cfg),
-        "skip_bad_rows": bool(cfg.get("merlina_skip_bad_rows")),
+        "val_set_size": options.val_set_size,
+        "seed": options.seed,
+        "shuffle": options.shuffle,
+        "sequence_len": options.max_length,
+        "max_prompt_length": options.prompt_floor,
+        "max_completion_length": options.max_completion_length,
+        "encoder_decoder": options.encoder_decoder,
+        "skip_bad_rows": options.skip_bad_rows,
         "tokenizer": [getattr(tokenizer, "name_or_path", None), tokenizer.chat_template, len(tokenizer),
                       tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
     }

@@ -5,7 +5,8 @@ LoRA adapter, or a full model), or ``--adapter DIR``: preference accuracy (share
 chosen answer has the higher mean token log-prob), mean margin and the mean chosen / rejected
 log-probs, per dataset, as a table and with ``--json``. The pairs are the recipe's evaluation data
 (each `test_datasets:` entry, else the `val_set_size` split exactly as training split it), or
-``--data FILE`` in any dataset type. Rows are tokenised by the training pipeline itself.
+``--data FILE`` in any dataset type. Rows are tokenised by the training pipeline itself, with the
+config's `DataOptions` resolved once (the model's config read once).
 
 Registered under Axolotl's `axolotl.cli_commands` entry-point group, like `orpo-preview`.
 """
@@ -14,10 +15,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .cli import _check_config_file, _load_orpo_config, _quiet_logs
+
+if TYPE_CHECKING:
+    from .data_options import DataOptions
 
 COLUMNS = ("pairs", "accuracy", "mean_margin", "mean_chosen_logp", "mean_rejected_logp")
 
@@ -44,11 +49,13 @@ def orpo_eval(config: str, data_files: tuple[str, ...], data_type: str | None, a
 
     from ..collator import pad_id_of
     from ..preference_eval import score_tokenised
+    from .data_options import DataOptions
 
     tokenizer = load_tokenizer(cfg)
-    eval_sets = _eval_sets(cfg, tokenizer, data_files, data_type)
+    options = DataOptions.from_cfg(cfg)
+    eval_sets = _eval_sets(options, tokenizer, data_files, data_type)
     trained_dir = Path(adapter or cfg.get("output_dir") or "")
-    base, trained = _models(cfg, trained_dir)
+    base, trained = _models(cfg, trained_dir, encoder_decoder=options.encoder_decoder)
     pad = pad_id_of(tokenizer)
     results = [{"dataset": label, "runs": {}} for label, _ in eval_sets]
     for name, model in (("base", base), ("trained", trained)):  # each model loaded once, for every eval set
@@ -62,35 +69,31 @@ def orpo_eval(config: str, data_files: tuple[str, ...], data_type: str | None, a
         Path(json_path).write_text(json.dumps(document, indent=2) + "\n")
 
 
-def _eval_sets(cfg, tokenizer, data_files, data_type) -> list[tuple[str, list[dict]]]:
+def _eval_sets(options: DataOptions, tokenizer, data_files, data_type) -> list[tuple[str, list[dict]]]:
     from .datasets import load_orpo_datasets, prepare_entry
 
-    skip = bool(cfg.get("merlina_skip_bad_rows"))
     if data_files:
-        kind = data_type or (cfg.get("merlina_datasets") or [{}])[0].get("type")
+        kind = data_type or (options.train_entries or ({},))[0].get("type")
         entries = [{"path": path, "ds_type": "json", "type": kind} for path in data_files]
     else:
-        entries = list(cfg.get("merlina_test_datasets") or [])
+        entries = list(options.test_entries)
     if entries:
-        return [(entry["path"], prepare_entry(entry, cfg, tokenizer, skip_bad_rows=skip).tokenised.to_list())
-                for entry in entries]
-    _, evaluation, _ = load_orpo_datasets(cfg, tokenizer)
+        return [(entry["path"], prepare_entry(entry, options, tokenizer).tokenised.to_list()) for entry in entries]
+    _, evaluation, _ = load_orpo_datasets(options, tokenizer)
     if evaluation is None:
         raise click.ClickException("the recipe has no evaluation data (`val_set_size` or `test_datasets`): "
                                    "pass --data FILE")
-    return [(f"val_set_size {cfg.get('val_set_size')} split", evaluation.to_list())]
+    return [(f"val_set_size {options.val_set_size} split", evaluation.to_list())]
 
 
-def _models(cfg, trained_dir: Path):
+def _models(cfg, trained_dir: Path, *, encoder_decoder: bool):
     """Two context managers giving the base model and the trained one; an adapter shares the base's weights."""
     from contextlib import contextmanager
 
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from .args import is_encoder_decoder
-
-    auto = AutoModelForSeq2SeqLM if is_encoder_decoder(cfg) else AutoModelForCausalLM
+    auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda and cfg.get("bf16") in (True, "auto") else torch.float32
     device = "cuda" if cuda else "cpu"

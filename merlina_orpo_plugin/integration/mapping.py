@@ -5,19 +5,21 @@ in the same pass each pair is checked once (`data.validation.check_row`). A row 
 read (`RowError`, naming the dataset's own column) or whose pair fails the check stops preprocessing
 with the source, the row and the field, or is skipped with `merlina_skip_bad_rows`. The result is a
 `data.CheckedPairs` in the declared layout, which `tokenise_pairs` hands to the data pipeline with the
-config's length limits: no layout detection, no second check.
+limits of the config's `DataOptions`: no layout detection, no second check.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
 from ..data import CheckedPairs, Layout, check_row, tokenise_checked
 from ..strategies import RowError, get_strategy
 from . import LOG
-from .args import is_encoder_decoder, max_prompt_length
+
+if TYPE_CHECKING:
+    from .data_options import DataOptions
 
 _PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -81,14 +83,14 @@ def _placeholder(layout: Layout) -> dict[str, Any]:
     return {"prompt": empty, "chosen": empty, "rejected": empty}
 
 
-def tokenise_pairs(checked: CheckedPairs, cfg, tokenizer):
-    """The data pipeline on checked pairs, with the limits the config sets: (token ids, stats)."""
+def tokenise_pairs(checked: CheckedPairs, options: DataOptions, tokenizer):
+    """The data pipeline on checked pairs, with the limits and model kind of ``options``: (token ids, stats)."""
     return tokenise_checked(
         checked,
         tokenizer,
-        max_length=cfg.get("sequence_len"),
-        max_prompt_length=max_prompt_length(cfg),
-        max_completion_length=cfg.get("merlina_max_completion_length"),
-        num_proc=cfg.get("dataset_processes") if len(checked.dataset) > 10_000 else None,
-        encoder_decoder=is_encoder_decoder(cfg),
+        max_length=options.max_length,
+        max_prompt_length=options.prompt_floor,
+        max_completion_length=options.max_completion_length,
+        num_proc=options.num_proc_for(len(checked.dataset)),
+        encoder_decoder=options.encoder_decoder,
     )

@@ -19,7 +19,7 @@ import os
 
 from axolotl.integrations.base import BasePlugin
 
-from .args import training_args
+from .args import orpo_enabled, training_args
 
 RL_NAME = "orpo_standalone"
 #: Axolotl's sample-generation keys (the newer and the deprecated spelling) -> ours. Axolotl's own
@@ -59,7 +59,7 @@ class MerlinaORPOPlugin(BasePlugin):
 
     def register(self, cfg: dict) -> None:
         """Rewrite the raw config; runs per `load_cfg` and per rank, so it must be idempotent."""
-        self._orpo_config = cfg.get("rl") == RL_NAME or bool(cfg.get("merlina_enabled"))
+        self._orpo_config = cfg.get("rl") == RL_NAME or orpo_enabled(cfg)
         if cfg.get("rl") != RL_NAME:
             return
         for key in ("datasets", "test_datasets"):
@@ -124,7 +124,7 @@ class MerlinaORPOPlugin(BasePlugin):
         return args
 
     def _active(self, cfg) -> bool:
-        return bool(cfg.get("merlina_enabled")) and self._is_primary()
+        return orpo_enabled(cfg) and self._is_primary()
 
     def _is_primary(self) -> bool:
         """Whether this instance speaks for the plugin. Axolotl keys its plugins by name: listing a second
