@@ -8,13 +8,16 @@ does not load transformers, and only `MerlinaORPOPlugin` (what Axolotl's `plugin
 
 from importlib import import_module
 
+from . import _moved
+
 __version__ = "0.1.0"
+_moved.install(__name__)  # old module paths (e.g. `merlina_orpo_plugin.scoring`) still import, with a warning
 
 _EXPORTS = {
     "MerlinaORPOTrainer": ".trainer",
     "ORPOTrainerMixin": ".trainer",
     "ORPOConfig": ".config",
-    "ORPODataCollator": ".collator",
+    "ORPODataCollator": ".batch.collator",
     "create_orpo_trainer": ".factory",
     "prepare_preference_dataset": ".data",
     "MerlinaORPOPlugin": ".integration.plugin",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .collator import pad_id_of
+from .batch.collator import pad_id_of
 
 JSONL_NAME = "eval_generations.jsonl"
 COLUMNS = ("step", "prompt", "chosen", "rejected", "sample", "sample_mean_logp")

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import torch
 
-from .forward import ORPOForwardOutput
+from .compute.forward import ORPOForwardOutput
 
 #: Logged names, TRL's (`rl: orpo` dashboards are built on them) plus `or_loss` and
 #: `tokens/processed_per_unique` (positions the model ran per distinct token: TRL's layout computes

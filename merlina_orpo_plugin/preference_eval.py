@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .collator import ORPODataCollator
-from .forward import concatenated_forward
+from .batch.collator import ORPODataCollator
+from .compute.forward import concatenated_forward
 from .speed import plan_speed
 
 

@@ -10,7 +10,7 @@ path); where it cannot apply it is switched off and the reason is logged, never 
 * on CUDA those layouts run on FlexAttention (`flex_attention` option, on by default): a dense
   mask makes sdpa compute every masked block, FlexAttention skips them. The model's `sdpa` or
   flash-attention implementation is switched to `flex_attention` (logged); an explicit `eager` is kept;
-* the chunked loss needs the model's LM head as a module and `logits_to_keep` (`model_adapter.py`).
+* the chunked loss needs the model's LM head as a module and `logits_to_keep` (`model.adapter`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import CUSTOM_MASK_IMPLEMENTATIONS
-from .model_adapter import unsupported_reason, unwrap_model
-from .packing import BatchLayout
+from .compute.attention import CUSTOM_MASK_IMPLEMENTATIONS
+from .model.adapter import unsupported_reason, unwrap_model
+from .batch.packing import BatchLayout
 
 logger = logging.getLogger("merlina_orpo_plugin.speed")
 

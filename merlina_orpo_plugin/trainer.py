@@ -1,4 +1,4 @@
-"""The ORPO trainer: a thin `transformers.Trainer` over `forward.py`, `losses.py` and `metrics.py`.
+"""The ORPO trainer: a thin `transformers.Trainer` over `compute.forward`, `compute.losses` and `metrics`.
 
 `ORPOTrainerMixin` holds all ORPO behaviour and only assumes a `transformers.Trainer` underneath,
 so the Axolotl plugin puts the same logic on Axolotl's own trainer base. Method names, signatures and
@@ -15,14 +15,14 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from . import losses as L
-from .collator import ORPODataCollator
+from .compute import losses as L
+from .batch.collator import ORPODataCollator
 from .config import ORPOConfig
-from .accumulation import loss_scales, window_totals
-from .forward import FusedLoss, ORPOForwardOutput, concatenated_forward
+from .compute.accumulation import loss_scales, window_totals
+from .compute.forward import FusedLoss, ORPOForwardOutput, concatenated_forward
 from .generation import log_generations
 from .metrics import MetricStore, batch_metrics
-from .model_setup import check_4bit_cpu_layers
+from .model.setup import check_4bit_cpu_layers
 from .options import ORPOSettings, settings_from
 from .schedules import beta_at, is_scheduled
 from .speed import SpeedPlan, plan_speed

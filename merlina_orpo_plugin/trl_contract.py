@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from .collator import ORPODataCollator
+from .batch.collator import ORPODataCollator
 from .config import ORPOConfig
 from .data import prepare_preference_dataset
-from .model_setup import prepare_model
+from .model.setup import prepare_model
 
 logger = logging.getLogger("merlina_orpo_plugin.trl_contract")
 
@@ -52,7 +52,7 @@ def set_init_seed(args: ORPOConfig) -> None:
 
 
 class PreparedModelInit:
-    """``model_init`` whose every model goes through `model_setup.prepare_model` (dropout off, PEFT).
+    """``model_init`` whose every model goes through `model.setup.prepare_model` (dropout off, PEFT).
 
     Passed to `transformers.Trainer` as its ``model_init``: the first call returns the model already
     built to tokenise the datasets (whether it is an encoder-decoder decides the layout), every later

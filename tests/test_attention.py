@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from merlina_orpo_plugin.attention import allowed_pairs, block_mask
-from merlina_orpo_plugin.collator import ORPODataCollator
-from merlina_orpo_plugin.packing import BatchLayout
+from merlina_orpo_plugin.compute.attention import allowed_pairs, block_mask
+from merlina_orpo_plugin.batch.collator import ORPODataCollator
+from merlina_orpo_plugin.batch.packing import BatchLayout
 
 BLOCK = 16  # small blocks, so that short rows span several of them and all three kinds occur
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from merlina_orpo_plugin import ORPODataCollator
-from merlina_orpo_plugin.packing import BatchLayout, balance_rows
+from merlina_orpo_plugin.batch.packing import BatchLayout, balance_rows
 
 PAIRS = [
     {"prompt_input_ids": [5, 6], "chosen_input_ids": [7, 2], "rejected_input_ids": [8, 9, 2]},

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from merlina_orpo_plugin import losses as L
+from merlina_orpo_plugin.compute import losses as L
 
 
 def reference_log_odds(c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

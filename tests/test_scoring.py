@@ -1,4 +1,4 @@
-"""The token log-prob kernels of `scoring` against plain autograd (``log_softmax`` then gather).
+"""The token log-prob kernels of `compute.kernels` against plain autograd (``log_softmax`` then gather).
 
 Each path has its own backward: the unchunked one (``score_logits``) builds the logits' gradient
 chunk by chunk, the chunked one (``chunked_token_logps``) either recomputes each chunk (trainable
@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from merlina_orpo_plugin.scoring import chunked_token_logps, score_logits
+from merlina_orpo_plugin.compute.kernels import chunked_token_logps, score_logits
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 #: (values, gradients) as assert_close keywords, per dtype of the inputs: bfloat16's rounding unit is

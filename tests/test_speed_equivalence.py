@@ -19,11 +19,11 @@ import torch
 from datasets import Dataset
 
 from testkit import SHAREGPT_ROLES, pairs_rows, tiny_llama
-from merlina_orpo_plugin import losses as L
-from merlina_orpo_plugin.collator import ORPODataCollator
+from merlina_orpo_plugin.compute import losses as L
+from merlina_orpo_plugin.batch.collator import ORPODataCollator
 from merlina_orpo_plugin.data import prepare_preference_dataset
-from merlina_orpo_plugin.forward import FusedLoss, concatenated_forward, nll_token_count
-from merlina_orpo_plugin.packing import PADDED, BatchLayout
+from merlina_orpo_plugin.compute.forward import FusedLoss, concatenated_forward, nll_token_count
+from merlina_orpo_plugin.batch.packing import PADDED, BatchLayout
 
 VOCAB = 2048
 SPECIAL = 3  # SmolLM2's <|endoftext|>, <|im_start|>, <|im_end|>: ids 0-2 keep their meaning

@@ -146,7 +146,7 @@ def test_4bit_layers_the_packed_cpu_kernel_refuses_are_named_before_training(tmp
     multiples of 32 (issue 13). Which kernel runs depends on the CPU, so the layers are marked as on such
     a CPU; a model whose k/v projections are 2 heads x 8 = 16 wide is refused, by layer name, when the
     run will evaluate, and passes with sizes in multiples of 128."""
-    from merlina_orpo_plugin.model_setup import unpackable_4bit_layers
+    from merlina_orpo_plugin.model.setup import unpackable_4bit_layers
 
     def on_such_a_cpu(model):
         for module in model.modules():

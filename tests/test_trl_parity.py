@@ -142,7 +142,7 @@ def test_trl_log1mexp_gradient_is_nan_ours_is_not():
     """TRL's log1mexp differentiates the unused log1p(-exp(x)) branch: NaN gradient near x = 0."""
     from trl.experimental.orpo.orpo_trainer import log1mexp as trl_log1mexp
 
-    from merlina_orpo_plugin.losses import log1mexp
+    from merlina_orpo_plugin.compute.losses import log1mexp
 
     for fn, finite in ((trl_log1mexp, False), (log1mexp, True)):
         x = torch.tensor([-1e-8], requires_grad=True)

@@ -1,4 +1,4 @@
-"""Collate tokenised preference pairs into the tensors of one micro-batch, in one fixed layout (`packing.py`)."""
+"""Collate tokenised preference pairs into the tensors of one micro-batch, in one fixed layout (`batch.packing`)."""
 
 from __future__ import annotations
 

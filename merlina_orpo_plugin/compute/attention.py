@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .packing import CHOSEN, PROMPT, REJECTED
+from ..batch.packing import CHOSEN, PROMPT, REJECTED
 
 #: FlexAttention's block size (``torch.nn.attention.flex_attention._DEFAULT_SPARSE_BLOCK_SIZE``).
 FLEX_BLOCK = 128

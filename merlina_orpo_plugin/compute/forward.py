@@ -9,8 +9,8 @@ import torch
 
 from .attention import build_attention_mask
 from .losses import pair_chunk_loss
-from .model_adapter import capture_final_hidden, fused_head_applies, score_hidden, score_hidden_fused, unwrap_model
-from .scoring import score_logits
+from ..model.adapter import capture_final_hidden, fused_head_applies, score_hidden, score_hidden_fused, unwrap_model
+from .kernels import score_logits
 
 
 class ORPOForwardOutput(NamedTuple):
@@ -64,7 +64,7 @@ def concatenated_forward(
     """Run ``model`` once over every sequence of the batch (one forward, as DDP needs) and score it.
 
     ``batch`` is `ORPODataCollator`'s output in any of its layouts. ``loss_chunk_size`` > 0 computes
-    the log-probs from the hidden states that many tokens at a time (`model_adapter.score_hidden`).
+    the log-probs from the hidden states that many tokens at a time (`model.adapter.score_hidden`).
     With ``fused`` and a trained, unsharded head, the chunks hold whole pairs and the loss is summed
     chunk by chunk with its gradients taken in the forward (no recompute): ``loss`` is set.
     """

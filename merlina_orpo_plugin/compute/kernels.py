@@ -1,7 +1,7 @@
 """Kernels: per-token log-probs of scored tokens, from full logits or in chunks from hidden states.
 
 Tensors and a head module in, log-probs (and their gradients) out: nothing here knows about models
-(`model_adapter.py` finds the head and the hidden states). The chunked path never holds the
+(`model.adapter` finds the head and the hidden states). The chunked path never holds the
 ``[tokens, V]`` logits at once: the head runs on ``chunk_size`` rows at a time. A trained head is
 checkpointed per chunk (backward recomputes one chunk's logits at a time); a frozen head's per-row
 gradients are taken in the forward (``_FrozenHeadLogps``), so nothing is recomputed. When the loss
@@ -49,7 +49,7 @@ def chunked_token_logps(
     ``recompute`` None picks by the head; True forces the checkpointed path (benchmarks compare them).
     ``num_chunks``: make exactly this many head calls (near-equal chunks of at most ``chunk_size``
     rows, some maybe empty): where each head call is a collective (ZeRO-3), every rank makes the
-    same calls (`sharding.equal_chunk_count`).
+    same calls (`model.head_sharding.equal_chunk_count`).
     """
     if hidden.shape[0] == 0 and num_chunks is None:
         empty = hidden.new_zeros(0, dtype=torch.float32)

@@ -47,7 +47,7 @@ def orpo_eval(config: str, data_files: tuple[str, ...], data_type: str | None, a
     cfg = _load_orpo_config(config)
     from axolotl.loaders import load_tokenizer
 
-    from ..collator import pad_id_of
+    from ..batch.collator import pad_id_of
     from ..preference_eval import score_tokenised
     from .data_options import DataOptions
 

@@ -106,7 +106,7 @@ class MerlinaORPOPlugin(BasePlugin):
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
         if not self._active(cfg):
             return None
-        from ..collator import ORPODataCollator
+        from ..batch.collator import ORPODataCollator
 
         return ORPODataCollator, {}
 

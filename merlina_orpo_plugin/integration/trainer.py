@@ -12,7 +12,7 @@ from dataclasses import field, make_dataclass
 
 from axolotl.core.trainers.base import AxolotlTrainer
 
-from ..model_setup import disable_dropout_in_model
+from ..model.setup import disable_dropout_in_model
 from ..options import TRAINER_OPTIONS, settings_from
 from ..trainer import ORPOTrainerMixin
 

@@ -2,10 +2,10 @@
 
 It unwraps DDP / DeepSpeed / PEFT wrappers, finds the LM head (called as a module, so LoRA on it,
 tied embeddings and DeepSpeed ZeRO-3's gathering on module calls apply; under FSDP2 and ZeRO-3
-`sharding` gathers what the module hooks do not, calls a head that is an FSDP2 unit without that
+`head_sharding` gathers what the module hooks do not, calls a head that is an FSDP2 unit without that
 unit's hooks and keeps every rank's head calls equal in number), reproduces the logit
 post-processing the model applies after its head, captures the decoder's final hidden states, and
-says why the chunked loss cannot run on a model. The kernels it feeds (`scoring.py`) take tensors and
+says why the chunked loss cannot run on a model. The kernels it feeds (`compute.kernels`) take tensors and
 a head module only.
 """
 
@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from .scoring import chunked_token_logps, fused_chunk_loss
-from .sharding import equal_chunk_count, gradients_in_forward_allowed, is_sharded, whole_head
+from ..compute.kernels import chunked_token_logps, fused_chunk_loss
+from .head_sharding import equal_chunk_count, gradients_in_forward_allowed, is_sharded, whole_head
 
 # Config keys about logits that `logit_postprocess` reproduces, or that concern attention, not the head.
 _HANDLED_LOGIT_KEYS = {"final_logit_softcapping", "logit_scale", "logits_scaling", "attn_logit_softcapping"}
@@ -123,7 +123,7 @@ def fused_head_applies(model: torch.nn.Module, hidden: torch.Tensor) -> bool:
 
 
 def score_hidden_fused(model, hidden, index, targets, bounds, chunk_loss):
-    """`score_hidden` with the loss summed over chunks of whole pairs (`scoring.fused_chunk_loss`):
+    """`score_hidden` with the loss summed over chunks of whole pairs (`compute.kernels.fused_chunk_loss`):
     ``(loss, detached log p(target), mean logit)``."""
     base = unwrap_model(model)
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)

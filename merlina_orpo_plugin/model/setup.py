@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-logger = logging.getLogger("merlina_orpo_plugin.model_setup")
+logger = logging.getLogger("merlina_orpo_plugin.model.setup")
 
 
 def is_peft_model(model: Any) -> bool:

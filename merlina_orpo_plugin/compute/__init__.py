@@ -1,0 +1,3 @@
+"""The computation of a step: attention masks per layout (`attention`), the forward over chosen and
+rejected (`forward`), log-probs from hidden states in chunks (`kernels`), the ORPO loss as pure tensor
+math (`losses`), and each micro-batch's share of the accumulation window (`accumulation`)."""
