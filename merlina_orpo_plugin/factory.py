@@ -24,13 +24,13 @@ def create_orpo_trainer(
         tokenizer: its tokenizer; needs a pad or EOS token and, for conversational data, a chat template.
         train_dataset: preference pairs in any accepted layout (see `prepare_preference_dataset`).
         eval_dataset: the same, a dict of them, or None.
-        orpo_config: training arguments; None gives `ORPOConfig(output_dir="orpo_output")`.
+        orpo_config: training arguments; None gives the trainer's defaults (`trl_contract.resolve_args`).
         peft_config: a `peft.PeftConfig` to train adapters instead of the whole model.
         **trainer_kwargs: passed on to the trainer (callbacks, optimizers, data_collator, ...).
     """
     return MerlinaORPOTrainer(
         model=model,
-        args=orpo_config if orpo_config is not None else ORPOConfig(output_dir="orpo_output"),
+        args=orpo_config,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

@@ -4,7 +4,10 @@ Axolotl's `rl` enum and RL builder cannot take a new trainer, so `register()` re
 config before validation: `rl` becomes unset (the causal builder runs, passing the model, LoRA
 already applied), the raw `datasets` entries are kept in `merlina_datasets` (the SFT schema would
 drop their `field_*` keys), and the hooks below hand Axolotl the ORPO trainer, collator, datasets
-and training arguments. See `../shared/notes/axolotl-integration.md` for why this route.
+and training arguments. Why this route: a new `rl` value fails Axolotl's enum, and an extended enum
+passes validation but the RL builder raises "Unsupported RL" and hands a plugin trainer no model;
+keeping `rl: orpo` and swapping the trainer gets TRL's `ORPOConfig` as arguments. README.md, "Use it
+from Axolotl", says what a recipe sets.
 
 Axolotl 0.21 also loads the plugin for EVERY config through this package's `axolotl.plugins` entry
 point, so nothing here acts unless the config asks for `rl: orpo_standalone`: every hook returns None
