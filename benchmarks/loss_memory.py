@@ -62,8 +62,8 @@ def _trl_loss(args, hidden, head, input_ids, half):
 
 
 def _ours_loss(args, hidden, head, input_ids, half, chunk_size):
-    from merlina_orpo_plugin.losses import odds_ratio_loss
-    from merlina_orpo_plugin.scoring import chunked_token_logps, score_logits
+    from merlina_orpo_plugin.compute.losses import odds_ratio_loss
+    from merlina_orpo_plugin.compute.kernels import chunked_token_logps, score_logits
 
     B = args.pairs
     rows, T, _ = hidden.shape
@@ -92,8 +92,8 @@ def measure_side(args) -> dict:
 
         from . import loss_paths  # noqa: F401
     else:
-        import merlina_orpo_plugin.losses  # noqa: F401
-        import merlina_orpo_plugin.scoring  # noqa: F401
+        import merlina_orpo_plugin.compute.kernels  # noqa: F401
+        import merlina_orpo_plugin.compute.losses  # noqa: F401
     hidden, head, input_ids, half = _inputs(args, torch.device(args.device))
     gc.collect()
     with PeakDelta() as m:

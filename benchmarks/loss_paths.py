@@ -1,4 +1,4 @@
-"""The ORPO loss the two ways the checks compare: ours (`merlina_orpo_plugin.forward`) on our collated
+"""The ORPO loss the two ways the checks compare: ours (`merlina_orpo_plugin.compute.forward`) on our collated
 batch, and TRL 1.9's ``ORPOTrainer`` loss path on its padded batch (a trainer stub, no ``__init__``)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from .workload import BETA, PAD
 
 
 def collate(features, shared: bool, packed: bool) -> dict:
-    from merlina_orpo_plugin.collator import ORPODataCollator
-    from merlina_orpo_plugin.packing import BatchLayout
+    from merlina_orpo_plugin.batch.collator import ORPODataCollator
+    from merlina_orpo_plugin.batch.packing import BatchLayout
 
     return ORPODataCollator(pad_token_id=PAD, layout=BatchLayout(shared, packed))(features)
 
@@ -43,8 +43,8 @@ def trl_trainer(device):
 
 def ours_loss(model, batch, chunk, fused=None):
     """(loss, chosen logps, rejected logps, nll) of `concatenated_forward` (the fused loss where given)."""
-    from merlina_orpo_plugin import losses as L
-    from merlina_orpo_plugin.forward import concatenated_forward
+    from merlina_orpo_plugin.compute import losses as L
+    from merlina_orpo_plugin.compute.forward import concatenated_forward
 
     out = concatenated_forward(model, batch, nll_include_prompt=True, loss_chunk_size=chunk, fused=fused)
     loss = out.loss if out.loss is not None else L.orpo_loss(

@@ -39,9 +39,9 @@ def setup(args):
 
 
 def main(args) -> int:
-    import merlina_orpo_plugin.model_adapter as adapter
-    from merlina_orpo_plugin.accumulation import loss_scales
-    from merlina_orpo_plugin.forward import FusedLoss
+    import merlina_orpo_plugin.model.adapter as adapter
+    from merlina_orpo_plugin.compute.accumulation import loss_scales
+    from merlina_orpo_plugin.compute.forward import FusedLoss
 
     from .loss_paths import ours_loss
     from .measure import PeakDelta
