@@ -22,6 +22,7 @@ from .compute.accumulation import loss_scales, window_totals
 from .compute.forward import FusedLoss, ORPOForwardOutput, concatenated_forward
 from .generation import log_generations
 from .metrics import MetricStore, batch_metrics
+from .model.adapter import ModelFactsCache
 from .model.setup import check_4bit_cpu_layers
 from .options import ORPOSettings, settings_from
 from .schedules import beta_at, is_scheduled
@@ -54,6 +55,7 @@ class ORPOTrainerMixin:
         self._beta_scheduled = is_scheduled(settings.beta_schedule, settings.beta_warmup_steps)
         self.nll_include_prompt = settings.nll_include_prompt
         check_4bit_cpu_layers(self.model, will_evaluate=self.eval_dataset is not None)
+        self._model_facts = ModelFactsCache()  # found at the first step, on the model as wrapped then
         self._plan_speed(self.model)
         config = getattr(self.model, "config", None)
         self.aux_loss_enabled = bool(getattr(config, "output_router_logits", False))
@@ -79,7 +81,13 @@ class ORPOTrainerMixin:
         model = super().call_model_init(trial)
         if hasattr(self, "speed"):
             self._plan_speed(model)
+            self._model_facts.clear()
         return model
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`; the model's facts (`model.adapter.ModelFacts`) are found anew in each run."""
+        self._model_facts.clear()
+        return super().train(*args, **kwargs)
 
     def _planned(self, collator):
         if isinstance(collator, ORPODataCollator):
@@ -120,6 +128,7 @@ class ORPOTrainerMixin:
             output_router_logits=self.aux_loss_enabled,
             loss_chunk_size=self.speed.loss_chunk_size,
             fused=fused,
+            facts=self._model_facts.of(model, chunked=self.speed.loss_chunk_size > 0),
         )
 
     # --- Trainer hooks ------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import torch
 
 from .attention import build_attention_mask
 from .losses import pair_chunk_loss
-from ..model.adapter import capture_final_hidden, fused_head_applies, score_hidden, score_hidden_fused, unwrap_model
+from ..model.adapter import (ModelFacts, capture_final_hidden, find_model_facts, fused_head_applies, score_hidden,
+                             score_hidden_fused)
 from .kernels import score_logits
 
 
@@ -60,6 +61,7 @@ def concatenated_forward(
     output_router_logits: bool = False,
     loss_chunk_size: int = 0,
     fused: FusedLoss | None = None,
+    facts: ModelFacts | None = None,
 ) -> ORPOForwardOutput:
     """Run ``model`` once over every sequence of the batch (one forward, as DDP needs) and score it.
 
@@ -67,36 +69,45 @@ def concatenated_forward(
     the log-probs from the hidden states that many tokens at a time (`model.adapter.score_hidden`).
     With ``fused`` and a trained, unsharded head, the chunks hold whole pairs and the loss is summed
     chunk by chunk with its gradients taken in the forward (no recompute): ``loss`` is set.
+    ``facts``: ``model``'s `model.adapter.ModelFacts` (found with ``chunked`` as ``loss_chunk_size`` > 0),
+    as the trainer keeps them for the run; None finds them here, for this call.
     """
-    num_pairs = batch["pair_lengths"].shape[0]
+    if facts is None:
+        facts = find_model_facts(model, chunked=loss_chunk_size > 0)
     index, targets, owner = scored_tokens(batch, nll_include_prompt)
-    loss = None
     if batch["layout"].encoder_decoder:
-        kwargs = _encoder_decoder_inputs(model, batch)
+        kwargs = _encoder_decoder_inputs(facts, batch)
     else:
-        kwargs = {"input_ids": batch["input_ids"], "use_cache": False, **_attention_inputs(model, batch)}
+        kwargs = {"input_ids": batch["input_ids"], "use_cache": False, **_attention_inputs(facts, batch)}
     if output_router_logits:
         kwargs["output_router_logits"] = True
+    loss = None
     if loss_chunk_size > 0:
-        with capture_final_hidden(model) as captured:
+        with capture_final_hidden(facts) as captured:
             outputs = model(**kwargs, logits_to_keep=1)
         hidden = captured["hidden"]
         index, targets, owner = index.to(hidden.device), targets.to(hidden.device), owner.to(hidden.device)
         plan = None
-        if fused is not None and fused_head_applies(model, hidden):
+        if fused is not None and fused_head_applies(facts, hidden):
             plan = _pair_chunks(batch, index, targets, owner, fused, loss_chunk_size, nll_include_prompt)
         if plan is not None:
             index, targets, owner, bounds, chunk_loss = plan
-            loss, token_logps, logit_means = score_hidden_fused(model, hidden, index, targets, bounds, chunk_loss)
+            loss, token_logps, logit_means = score_hidden_fused(facts, hidden, index, targets, bounds, chunk_loss)
         else:
-            token_logps, logit_means = score_hidden(model, hidden, index, targets, loss_chunk_size)
+            token_logps, logit_means = score_hidden(facts, hidden, index, targets, loss_chunk_size)
     else:
         outputs = model(**kwargs)
         logits = outputs.logits
         token_logps, logit_means = score_logits(logits, index.to(logits.device), targets.to(logits.device))
+    aux_loss = getattr(outputs, "aux_loss", None) if output_router_logits else None
+    return _reduced(batch, token_logps, logit_means, owner, aux_loss, loss)
 
-    # Everything below lives where the log-probs are: under a device map the head's device, which
+
+def _reduced(batch, token_logps, logit_means, owner, aux_loss, loss) -> ORPOForwardOutput:
+    """Per-token log-probs and mean logits of the scored tokens summed per sequence (`ORPOForwardOutput`)."""
+    # Everything here lives where the log-probs are: under a device map the head's device, which
     # need not be the device the batch was put on.
+    num_pairs = batch["pair_lengths"].shape[0]
     owner = owner.to(token_logps.device)
     owners = 3 * num_pairs  # chosen i, rejected B + i, prompt 2B + i
     sums = token_logps.new_zeros(owners).index_add(0, owner, token_logps)
@@ -108,7 +119,6 @@ def concatenated_forward(
     logits_mean = logit_sums[completions] / counts[completions].clamp(min=1)
     nll_sum = -(sums[:num_pairs].sum() + sums[2 * num_pairs :].sum())
     nll_tokens = counts[:num_pairs].sum() + counts[2 * num_pairs :].sum()
-    aux_loss = getattr(outputs, "aux_loss", None) if output_router_logits else None
     processed = batch["input_ids"].numel()
     if "decoder_input_ids" in batch:
         processed += batch["decoder_input_ids"].numel()
@@ -185,7 +195,7 @@ def nll_token_count(batch: dict[str, torch.Tensor], nll_include_prompt: bool = T
     return counted.sum()
 
 
-def _encoder_decoder_inputs(model: torch.nn.Module, batch: dict) -> dict:
+def _encoder_decoder_inputs(facts: ModelFacts, batch: dict) -> dict:
     """Encoder once per prompt, its output repeated for the chosen and the rejected decoder rows.
 
     TRL's encoder-decoder path encodes every prompt twice (its rows are repeated); gradients reach
@@ -193,8 +203,7 @@ def _encoder_decoder_inputs(model: torch.nn.Module, batch: dict) -> dict:
     """
     from transformers.modeling_outputs import BaseModelOutput
 
-    encoder = unwrap_model(model).get_encoder()
-    encoded = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True)
+    encoded = facts.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True)
     hidden = encoded.last_hidden_state.repeat(2, 1, 1)
     return {
         "encoder_outputs": BaseModelOutput(last_hidden_state=hidden),
@@ -204,18 +213,12 @@ def _encoder_decoder_inputs(model: torch.nn.Module, batch: dict) -> dict:
     }
 
 
-def _attention_inputs(model: torch.nn.Module, batch: dict) -> dict:
+def _attention_inputs(facts: ModelFacts, batch: dict) -> dict:
     """TRL's 2D padding mask for padded rows; positions and a custom mask for shared / packed rows."""
     layout = batch.get("layout")
     if layout is None:
         raise ValueError("the batch has no `layout`: collate ORPO batches with merlina_orpo_plugin.ORPODataCollator")
     if not layout.custom_mask:
         return {"attention_mask": batch["attention_mask"]}
-    config = unwrap_model(model).config
-    dtype = next(model.parameters()).dtype
-    if not dtype.is_floating_point:  # k-bit weights: the mask follows the compute dtype
-        dtype = getattr(config, "dtype", None) or torch.float32
-    mask = build_attention_mask(
-        batch["sequence_ids"], batch["branch_ids"], config._attn_implementation, dtype
-    )
+    mask = build_attention_mask(batch["sequence_ids"], batch["branch_ids"], facts.attention, facts.mask_dtype)
     return {"attention_mask": mask, "position_ids": batch["position_ids"]}

@@ -1,7 +1,7 @@
 """Kernels: per-token log-probs of scored tokens, from full logits or in chunks from hidden states.
 
 Tensors and a head module in, log-probs (and their gradients) out: nothing here knows about models
-(`model.adapter` finds the head and the hidden states). The chunked path never holds the
+(`model.adapter` finds the head, its trainable parameters and the hidden states, once per run). The chunked path never holds the
 ``[tokens, V]`` logits at once: the head runs on ``chunk_size`` rows at a time. A trained head is
 checkpointed per chunk (backward recomputes one chunk's logits at a time); a frozen head's per-row
 gradients are taken in the forward (``_FrozenHeadLogps``), so nothing is recomputed. When the loss
@@ -13,7 +13,7 @@ unchunked path (``score_logits``) scores the model's own logits without copying 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -46,7 +46,8 @@ def chunked_token_logps(
     - a frozen head (LoRA / QLoRA elsewhere, the usual case): each chunk's gradient with respect to
       its hidden states is computed right away in the forward (``_FrozenHeadLogps``), so backward
       is one multiplication and the chunk's logits are computed once instead of twice.
-    ``recompute`` None picks by the head; True forces the checkpointed path (benchmarks compare them).
+    ``recompute`` None picks by the head (trainable weights or not; `model.adapter` passes what it found
+    once per run); True forces the checkpointed path (benchmarks compare them).
     ``num_chunks``: make exactly this many head calls (near-equal chunks of at most ``chunk_size``
     rows, some maybe empty): where each head call is a collective (ZeRO-3), every rank makes the
     same calls (`model.head_sharding.equal_chunk_count`).
@@ -125,6 +126,7 @@ def fused_chunk_loss(
     bounds: list[tuple[int, int]],
     chunk_loss: Callable[[torch.Tensor, int, int], torch.Tensor],
     postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    params: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, log p(target), mean logit)`` where ``loss`` is the sum of ``chunk_loss`` over ``bounds``.
 
@@ -133,9 +135,11 @@ def fused_chunk_loss(
     Then each chunk's gradients, with respect to its hidden rows and to the head's trainable
     parameters, are exact in the forward: nothing is recomputed and no logits are kept, where the
     checkpointed path runs the head twice. The log-probs come back detached (the loss carries the
-    gradient). Needs the head's parameters whole on this process (not sharded).
+    gradient). Needs the head's parameters whole on this process (not sharded). ``params``: the head's
+    trainable parameters, as found once per run (`model.adapter.ModelFacts`); None reads them off ``head``.
     """
-    params = [p for p in head.parameters() if p.requires_grad]
+    if params is None:
+        params = [p for p in head.parameters() if p.requires_grad]
     return _FusedChunkLoss.apply(hidden, targets, head, postprocess, bounds, chunk_loss, *params)
 
 

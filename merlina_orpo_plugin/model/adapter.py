@@ -1,6 +1,8 @@
 """The model adapter: what the ORPO forward needs to know about a transformers model, and nothing else.
 
-It unwraps DDP / DeepSpeed / PEFT wrappers, finds the LM head (called as a module, so LoRA on it,
+`find_model_facts` finds it once per wrapped model (`ModelFacts`; the trainer keeps them in a
+`ModelFactsCache`, found again when the model passed in changes), so a step walks no modules. It
+unwraps DDP / DeepSpeed / PEFT wrappers, finds the LM head (called as a module, so LoRA on it,
 tied embeddings and DeepSpeed ZeRO-3's gathering on module calls apply; under FSDP2 and ZeRO-3
 `head_sharding` gathers what the module hooks do not, calls a head that is an FSDP2 unit without that
 unit's hooks and keeps every rank's head calls equal in number), reproduces the logit
@@ -12,13 +14,15 @@ a head module only.
 from __future__ import annotations
 
 import inspect
+import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..compute.kernels import chunked_token_logps, fused_chunk_loss
-from .head_sharding import equal_chunk_count, gradients_in_forward_allowed, is_sharded, whole_head
+from .head_sharding import HeadSharding, equal_chunk_count, find_head_sharding, whole_head
 
 # Config keys about logits that `logit_postprocess` reproduces, or that concern attention, not the head.
 _HANDLED_LOGIT_KEYS = {"final_logit_softcapping", "logit_scale", "logits_scaling", "attn_logit_softcapping"}
@@ -75,16 +79,90 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
+@dataclass(frozen=True, eq=False)
+class ModelFacts:
+    """What the ORPO forward needs to know about one wrapped model, found once (`find_model_facts`).
+
+    ``model``: a weak reference to the wrapped model they describe (DDP / DeepSpeed / FSDP / PEFT, as
+    the trainer passes it), with its ``model_type`` (FSDP2 wraps in place, changing only the class).
+    ``base``: the transformers model under the wrappers; ``encoder``: its encoder (encoder-decoder
+    models); ``attention``: its attention implementation; ``mask_dtype``: the dtype of a custom
+    attention mask (the first weight's, else the config's for k-bit weights). With ``chunked``
+    (the chunked loss on), also ``head`` (the LM head), ``decoder`` (whose last hidden state the head
+    scores), ``postprocess`` (`logit_postprocess`), ``head_trained`` (it has trainable weights),
+    ``head_params`` (those weights) and ``sharding`` (`head_sharding.HeadSharding`); else None.
+    The head's ``requires_grad`` flags are read here, so freezing the head later needs new facts.
+    """
+
+    model: weakref.ref
+    model_type: type
+    chunked: bool
+    base: torch.nn.Module
+    encoder: torch.nn.Module | None
+    attention: str | None
+    mask_dtype: torch.dtype
+    head: torch.nn.Module | None = None
+    decoder: torch.nn.Module | None = None
+    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None
+    head_trained: bool = False
+    head_params: tuple[torch.Tensor, ...] = ()
+    sharding: HeadSharding | None = None
+
+    def describes(self, model: torch.nn.Module, chunked: bool) -> bool:
+        """Whether these are the facts of ``model`` as it is now (same object, same class), for ``chunked``."""
+        return self.model() is model and type(model) is self.model_type and self.chunked == chunked
+
+
+def find_model_facts(model: torch.nn.Module, chunked: bool) -> ModelFacts:
+    """The `ModelFacts` of the wrapped ``model``; with ``chunked``, one walk of its modules (`find_head_sharding`)."""
+    base = unwrap_model(model)
+    config = base.config
+    first = next(model.parameters(), None)
+    dtype = first.dtype if first is not None else None
+    if dtype is None or not dtype.is_floating_point:  # k-bit weights: the mask follows the compute dtype
+        dtype = getattr(config, "dtype", None) or torch.float32
+    encoder = base.get_encoder() if getattr(config, "is_encoder_decoder", False) else None
+    facts = dict(model=weakref.ref(model), model_type=type(model), chunked=chunked, base=base, encoder=encoder,
+                 attention=getattr(config, "_attn_implementation", None), mask_dtype=dtype)
+    if chunked:
+        head = base.get_output_embeddings()
+        params = tuple(p for p in head.parameters() if p.requires_grad)
+        facts.update(head=head, decoder=base.get_decoder(), postprocess=logit_postprocess(config),
+                     head_trained=bool(params), head_params=params, sharding=find_head_sharding(model, head))
+    return ModelFacts(**facts)
+
+
+class ModelFactsCache:
+    """The `ModelFacts` of the last ``keep`` models passed in (training's wrapped model, evaluation's).
+
+    A model not among them (another object, or re-wrapped in place) has its facts found anew.
+    """
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._facts: list[ModelFacts] = []
+
+    def of(self, model: torch.nn.Module, chunked: bool) -> ModelFacts:
+        for facts in self._facts:
+            if facts.describes(model, chunked):
+                return facts
+        facts = find_model_facts(model, chunked)
+        self._facts = [facts, *self._facts[: self.keep - 1]]
+        return facts
+
+    def clear(self) -> None:
+        self._facts = []
+
+
 @contextmanager
-def capture_final_hidden(model: torch.nn.Module):
+def capture_final_hidden(facts: ModelFacts):
     """Yield a dict whose ``"hidden"`` is the decoder's last hidden state after the forward."""
-    decoder = unwrap_model(model).get_decoder()
     store: dict[str, torch.Tensor] = {}
 
     def hook(_module, _args, output):
         store["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
-    handle = decoder.register_forward_hook(hook)
+    handle = facts.decoder.register_forward_hook(hook)
     try:
         yield store
     finally:
@@ -92,40 +170,34 @@ def capture_final_hidden(model: torch.nn.Module):
 
 
 def score_hidden(
-    model: torch.nn.Module,
+    facts: ModelFacts,
     hidden: torch.Tensor,
     index: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log p(target), mean logit)`` per scored token, from ``[R, W, H]`` hidden states of ``model``.
+    """``(log p(target), mean logit)`` per scored token, from ``[R, W, H]`` hidden states of the model.
 
     ``index`` picks the predicting rows (flat into ``R * W``); the head runs ``chunk_size`` of them at a time.
     """
-    base = unwrap_model(model)
-    head = base.get_output_embeddings()
+    sharding = facts.sharding
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
-    num_chunks = equal_chunk_count(head, selected.shape[0], chunk_size, selected.device)
-    recompute = None if gradients_in_forward_allowed(head) else True
-    with whole_head(model, head, backward_follows=torch.is_grad_enabled() and hidden.requires_grad) as call:
-        return chunked_token_logps(
-            call, selected, targets, chunk_size, logit_postprocess(base.config), recompute, num_chunks
-        )
+    num_chunks = equal_chunk_count(sharding, selected.shape[0], chunk_size, selected.device)
+    recompute = facts.head_trained if sharding.gradients_in_forward_allowed else True
+    with whole_head(sharding, backward_follows=torch.is_grad_enabled() and hidden.requires_grad) as call:
+        return chunked_token_logps(call, selected, targets, chunk_size, facts.postprocess, recompute, num_chunks)
 
 
-def fused_head_applies(model: torch.nn.Module, hidden: torch.Tensor) -> bool:
+def fused_head_applies(facts: ModelFacts, hidden: torch.Tensor) -> bool:
     """Whether `score_hidden_fused` can take the loss's gradients in the forward: training a head whose
     weights are whole on this process (a frozen head needs no fusing; FSDP2 / ZeRO-3 shard them)."""
     if not (torch.is_grad_enabled() and hidden.requires_grad):
         return False
-    head = unwrap_model(model).get_output_embeddings()
-    return any(p.requires_grad for p in head.parameters()) and not is_sharded(model, head)
+    return facts.head_trained and not facts.sharding.sharded
 
 
-def score_hidden_fused(model, hidden, index, targets, bounds, chunk_loss):
+def score_hidden_fused(facts: ModelFacts, hidden, index, targets, bounds, chunk_loss):
     """`score_hidden` with the loss summed over chunks of whole pairs (`compute.kernels.fused_chunk_loss`):
     ``(loss, detached log p(target), mean logit)``."""
-    base = unwrap_model(model)
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
-    return fused_chunk_loss(base.get_output_embeddings(), selected, targets, bounds, chunk_loss,
-                            logit_postprocess(base.config))
+    return fused_chunk_loss(facts.head, selected, targets, bounds, chunk_loss, facts.postprocess, facts.head_params)

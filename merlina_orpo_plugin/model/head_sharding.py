@@ -33,11 +33,16 @@ Three things then go wrong under parameter sharding, and this module fixes them:
   NCCL: a hang). `equal_chunk_count` makes every rank use the same count. FSDP2 units inside the
   head also register backward hooks on each call, so `gradients_in_forward_allowed` says no: the
   chunks are checkpointed instead.
+
+What this needs to know about the model is found once per wrapped model (`find_head_sharding`, one
+walk of its modules when `model.adapter.ModelFacts` are built); a step only asks each unit whether
+its parameters are shards right now.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -55,28 +60,33 @@ def _enclosing_units(model: torch.nn.Module, head: torch.nn.Module) -> list[torc
     fsdp_module = _fsdp_module_class()
     if fsdp_module is None:
         return []
-    head_name = next((name for name, module in model.named_modules() if module is head), None)
+    named = list(model.named_modules())
+    head_name = next((name for name, module in named if module is head), None)
     if head_name is None:
         return []
     return [
-        module for name, module in model.named_modules()
+        module for name, module in named
         if isinstance(module, fsdp_module) and module is not head
         and (name == "" or head_name.startswith(name + "."))
     ]
 
 
-def _is_sharded(unit: torch.nn.Module) -> bool:
-    """Whether the unit's own parameters (not those of FSDP units inside it) are DTensor shards now."""
-    from torch.distributed.tensor import DTensor
-
+def _own_modules(unit: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """The unit and the modules under it that are not inside another FSDP unit: those holding its parameters."""
     fsdp_module = _fsdp_module_class()
-    stack = [unit]
+    found, stack = [], [unit]
     while stack:
         module = stack.pop()
-        if any(isinstance(p, DTensor) for p in module.parameters(recurse=False)):
-            return True
+        found.append(module)
         stack.extend(child for child in module.children() if not isinstance(child, fsdp_module))
-    return False
+    return tuple(found)
+
+
+def _is_sharded(own_modules: tuple[torch.nn.Module, ...]) -> bool:
+    """Whether a unit's own parameters (those of ``own_modules``, `_own_modules`) are DTensor shards now."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for module in own_modules for p in module.parameters(recurse=False))
 
 
 def _is_unit(module: torch.nn.Module) -> bool:
@@ -98,45 +108,68 @@ class _WithoutUnitHooks(torch.nn.Module):
         return self.head.forward(hidden)
 
 
+@dataclass(frozen=True, eq=False)
+class HeadSharding:
+    """How the LM head's weights are split across processes, found once per wrapped model.
+
+    ``units``: the FSDP2 units to unshard around the head's calls, each with the modules holding its
+    own parameters (`_own_modules`): those enclosing the head (the root first), then the head's own
+    unit. ``call``: what to call as the head (a head that is an FSDP2 unit: `_WithoutUnitHooks`).
+    ``per_call``: each head call is a collective (ZeRO-3 partitioned weights, or FSDP2 units inside
+    the head). ``units_inside``: FSDP2 units inside the head (not the head's own) run on a head call.
+    ``sharded``: the head's weights are split (FSDP2 units above, at or in it, or ZeRO-3).
+    """
+
+    units: tuple[tuple[torch.nn.Module, tuple[torch.nn.Module, ...]], ...]
+    call: torch.nn.Module
+    per_call: bool
+    units_inside: bool
+    sharded: bool
+
+    @property
+    def gradients_in_forward_allowed(self) -> bool:
+        """Whether `compute.kernels` may take a frozen head's gradients in the forward: not where head calls
+        run FSDP2 units' hooks (their backward hooks and FSDP's end-of-backward callback would run then)."""
+        return not self.units_inside
+
+
+def find_head_sharding(model: torch.nn.Module, head: torch.nn.Module) -> HeadSharding:
+    """``head``'s `HeadSharding` in the wrapped ``model``: one walk of ``model``'s modules, done once per model."""
+    enclosing = _enclosing_units(model, head) if torch.distributed.is_available() else []
+    head_unit = _is_unit(head)
+    units = enclosing + [head] if head_unit else enclosing
+    inside = any(_is_unit(module) for module in head.modules() if module is not head)
+    per_call = any(hasattr(p, "ds_status") for p in head.parameters()) or inside  # DeepSpeed ZeRO-3
+    return HeadSharding(
+        units=tuple((unit, _own_modules(unit)) for unit in units),
+        call=_WithoutUnitHooks(head) if head_unit else head,
+        per_call=per_call,
+        units_inside=inside,
+        sharded=per_call or head_unit or bool(enclosing),
+    )
+
+
 @contextmanager
-def whole_head(model: torch.nn.Module, head: torch.nn.Module, backward_follows: bool):
-    """Yield what to call as the head, with the FSDP2 units around ``head`` unsharded; without FSDP2, ``head``.
+def whole_head(sharding: HeadSharding, backward_follows: bool):
+    """Yield what to call as the head (``sharding.call``), with the FSDP2 units around it unsharded.
 
     A head that is an FSDP2 unit is yielded wrapped (`_WithoutUnitHooks`) and its unit unsharded
-    too. ``backward_follows``: a backward through the head will run (training); FSDP reshards the
-    units after it. Otherwise the units this call unsharded are resharded when the body ends.
+    too; without FSDP2 the head itself is yielded. ``backward_follows``: a backward through the
+    head will run (training); FSDP reshards the units after it. Otherwise the units this call
+    unsharded are resharded when the body ends.
     """
-    units = _enclosing_units(model, head) if torch.distributed.is_available() else []
-    if _is_unit(head):
-        units.append(head)
-    gathered = [unit for unit in units if _is_sharded(unit)]
+    gathered = [unit for unit, own in sharding.units if _is_sharded(own)]
     for unit in gathered:
         unit.unshard()
     try:
-        yield _WithoutUnitHooks(head) if _is_unit(head) else head
+        yield sharding.call
     finally:
         if not backward_follows:
             for unit in gathered:
                 unit.reshard()
 
 
-def _units_inside(head: torch.nn.Module) -> bool:
-    """Whether FSDP2 units inside ``head`` (not the head's own: `whole_head` skips its hooks) run on a head call."""
-    return any(_is_unit(module) for module in head.modules() if module is not head)
-
-
-def _gathered_per_call(head: torch.nn.Module) -> bool:
-    """Whether calling ``head`` runs a collective: ZeRO-3 partitioned weights, or FSDP2 units inside it."""
-    return any(hasattr(p, "ds_status") for p in head.parameters()) or _units_inside(head)
-
-
-def gradients_in_forward_allowed(head: torch.nn.Module) -> bool:
-    """Whether `scoring` may take a frozen head's gradients in the forward: not where head calls run
-    FSDP2 units' hooks (their backward hooks and FSDP's end-of-backward callback would run then)."""
-    return not _units_inside(head)
-
-
-def equal_chunk_count(head: torch.nn.Module, rows: int, chunk_size: int, device: torch.device) -> int | None:
+def equal_chunk_count(sharding: HeadSharding, rows: int, chunk_size: int, device: torch.device) -> int | None:
     """The most ``chunk_size`` chunks any rank needs, where each head call is a collective; else None.
 
     One all-reduce of one number per forward; every rank then calls the head that many times,
@@ -145,15 +178,8 @@ def equal_chunk_count(head: torch.nn.Module, rows: int, chunk_size: int, device:
     distributed = torch.distributed
     if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
         return None
-    if not _gathered_per_call(head):
+    if not sharding.per_call:
         return None
     count = torch.tensor([max(1, -(-rows // chunk_size))], device=device)
     distributed.all_reduce(count, op=distributed.ReduceOp.MAX)
     return int(count.item())
-
-
-def is_sharded(model: torch.nn.Module, head: torch.nn.Module) -> bool:
-    """Whether the head's weights are split across processes (FSDP2 units above, at or in it, or ZeRO-3)."""
-    if _gathered_per_call(head) or _is_unit(head):
-        return True
-    return bool(torch.distributed.is_available() and _enclosing_units(model, head))
