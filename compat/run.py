@@ -11,9 +11,9 @@ Each leg is built the way a user of that release line has it, then this package 
 3. the test extras and the suite's assets (installed the same way as `make install` does), then
    `python -m pytest` with MERLINA_COMPAT_LEG set, so tests/conftest.py knows what the leg lacks.
 
-Results: compat/results.json and compat/results.md (the README's compatibility table), one column per
-leg, with the versions it resolved and the commit it ran; a run of some legs replaces their columns
-only. Exit status 1 if a leg that ran failed anything, or could not be built.
+Results: compat/results.json and compat/results.md, copied into README.md's Compatibility section: one
+column per leg, with the versions it resolved and the commit it ran; a run of some legs replaces their
+columns only. Exit status 1 if a leg that ran failed anything, or could not be built.
 """
 
 from __future__ import annotations
@@ -182,6 +182,22 @@ def table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+README_START = "<!-- compat table: written here by `make compat` (compat/run.py), a copy of compat/results.md -->"
+README_END = "<!-- end of the compat table -->"
+NOT_RUN = "`make compat` has not run yet."
+
+
+def readme_table(readme: str) -> str:
+    """What README.md's Compatibility section shows between its two markers."""
+    return readme.split(README_START, 1)[1].split(README_END, 1)[0].strip()
+
+
+def with_table(readme: str, markdown: str) -> str:
+    """README.md with ``markdown`` between the markers (the table is never edited by hand)."""
+    head, rest = readme.split(README_START, 1)
+    return f"{head}{README_START}\n{markdown.strip()}\n{README_END}{rest.split(README_END, 1)[1]}"
+
+
 def main(argv: list[str]) -> int:
     unknown = [name for name in argv if name not in LEGS]
     if unknown:
@@ -200,6 +216,8 @@ def main(argv: list[str]) -> int:
     merged = {name: merged[name] for name in LEGS if name in merged}
     saved.write_text(json.dumps(merged, indent=1) + "\n")
     (REPO / "compat" / "results.md").write_text(table(merged))
+    readme = REPO / "README.md"
+    readme.write_text(with_table(readme.read_text(), table(merged)))
     failed = [n for n, r in results.items() if r["ran"] and (r["suite"]["returncode"] or r["install"]["moved"]
                                                               or not r["install"]["pip_check"])]
     not_run = [n for n, r in results.items() if not r["ran"] and not r["why"].startswith("no Python")]

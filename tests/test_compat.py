@@ -117,3 +117,26 @@ def test_every_leg_names_its_python_its_user_stack_and_why_it_lacks_what_it_lack
         assert all(isinstance(why, str) and why for why in leg["lacks"].values()), name
     pins = {name: dict(r.split("==") for r in leg["user"] if "==" in r) for name, leg in run.LEGS.items()}
     assert pins["axolotl-0.19"]["axolotl"] == "0.19.0" and pins["axolotl-0.21"]["axolotl"] == "0.21.0"
+
+
+def test_the_readme_shows_the_committed_compatibility_table_and_it_names_no_machine_path():
+    """README.md's table is compat/results.md as `make compat` last wrote both (or says it has not run)."""
+    run = _runner()
+    shown = run.readme_table((REPO / "README.md").read_text())
+    saved = REPO / "compat" / "results.md"
+    if not saved.exists():
+        assert shown == run.NOT_RUN
+        return
+    assert shown == saved.read_text().strip()
+    results = json.loads((REPO / "compat" / "results.json").read_text())
+    assert set(results) <= set(run.LEGS)
+    text = shown + json.dumps(results)
+    assert "/work/" not in text and "/root/" not in text and "/tmp/" not in text
+
+
+def test_the_runner_writes_its_table_between_the_readme_markers_and_nowhere_else():
+    run = _runner()
+    readme = f"intro\n{run.README_START}\nold\n{run.README_END}\noutro\n"
+    updated = run.with_table(readme, "| a | b |\n")
+    assert updated == f"intro\n{run.README_START}\n| a | b |\n{run.README_END}\noutro\n"
+    assert run.readme_table(updated) == "| a | b |"
