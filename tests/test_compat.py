@@ -96,6 +96,22 @@ def test_the_runner_records_every_version_an_install_moved_or_removed():
     assert run.moved(before, {**before, "new-package": "1"}) == []
 
 
+def test_a_failed_install_step_is_tried_twice_then_named_with_the_free_disk(tmp_path):
+    import sys
+
+    run = _runner()
+    counter = tmp_path / "tries"
+    flaky = [sys.executable, "-c", f"import pathlib, sys; p = pathlib.Path({str(counter)!r}); "
+             "n = int(p.read_text()) if p.exists() else 0; p.write_text(str(n + 1)); sys.exit(0 if n else 3)"]
+    with (tmp_path / "install.log").open("w") as log:
+        assert run._run(flaky, log).returncode == 0  # a dropped download: the second try succeeds
+        with pytest.raises(RuntimeError, match="exited 4"):
+            run._run([sys.executable, "-c", "raise SystemExit(4)"], log)
+    text = (tmp_path / "install.log").read_text()
+    assert counter.read_text() == "2" and text.count("SystemExit(4)") == 2 and "GiB free" in text
+    assert run.log_tail(tmp_path / "install.log", lines=1).strip().startswith("[compat] exited 4 (attempt 2)")
+
+
 def test_the_runner_finds_this_interpreter_by_its_version_and_refuses_one_that_is_not_there():
     import platform
     import sys
