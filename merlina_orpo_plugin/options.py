@@ -102,6 +102,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("loss_chunk_size", int, 512, minimum=0,
            help="Log-probs from the hidden states this many tokens at a time, so the [tokens, vocab] logits never "
                 "exist at once. 0: the model's full logits."),
+    Option("on_nonfinite", str, "stop", choices=("stop", "skip"),
+           help="A NaN/Inf training loss or gradient norm: `stop` raises, naming the step, the batch's rows and the "
+                "loss terms; `skip` skips that optimizer step (weights and optimizer state untouched) and logs "
+                "`nonfinite_skipped_steps`. Never hidden (see `nonfinite`)."),
     Option("generate_during_eval", bool, False,
            help="At each evaluation, sample the policy on the first `num_generation_samples` eval prompts and log "
                 "prompt, chosen, rejected, the sample and its mean log-prob: a JSONL in `output_dir`, a W&B table, "

@@ -9,6 +9,9 @@ import torch
 
 from .packing import PADDED, BatchLayout, encoder_decoder_rows, pack
 
+#: The training dataset's row index column (`nonfinite.with_row_index`): a batch's ``row_ids`` come from it.
+ROW_COLUMN = "merlina_row"
+
 
 @dataclass(frozen=True)
 class ORPODataCollator:
@@ -28,6 +31,7 @@ class ORPODataCollator:
         layout                                                               the `BatchLayout`
         scored_counts (scored tokens per owner, a tuple of 3B ints: it stays on the host, so the
             forward can plan chunks of whole pairs without waiting for the device)
+        row_ids (each pair's row in the training dataset, when its rows carry ``ROW_COLUMN``)  [B]
 
     An encoder-decoder layout (``layout.decoder_start`` set) gives instead ``input_ids`` and
     ``attention_mask`` ``[B, P]`` (each prompt once, for the encoder) and ``decoder_input_ids``
@@ -66,11 +70,18 @@ class ORPODataCollator:
             for f in features
         ]
         lengths = torch.tensor([[len(p), len(c), len(r)] for p, c, r in pairs], dtype=torch.long)
+        batch = self._rows(pairs)
+        # ``layout`` is not a tensor: moved nowhere, read without a device sync
+        batch.update(pair_lengths=lengths, layout=self.layout,
+                     scored_counts=_owner_counts(batch["score_owner"].tolist(), len(pairs)))
+        if features and ROW_COLUMN in features[0]:
+            batch["row_ids"] = torch.tensor([f[ROW_COLUMN] for f in features], dtype=torch.long)
+        return batch
+
+    def _rows(self, pairs: list[tuple[list[int], list[int], list[int]]]) -> dict[str, Any]:
         if self.layout.encoder_decoder:
             rows = encoder_decoder_rows(pairs, self.layout.decoder_start, self.pad_token_id)
-            return {**{key: torch.tensor(value, dtype=torch.long) for key, value in rows.items()},
-                    "pair_lengths": lengths, "layout": self.layout,
-                    "scored_counts": _owner_counts(rows["score_owner"], len(pairs))}
+            return {key: torch.tensor(value, dtype=torch.long) for key, value in rows.items()}
         packed = pack(
             pairs,
             self.layout,
@@ -88,9 +99,6 @@ class ORPODataCollator:
             "score_index": torch.tensor(packed.score_index, dtype=torch.long),
             "score_target": torch.tensor(packed.score_target, dtype=torch.long),
             "score_owner": torch.tensor(packed.score_owner, dtype=torch.long),
-            "pair_lengths": lengths,
-            "layout": self.layout,  # not a tensor: moved nowhere, read without a device sync
-            "scored_counts": _owner_counts(packed.score_owner, len(pairs)),
         }
 
 

@@ -1,0 +1,171 @@
+"""A NaN or Inf in training is never hidden: the run stops naming the step, its rows and the loss terms, or
+the step is skipped and counted (option ``on_nonfinite``: ``stop`` | ``skip``).
+
+transformers' ``logging_nan_inf_filter`` (on by default) replaces a non-finite training loss by the mean of
+the logging window's earlier ones, so a run whose every step is NaN logs ``loss`` 0.0 and looks perfect.
+Here two checks run on every optimizer step:
+
+- the loss of each training micro-batch, before its backward (`NonFiniteGuard.check_loss`);
+- the gradient norm Trainer computes anyway before the optimizer steps (`NonFiniteGuard.check_step`).
+  It is the global norm (after DDP's all-reduce, over FSDP's shards), so every process decides alike.
+
+``stop`` (the default) raises `FloatingPointError` at the first of them: the optimizer step, the rows of the
+micro-batch (or of the step's whole window, for a gradient) as indices into the training dataset with the
+start of each prompt, and the values of ``loss``, ``nll_loss`` and ``or_loss``. The weights are untouched:
+the last checkpoint is a good one to resume from.
+
+``skip`` drops every gradient of a step whose window had a non-finite loss on any process or whose
+gradient norm is non-finite: ``optimizer.step()`` skips parameters without a gradient, so neither the
+weights nor the optimizer state move (the learning-rate schedule still advances, as the step is counted).
+Each log then carries ``nonfinite_skipped_steps`` (the run's total so far), and a window with skips logs
+as ``loss`` the mean over the steps that trained, NaN when none did.
+
+With fp16's GradScaler an infinite gradient is the scaler's routine overflow skip, so only the loss is
+checked there; DeepSpeed steps its optimizer inside ``backward``, so ``skip`` is refused with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .batch.collator import ROW_COLUMN
+from .options import BY_NAME
+
+POLICIES = BY_NAME["on_nonfinite"].choices
+SKIPPED = "nonfinite_skipped_steps"
+_PROMPT_CHARS = 60  # how much of each named row's prompt the message shows
+
+
+class NonFiniteGuard:
+    """The two checks, and the skip accounting of ``skip``; one per trainer, used by `ORPOTrainerMixin`."""
+
+    def __init__(self, policy: str, trainer) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"`on_nonfinite` must be one of {POLICIES}, got {policy!r}")
+        if policy == "skip" and trainer.is_deepspeed_enabled:
+            raise ValueError("`on_nonfinite: skip` cannot skip a step under DeepSpeed, which steps its optimizer "
+                             "inside backward: use `stop` (the default)")
+        self.policy, self.trainer = policy, trainer
+        self.skipped_total = 0
+        self._new_window()
+        self._new_log_window()
+
+    def _new_window(self) -> None:
+        self._window_rows: list[torch.Tensor] = []
+        self._window_bad = False
+        self._window_loss: torch.Tensor | None = None
+
+    def _new_log_window(self) -> None:
+        self._trained_loss: torch.Tensor | None = None
+        self._trained_steps = 0
+        self._skipped_here = 0
+
+    # --- per micro-batch ------------------------------------------------------------------------
+
+    def check_loss(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch: dict) -> None:
+        """Before the backward of a training micro-batch: ``stop`` raises on a NaN/Inf loss."""
+        rows = batch.get("row_ids")
+        if rows is not None:
+            self._window_rows.append(rows)
+        if bool(torch.isfinite(loss.detach()).all()):  # one host sync; Trainer's own NaN filter syncs here too
+            return
+        if self.policy == "stop":
+            values = ", ".join(f"{name} {float(value):.6g}" for name, value in {"loss": loss, **terms}.items())
+            raise FloatingPointError(f"non-finite training loss at optimizer step {self._step()}: {values}; "
+                                     f"{self._describe([rows] if rows is not None else [])}. {self._advice()}")
+        self._window_bad = True
+
+    def record(self, step_loss: torch.Tensor) -> None:
+        """The micro-batch loss `training_step` hands Trainer: summed per step for the ``skip`` accounting."""
+        loss = step_loss.detach()
+        self._window_loss = loss if self._window_loss is None else self._window_loss + loss
+
+    # --- per optimizer step -----------------------------------------------------------------------
+
+    def check_step(self, model, grad_norm):
+        """After Trainer's gradient norm, before ``optimizer.step()``: stop, skip (drop the gradients) or go on."""
+        accelerator = self.trainer.accelerator
+        checked = getattr(accelerator, "scaler", None) is None and grad_norm is not None
+        finite = not checked or math.isfinite(_as_float(grad_norm))
+        if not finite and self.policy == "stop":
+            raise FloatingPointError(f"non-finite gradient norm ({float(grad_norm)}) at optimizer step {self._step()} "
+                                     f"with a finite loss; {self._describe(self._window_rows)}. {self._advice()}")
+        bad = not finite or self._window_bad
+        if self.policy == "skip" and accelerator.num_processes > 1:  # a loss NaN on one process skips everywhere
+            bad = bool(accelerator.reduce(torch.tensor(float(bad), device=accelerator.device), reduction="sum") > 0)
+        if bad:
+            for parameter in model.parameters():
+                parameter.grad = None
+            self.skipped_total += 1
+            self._skipped_here += 1
+        elif self._window_loss is not None:
+            loss = self._window_loss.float()
+            self._trained_loss = loss if self._trained_loss is None else self._trained_loss + loss
+            self._trained_steps += 1
+        self._new_window()
+        return grad_norm
+
+    def on_log(self, logs: dict) -> None:
+        """``skip``: the run's skip count, and a window's ``loss`` over the steps that trained (NaN if none)."""
+        if self.policy != "skip" or "loss" not in logs:
+            return
+        logs[SKIPPED] = self.skipped_total
+        if self._skipped_here:
+            logs["loss"] = self._trained_mean()
+        self._new_log_window()
+
+    def _trained_mean(self) -> float:
+        if not self._trained_steps:
+            return float("nan")
+        accelerator = self.trainer.accelerator
+        total = self._trained_loss.to(accelerator.device)
+        if accelerator.num_processes > 1:
+            total = accelerator.reduce(total, reduction="mean")
+        return round(float(total) / self._trained_steps, 4)
+
+    # --- the message --------------------------------------------------------------------------------
+
+    def _step(self) -> int:
+        return self.trainer.state.global_step + 1
+
+    def _describe(self, row_tensors: list[torch.Tensor]) -> str:
+        """``rows 3, 17 of the training dataset (3: 'prompt…'; 17: '…')``, or why rows cannot be named."""
+        if not row_tensors:
+            return "its rows are unknown (the training dataset is not a `datasets.Dataset`)"
+        rows = sorted({int(row) for tensor in row_tensors for row in tensor.tolist()})
+        dataset, tokenizer = self.trainer.train_dataset, self.trainer.processing_class
+        starts = []
+        for row in rows[:8]:
+            text = repr(tokenizer.decode(dataset[row]["prompt_input_ids"][:32]))[: _PROMPT_CHARS]
+            starts.append(f"{row}: {text}")
+        more = f" and {len(rows) - 8} more" if len(rows) > 8 else ""
+        return (f"rows {', '.join(map(str, rows))} of the training dataset (its `{ROW_COLUMN}` column), whose prompts "
+                f"start {'; '.join(starts)}{more}")
+
+    def _advice(self) -> str:
+        return ("The optimizer has not stepped on it. Check those rows and the learning rate, resume from the last "
+                "checkpoint, or set `on_nonfinite` (YAML `merlina_on_nonfinite`) to `skip` to skip such steps")
+
+
+def _as_float(value) -> float:
+    """A gradient norm as a float: a tensor, FSDP2's replicated DTensor, or DeepSpeed's float."""
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return float(value)
+
+
+def with_row_index(dataset):
+    """``dataset`` with a ``merlina_row`` column (0..n-1), so each batch can say which rows it holds.
+
+    A `datasets.Dataset` only (an in-memory column beside the cached files, nothing rewritten); other
+    datasets are returned as they are, and a non-finite loss in them names no rows.
+    """
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return dataset
+    if not isinstance(dataset, datasets.Dataset) or ROW_COLUMN in dataset.column_names:
+        return dataset
+    return dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
