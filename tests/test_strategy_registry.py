@@ -242,3 +242,27 @@ def test_an_entry_point_that_fails_to_import_is_not_swallowed(install_distributi
     install_distribution("merlina_test_broken", "{}", body="raise ImportError('needs fancy_dep')\n")
     with pytest.raises(ImportError, match="needs fancy_dep"):
         get_strategy({"type": "sharegpt"})
+
+
+def test_a_strategy_declaring_the_first_contracts_text_is_read_as_the_standard_layout():
+    """Packages written before strategies named `Layout` members declare ``layout = "text"``: one vocabulary
+    inside (`Layout`), that one alias accepted where a strategy is built, and the rows map as standard ones."""
+    import datasets
+
+    from merlina_orpo_plugin.integration.mapping import apply_strategy
+    from merlina_orpo_plugin.strategies import Layout
+
+    class OldShout(ShoutPairs):
+        layout = "text"
+
+    class OldPlugin:
+        @hookimpl
+        def merlina_orpo_dataset_types(self):
+            return {"test.old": OldShout}
+
+    register_plugin(OldPlugin(), name="old")
+    raw = datasets.Dataset.from_list([{"q": "hi", "good": "hello", "bad": "go"}])
+    checked, skipped = apply_strategy(raw, {"type": "test.old"}, source="rows", skip_bad_rows=False)
+    assert checked.layout is Layout.STANDARD and not skipped
+    assert checked.dataset[0] == {"prompt": "HI", "chosen": "HELLO!", "rejected": "GO"}
+    assert get_strategy({"type": "sharegpt"}).layout is Layout.CONVERSATIONAL and TEXT is Layout.STANDARD

@@ -10,8 +10,8 @@ The layouts follow TRL's dataset conventions:
   (HuggingFaceH4/ultrafeedback_binarized) is ignored, as TRL's ``maybe_extract_prompt`` does.
 - ``tokenized``: ``prompt_input_ids``, ``chosen_input_ids``, ``rejected_input_ids`` lists of ints.
 
-A dataset strategy DECLARES its layout (``"conversational"`` or ``"text"``, see
-``merlina_orpo_plugin.strategies``): ``Layout(strategy.layout)`` is that layout, with no detection.
+A dataset strategy DECLARES its layout, a member of this one vocabulary (``Layout.CONVERSATIONAL`` or
+``Layout.STANDARD``, see ``merlina_orpo_plugin.strategies``), taken as declared with no detection.
 ``detect_layout`` is for the Python API, where nobody declared one.
 """
 
@@ -34,9 +34,10 @@ class Layout(str, Enum):
     TOKENIZED = "tokenized"
 
     @classmethod
-    def _missing_(cls, value: object) -> Layout | None:
-        # "text" is how dataset strategies name the standard layout (the plugin contract, README).
-        return cls.STANDARD if value == "text" else None
+    def named(cls, value: Layout | str) -> Layout:
+        """A member, its value, or ``"text"``: the name strategy packages written for the first plugin
+        contract declare for ``standard`` (still accepted there, and by ``prepare_preference_dataset``)."""
+        return cls.STANDARD if value == "text" else cls(value)
 
     @property
     def fields(self) -> tuple[str, ...]:

@@ -58,7 +58,7 @@ def prepare_preference_dataset(
     prompt and each completion tokenised apart, for the encoder and the decoder (``seq2seq``).
     """
     limits = _limits(max_length, max_prompt_length, max_completion_length, batch_size)
-    layout = detect_layout(dataset) if layout is None else Layout(layout)
+    layout = detect_layout(dataset) if layout is None else Layout.named(layout)
     checked = validate_preference_dataset(dataset, layout, source=source, batch_size=batch_size)
     return _tokenise(checked, tokenizer, limits, num_proc=num_proc, batch_size=batch_size,
                      encoder_decoder=encoder_decoder)

@@ -16,6 +16,7 @@ import datasets
 
 from ..data import CheckedPairs, Layout, check_row, tokenise_checked
 from ..strategies import RowError, get_strategy
+from ..strategies.registry import declared_layout
 from . import LOG
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def apply_strategy(
     first examples are logged.
     """
     strategy = get_strategy(entry)
-    layout = Layout(strategy.layout)  # declared by the strategy: "conversational" or "text" (standard)
+    layout = declared_layout(strategy)  # checked when the registry built it
     mapped = raw.map(
         _map_rows,
         with_indices=True,

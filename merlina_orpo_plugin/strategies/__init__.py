@@ -11,6 +11,7 @@ that implements ``merlina_orpo_dataset_types`` (``hookspecs.py``) under the entr
 ValueError when the strategy is built.
 """
 
+from ..data.layouts import Layout
 from .hookspecs import (
     CONVERSATIONAL,
     ENTRY_POINT_GROUP,
@@ -28,6 +29,7 @@ __all__ = [
     "CONVERSATIONAL",
     "ENTRY_POINT_GROUP",
     "LAYOUTS",
+    "Layout",
     "TEXT",
     "DatasetStrategy",
     "RowError",

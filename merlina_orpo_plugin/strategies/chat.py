@@ -32,7 +32,8 @@ from .common import (
     require_text,
     with_system,
 )
-from .hookspecs import CONVERSATIONAL, RowError, hookimpl
+from ..data.layouts import Layout
+from .hookspecs import RowError, hookimpl
 
 _PROMPT_SIDE = ("user", "tool")  # turns a model answers
 
@@ -43,7 +44,7 @@ class _MessageType:
     name: str
     defaults: Mapping[str, str]
     message_keys = ("role", "content")
-    layout = CONVERSATIONAL
+    layout = Layout.CONVERSATIONAL
 
     def __init__(self, ds_cfg: Mapping[str, Any]):
         self.fields = read_fields(ds_cfg, self.name, self.defaults, messages=True)

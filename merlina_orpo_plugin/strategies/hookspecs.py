@@ -17,12 +17,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import pluggy
 
+from ..data.layouts import Layout
+
 PROJECT_NAME = "merlina_orpo"
 ENTRY_POINT_GROUP = "merlina_orpo.dataset_types"
 
-# The two row layouts the tokeniser (``merlina_orpo_plugin.data``) accepts from a strategy.
-CONVERSATIONAL = "conversational"  # prompt / chosen / rejected as lists of {role, content} messages
-TEXT = "text"  # prompt / chosen / rejected as plain strings, no chat template
+# The two row layouts the tokeniser accepts from a strategy: members of the data package's one `Layout`.
+CONVERSATIONAL = Layout.CONVERSATIONAL  # prompt / chosen / rejected as lists of {role, content} messages
+TEXT = Layout.STANDARD  # prompt / chosen / rejected as plain strings, no chat template (`"text"` still accepted)
 LAYOUTS = (CONVERSATIONAL, TEXT)
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -49,14 +51,15 @@ class RowError(ValueError):
 class DatasetStrategy(Protocol):
     """Turns ONE raw row into ONE new preference-pair dict; never mutates the row.
 
-    ``layout`` is ``"conversational"`` (``{"prompt": [messages], "chosen": [messages], "rejected":
-    [messages]}``) or ``"text"`` (``{"prompt": str, "chosen": str, "rejected": str}``); one strategy
+    ``layout`` is ``Layout.CONVERSATIONAL`` (``{"prompt": [messages], "chosen": [messages], "rejected":
+    [messages]}``) or ``Layout.STANDARD`` (``{"prompt": str, "chosen": str, "rejected": str}``; the
+    string ``"text"`` of the first contract is read as it); one strategy
     always returns the same layout, and the pipeline takes it as declared. A row the strategy cannot
     read raises ``RowError``; an empty answer is not such a row (it is an empty completion, trained
     as the end token alone), nor is a pair whose answers are the same (counted and warned about).
     """
 
-    layout: str
+    layout: Layout | str
 
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]: ...
 

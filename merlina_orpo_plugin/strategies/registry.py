@@ -14,6 +14,7 @@ from typing import Any
 import pluggy
 
 from . import chat, hookspecs, text
+from ..data.layouts import Layout
 from .hookspecs import ENTRY_POINT_GROUP, LAYOUTS, PROJECT_NAME, DatasetStrategy, StrategyFactory
 
 BUILTIN_NAME = "merlina_orpo_plugin"
@@ -135,9 +136,17 @@ def get_strategy(ds_cfg: Mapping[str, Any]) -> DatasetStrategy:
     factory, provider = table[type_name]
     strategy = factory(ds_cfg)
     layout = getattr(strategy, "layout", None)
-    if layout not in LAYOUTS or not callable(strategy):
+    if declared_layout(strategy) not in LAYOUTS or not callable(strategy):
         raise ValueError(
             f"dataset type `{type_name}` from {provider} built {strategy!r}: a strategy must be callable "
-            f"and have `layout` one of {', '.join(LAYOUTS)}, got layout {layout!r}"
+            f"and have `layout` one of {', '.join(f'Layout.{m.name}' for m in LAYOUTS)}, got layout {layout!r}"
         )
     return strategy
+
+
+def declared_layout(strategy) -> Layout | None:
+    """The `Layout` a strategy declares (``"text"``, the first contract's name, is ``STANDARD``); None if none."""
+    try:
+        return Layout.named(getattr(strategy, "layout", None))
+    except ValueError:
+        return None

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .common import answer_text, optional_text, read_fields, require_text, with_system
-from .hookspecs import CONVERSATIONAL, TEXT, RowError, hookimpl
+from ..data.layouts import Layout
+from .hookspecs import RowError, hookimpl
 
 
 class _StringType:
@@ -48,7 +49,7 @@ class IntelStrategy(_StringType):
         "field_rejected": "rejected",
         "field_system": "system",
     }
-    layout = CONVERSATIONAL
+    layout = Layout.CONVERSATIONAL
 
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
         system_col = self.fields["field_system"]
@@ -90,7 +91,7 @@ class HHRLHFStrategy(_StringType):
 
     name = "hh_rlhf"
     defaults = {"field_chosen": "chosen", "field_rejected": "rejected"}
-    layout = CONVERSATIONAL
+    layout = Layout.CONVERSATIONAL
 
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
         chosen_col, rejected_col = self.fields["field_chosen"], self.fields["field_rejected"]
@@ -119,7 +120,7 @@ class PromptPairsStrategy(_StringType):
 
     name = "prompt_pairs"
     defaults = {"field_prompt": "prompt", "field_chosen": "chosen", "field_rejected": "rejected"}
-    layout = TEXT
+    layout = Layout.STANDARD
 
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return {
