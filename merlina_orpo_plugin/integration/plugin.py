@@ -46,6 +46,7 @@ class MerlinaORPOPlugin(BasePlugin):
     def __init__(self):
         super().__init__()
         self._orpo_config = False  # whether the config last given to `register` is an ORPO one
+        self._full_determinism = False  # the raw key: Axolotl 0.19's schema drops `full_determinism`
 
     def get_input_args(self) -> str | None:
         """Our YAML keys join Axolotl's schema for an ORPO config only (`register` runs before validation)."""
@@ -65,6 +66,10 @@ class MerlinaORPOPlugin(BasePlugin):
         self._orpo_config = cfg.get("rl") == RL_NAME or orpo_enabled(cfg)
         if cfg.get("rl") != RL_NAME:
             return
+        from ..checkpoints import resolve_resume
+
+        self._full_determinism = bool(cfg.get("full_determinism"))
+        resolve_resume(cfg)  # `resume_from_checkpoint: true` / auto-resume: the latest COMPLETE checkpoint
         for key in ("datasets", "test_datasets"):
             entries = cfg.get(key)
             if entries is not None and not isinstance(entries, list):
@@ -82,6 +87,18 @@ class MerlinaORPOPlugin(BasePlugin):
         if cfg.get("remove_unused_columns") is None:
             cfg["remove_unused_columns"] = False  # the causal builder's True would strip the rejected ids
         _move_generation_keys(cfg)
+
+    def pre_model_load(self, cfg) -> None:
+        """Seed before the model is built: Axolotl 0.19 seeds nothing before model and adapter load
+        (transformers' Trainer seeds in its constructor, after the adapter exists)."""
+        if self._active(cfg):
+            seed_from_cfg(cfg, self._full_determinism)
+
+    def pre_lora_load(self, cfg, model) -> None:
+        """Seed again right before the adapter is drawn, as TRL 1.15+ does before PEFT: its init is then
+        a function of `seed` alone, whatever the model build drew."""
+        if self._active(cfg):
+            seed_from_cfg(cfg, self._full_determinism)
 
     def load_datasets(self, cfg, preprocess: bool = False):
         if not self._active(cfg):
@@ -122,6 +139,8 @@ class MerlinaORPOPlugin(BasePlugin):
             # Axolotl turns this off; ORPO needs it so the NLL is one token mean over all ranks.
             "average_tokens_across_devices": True,
         }
+        if self._full_determinism:
+            args["full_determinism"] = True  # Axolotl 0.21 passes it itself; 0.19 does not know the key
         if _is_multi_process_cpu():
             args.update(use_cpu=True, ddp_backend="gloo")  # see _set_process_environment
         return args
@@ -147,6 +166,20 @@ def total_num_steps(cfg, train_size: int) -> int:
         return int(cfg["max_steps"])
     epochs = 1 if cfg.get("num_epochs") is None else float(cfg["num_epochs"])
     return math.ceil(train_size * epochs / int(cfg["batch_size"]))
+
+
+def seed_from_cfg(cfg, full_determinism: bool = False) -> None:
+    """`transformers.set_seed(cfg.seed)` (Python, NumPy, torch), or `enable_full_determinism` with
+    `full_determinism` (also deterministic torch kernels); Axolotl fills an unset `seed` with 42."""
+    from transformers.trainer_utils import enable_full_determinism, set_seed
+
+    seed = cfg.get("seed")
+    if seed is None:
+        return
+    if full_determinism or cfg.get("full_determinism"):
+        enable_full_determinism(int(seed))
+    else:
+        set_seed(int(seed))
 
 
 def _set_process_environment() -> None:
