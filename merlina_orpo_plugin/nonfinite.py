@@ -35,7 +35,7 @@ from .options import BY_NAME
 
 POLICIES = BY_NAME["on_nonfinite"].choices
 SKIPPED = "nonfinite_skipped_steps"
-_PROMPT_CHARS = 60  # how much of each named row's prompt the message shows
+_PROMPT_CHARS = 48  # how much of each named row's prompt the message shows
 
 
 class NonFiniteGuard:
@@ -138,14 +138,14 @@ class NonFiniteGuard:
         dataset, tokenizer = self.trainer.train_dataset, self.trainer.processing_class
         starts = []
         for row in rows[:8]:
-            text = repr(tokenizer.decode(dataset[row]["prompt_input_ids"][:32]))[: _PROMPT_CHARS]
-            starts.append(f"{row}: {text}")
+            text = tokenizer.decode(dataset[row]["prompt_input_ids"][:32])
+            starts.append(f"{row}: {text[:_PROMPT_CHARS] + ('…' if len(text) > _PROMPT_CHARS else '')!r}")
         more = f" and {len(rows) - 8} more" if len(rows) > 8 else ""
         return (f"rows {', '.join(map(str, rows))} of the training dataset (its `{ROW_COLUMN}` column), whose prompts "
                 f"start {'; '.join(starts)}{more}")
 
     def _advice(self) -> str:
-        return ("The optimizer has not stepped on it. Check those rows and the learning rate, resume from the last "
+        return ("The optimizer has not stepped on this batch. Check those rows and the learning rate, resume from the last "
                 "checkpoint, or set `on_nonfinite` (YAML `merlina_on_nonfinite`) to `skip` to skip such steps")
 
 

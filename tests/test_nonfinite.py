@@ -80,7 +80,8 @@ def test_a_nan_weight_stops_at_step_1_naming_rows_and_terms_before_any_weight_mo
     assert len(rows.split(", ")) == 2 and all(0 <= int(row) < len(pairs) for row in rows.split(", "))
     first = int(rows.split(", ")[0])
     prompt = tokenizer.decode(trainer.train_dataset[first]["prompt_input_ids"][:32])
-    assert repr(prompt)[:40] in message and "merlina_on_nonfinite" in message
+    assert f"{first}: {prompt[:48] + ('…' if len(prompt) > 48 else '')!r}" in message
+    assert "merlina_on_nonfinite" in message
     for name, value in model.named_parameters():  # the optimizer never stepped
         assert torch.equal(value, before[name]) or torch.isnan(before[name]).any(), name
     assert not [log for log in trainer.state.log_history if "loss" in log]
