@@ -21,6 +21,7 @@ import pytest
 
 from e2e_helpers import CliRun, run_cli, write_config
 from merlina_orpo_plugin.generation import COLUMNS
+from merlina_orpo_plugin.integration.prepared_cache import MANIFEST
 from testkit import REPO, generation_rows, pairs_path, pairs_rows, quirks, single_turn_pairs, tiny_model_dir, tiny_t5_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs("axolotl")]
@@ -110,8 +111,8 @@ def _every_type(tmp_path) -> list[tuple[dict, list[dict], tuple[int, int]]]:
 
 
 def _summary(prepared_dir) -> dict:
-    (path,) = prepared_dir.glob("merlina-orpo-*/merlina_orpo_complete.json")
-    return json.loads(path.read_text())
+    (path,) = prepared_dir.glob(f"merlina-orpo-*/{MANIFEST}")
+    return json.loads(path.read_text())["summary"]
 
 
 def test_every_type_preprocess_then_train_with_cache_wandb_tensorboard_generations_then_merge(tmp_path, tiny_llama_dir):

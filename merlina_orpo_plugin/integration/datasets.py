@@ -4,9 +4,10 @@ Axolotl's loaders only know SFT and TRL's preference layouts, so the plugin owns
 `datasets:` entry is read with Axolotl's own file/hub loader and turned into token ids by
 `mapping.py` (strategy, one check per row, tokeniser); the entries are joined, split off for
 `val_set_size` and shuffled by `seed`. The result is cached under `dataset_prepared_path` by a hash
-of everything that changes the tokens; the first process builds it under a file lock and the others
-(ranks, later `train` runs) load it. What is read from the config is resolved once, into a
-`data_options.DataOptions`, which everything here takes.
+of everything that changes the tokens (`prepared_cache.py`: written whole and renamed into place,
+checked against its manifest on every load, rebuilt when damaged); one process builds it under a file
+lock and the others (ranks, later `train` runs) load it. What is read from the config is resolved
+once, into a `data_options.DataOptions`, which everything here takes.
 """
 
 from __future__ import annotations
@@ -20,16 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from filelock import FileLock
 
 from .. import __version__
 from ..data import PreferenceDataStats
 from ..data.fingerprint import code_sources, package_sources, source_text
 from ..data.stats import IDENTICAL_NOTE
-from . import LOG, data_options, mapping
+from . import LOG, data_options, mapping, prepared_cache
 from .data_options import DataOptions
-
-_COMPLETE = "merlina_orpo_complete.json"
 
 
 @dataclass(frozen=True)
@@ -49,17 +47,7 @@ def load_orpo_datasets(cfg, tokenizer) -> tuple[datasets.Dataset, datasets.Datas
     options = cfg if isinstance(cfg, DataOptions) else DataOptions.from_cfg(cfg)
     key = dataset_hash(options, tokenizer)
     target = Path(options.prepared_path) / f"merlina-orpo-{key}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock"):
-        if (target / _COMPLETE).exists():
-            LOG.info("ORPO datasets: loading the prepared copy in %s", target)
-        else:
-            splits, summary = _build(options, tokenizer)
-            datasets.DatasetDict(splits).save_to_disk(str(target))
-            (target / _COMPLETE).write_text(json.dumps(summary, indent=2))
-            LOG.info("ORPO datasets: prepared and saved to %s", target)
-    loaded = datasets.load_from_disk(str(target))
-    summary = json.loads((target / _COMPLETE).read_text())
+    loaded, summary = prepared_cache.load_or_build(target, key, lambda: _build(options, tokenizer))
     _log_summary(summary)
     return loaded["train"], loaded["eval"] if "eval" in loaded else None, summary
 
