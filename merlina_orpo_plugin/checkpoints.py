@@ -4,9 +4,10 @@ What `transformers.Trainer` already restores on resume: weights, optimizer, LR s
 `TrainerState` (so the beta schedule, a pure function of `global_step`, and the data order, skipped
 batch by batch through whole accumulation windows). What it does not: the ORPO metrics accumulated
 since the last log (`MetricStore`), and its own loss accumulators (`_tr_loss` since the last log,
-`_total_loss_scalar` behind the final `train_loss`), which restart at zero. They go in
-`merlina_orpo_state.pt` (one per rank in a multi-process run) and are restored before the first
-resumed step.
+`_total_loss_scalar` behind the final `train_loss`), which restart at zero, so the first log after
+the resume and `train_loss` differ from the uninterrupted run's (5.16 divides this session's loss sum
+by all steps; 5.20 takes this session's mean). They go in `merlina_orpo_state.pt` (one per rank in a
+multi-process run) and are restored before the first resumed step: `train_loss` is the whole run's mean.
 
 transformers 5.16 and 5.20 write `checkpoint-N` in place (no temporary folder, nothing marks the end)
 and `get_last_checkpoint`, like Axolotl's `determine_last_checkpoint`, takes the highest step: a run
@@ -151,6 +152,8 @@ class CheckpointStateMixin:
             self._tr_loss = state["tr_loss"].to(self._tr_loss.device)
             self._total_loss_scalar = state["total_loss_scalar"]
             self._globalstep_last_logged = state["globalstep_last_logged"]
+            if hasattr(self, "_initial_global_step"):  # transformers >= 5.20 divides by this session's steps
+                self._initial_global_step = 0  # the total now covers the whole run: `train_loss` is its mean
 
 
 def _state_name(args) -> str:
