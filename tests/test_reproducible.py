@@ -100,3 +100,26 @@ def test_the_python_api_with_a_peft_config_is_reproducible(tmp_path, tokenizer):
         assert one.keys() == two.keys() and all(torch.equal(one[n], two[n]) for n in one)
     assert first[2] == second[2] and len(first[2]) == 3
     assert not any(torch.equal(first[0][n], other_init[n]) for n in other_init)
+
+
+@pytest.mark.needs("axolotl")
+def test_full_determinism_in_the_yaml_reaches_the_seeding_and_the_trainer(monkeypatch):
+    """`full_determinism: true` (a key Axolotl 0.19's schema drops) is read by `register` from the raw YAML:
+    the hooks then turn on deterministic torch algorithms, and the training arguments carry it."""
+    from merlina_orpo_plugin.integration.plugin import MerlinaORPOPlugin
+
+    for name in ("CUDA_LAUNCH_BLOCKING", "CUBLAS_WORKSPACE_CONFIG", "ASCEND_LAUNCH_BLOCKING", "HCCL_DETERMINISTIC",
+                 "FLASH_ATTENTION_DETERMINISTIC"):
+        monkeypatch.setenv(name, "")  # restored after the test: enable_full_determinism writes them
+    for flag in ("deterministic", "benchmark"):
+        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
+    plugin = MerlinaORPOPlugin()
+    cfg = {"rl": "orpo_standalone", "datasets": [dict(ENTRY)], "seed": 3, "full_determinism": True}
+    plugin.register(cfg)
+    cfg.pop("full_determinism")  # as Axolotl 0.19's validation leaves the config
+    try:
+        plugin.pre_lora_load(cfg, None)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert plugin.get_training_args({**cfg, "batch_size": 2})["full_determinism"] is True
