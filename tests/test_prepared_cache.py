@@ -123,6 +123,13 @@ def test_an_unparseable_manifest_is_named_and_rebuilt(copy, caplog):
     _assert_rebuilt(target, builds, caplog, f"its manifest {MANIFEST} cannot be parsed")
 
 
+def test_a_manifest_of_another_shape_is_named_and_rebuilt(copy, caplog):
+    target, builds = copy
+    manifest = json.loads((target / MANIFEST).read_text())
+    (target / MANIFEST).write_text(json.dumps({**manifest, "files": list(manifest["files"])}))
+    _assert_rebuilt(target, builds, caplog, "not an object with `files` (each with `size` and `checksum`)")
+
+
 def test_a_copy_built_from_another_fingerprint_is_named_and_rebuilt(copy, caplog):
     target, builds = copy
     manifest = json.loads((target / MANIFEST).read_text())

@@ -123,8 +123,10 @@ def _read_manifest(target: Path) -> dict:
         raise DamagedCopy(f"no manifest {MANIFEST}: its write never finished, or an older plugin wrote it")
     try:
         manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict) or not all(k in manifest for k in ("files", "rows", "summary")):
-            raise ValueError("not an object with `files`, `rows` and `summary`")
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not (isinstance(files, dict) and isinstance(manifest.get("rows"), dict) and "summary" in manifest
+                and all(isinstance(f, dict) and {"size", "checksum"} <= f.keys() for f in files.values())):
+            raise ValueError("not an object with `files` (each with `size` and `checksum`), `rows` and `summary`")
     except (OSError, ValueError) as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DamagedCopy(f"its manifest {MANIFEST} cannot be parsed: {error}") from error
     return manifest
