@@ -131,18 +131,21 @@ class NonFiniteGuard:
         return self.trainer.state.global_step + 1
 
     def _describe(self, row_tensors: list[torch.Tensor]) -> str:
-        """``rows 3, 17 of the training dataset (3: 'prompt…'; 17: '…')``, or why rows cannot be named."""
+        """``rows 3, 17 of the training dataset (…): 3: pairs.jsonl row 40, 'prompt…'; 17: …`` (the source file and
+        row where the Axolotl path recorded them: `integration.datasets.with_provenance`), or why rows are unknown."""
         if not row_tensors:
             return "its rows are unknown (the training dataset is not a `datasets.Dataset`)"
         rows = sorted({int(row) for tensor in row_tensors for row in tensor.tolist()})
         dataset, tokenizer = self.trainer.train_dataset, self.trainer.processing_class
         starts = []
         for row in rows[:8]:
-            text = tokenizer.decode(dataset[row]["prompt_input_ids"][:32])
-            starts.append(f"{row}: {text[:_PROMPT_CHARS] + ('…' if len(text) > _PROMPT_CHARS else '')!r}")
+            item = dataset[row]
+            text = tokenizer.decode(item["prompt_input_ids"][:32])
+            where = f"{item['merlina_source']} row {item['merlina_source_row']}, " if "merlina_source" in item else ""
+            starts.append(f"{row}: {where}{text[:_PROMPT_CHARS] + ('…' if len(text) > _PROMPT_CHARS else '')!r}")
         more = f" and {len(rows) - 8} more" if len(rows) > 8 else ""
-        return (f"rows {', '.join(map(str, rows))} of the training dataset (its `{ROW_COLUMN}` column), whose prompts "
-                f"start {'; '.join(starts)}{more}")
+        return (f"rows {', '.join(map(str, rows))} of the training dataset (its `{ROW_COLUMN}` column): "
+                f"{'; '.join(starts)}{more}")
 
     def _advice(self) -> str:
         return ("The optimizer has not stepped on this batch. Check those rows and the learning rate, resume from the last "

@@ -10,6 +10,7 @@ that optimizer step, weights and optimizer state untouched, with the skip counte
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -165,7 +166,8 @@ def test_axolotl_train_stops_on_a_nan_weight_and_skips_with_the_yaml_option(tmp_
     assert stopped.returncode != 0
     output = stopped.stdout + stopped.stderr
     assert "FloatingPointError: non-finite training loss at optimizer step 1: loss nan" in output
-    assert "of the training dataset" in output
+    assert re.search(r"of the training dataset \(its `merlina_row` column\): \d+: \S*orca_dpo_pairs\.jsonl row \d+, '",
+                     output), output[-3000:]  # the user's file and row, as the Axolotl path recorded them
     logs = [log for log in log_history(tmp_path / "skip" / "out") if "loss" in log]
     assert [log["nonfinite_skipped_steps"] for log in logs] == [1, 2]
     assert all(math.isnan(log["loss"]) for log in logs)

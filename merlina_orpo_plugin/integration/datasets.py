@@ -29,6 +29,9 @@ from ..data.stats import IDENTICAL_NOTE
 from . import LOG, data_options, mapping, prepared_cache
 from .data_options import DataOptions
 
+#: Where each prepared row came from (`with_provenance`); the trainer's batches ignore both columns.
+SOURCE_COLUMN, SOURCE_ROW_COLUMN = "merlina_source", "merlina_source_row"
+
 
 @dataclass(frozen=True)
 class PreparedEntry:
@@ -89,8 +92,21 @@ def _prepare_entries(entries: tuple[dict, ...], options: DataOptions, tokenizer,
         prepared = prepare_entry(entry, options, tokenizer)
         summary["datasets"].append({"source": prepared.source, "type": entry.get("type"), "rows": prepared.rows,
                                     "skipped": len(prepared.skipped), **vars(prepared.stats)})
-        parts.append(prepared.tokenised)
+        parts.append(with_provenance(prepared))
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def with_provenance(prepared: PreparedEntry) -> datasets.Dataset:
+    """The entry's token ids with ``merlina_source`` (how errors name the entry) and ``merlina_source_row``
+    (the row in it, counting skipped ones): a NaN at step N names its rows in the user's files (`nonfinite`)."""
+    import numpy as np
+
+    rows = np.delete(np.arange(prepared.rows), [index for index, _ in prepared.skipped])
+    tokenised = prepared.tokenised
+    if len(rows) != len(tokenised):  # pragma: no cover - tokenisation keeps every checked row
+        return tokenised
+    tokenised = tokenised.add_column(SOURCE_ROW_COLUMN, rows)
+    return tokenised.add_column(SOURCE_COLUMN, [prepared.source] * len(tokenised))
 
 
 def prepare_entry(entry: dict, options: DataOptions, tokenizer) -> PreparedEntry:
