@@ -1,4 +1,4 @@
-"""The ORPO loss the two ways the checks compare: ours (`merlina_orpo_plugin.compute.forward`) on our collated
+"""The ORPO loss the two ways the checks compare: ours (`merlina_orpo_plugin.compute.objective`) on our collated
 batch, and TRL 1.9's ``ORPOTrainer`` loss path on its padded batch (a trainer stub, no ``__init__``)."""
 
 from __future__ import annotations
@@ -41,15 +41,14 @@ def trl_trainer(device):
     return trainer
 
 
-def ours_loss(model, batch, chunk, fused=None):
-    """(loss, chosen logps, rejected logps, nll) of `concatenated_forward` (the fused loss where given)."""
-    from merlina_orpo_plugin.compute import losses as L
-    from merlina_orpo_plugin.compute.forward import concatenated_forward
+def ours_loss(model, batch, chunk, fused=False):
+    """(loss, chosen logps, rejected logps, nll) of `orpo_objective` (its fused mode with ``fused``)."""
+    from merlina_orpo_plugin.compute.forward import ORPOForwardOutput
+    from merlina_orpo_plugin.compute.objective import LossSpec, orpo_objective
 
-    out = concatenated_forward(model, batch, nll_include_prompt=True, loss_chunk_size=chunk, fused=fused)
-    loss = out.loss if out.loss is not None else L.orpo_loss(
-        out.nll_loss, L.odds_ratio_loss(out.chosen_logps, out.rejected_logps, BETA)[0])
-    return loss, out.chosen_logps, out.rejected_logps, out.nll_loss
+    step = orpo_objective(model, batch, LossSpec(BETA, loss_chunk_size=chunk, fused=fused))
+    out = ORPOForwardOutput.of(step.scores)
+    return step.loss, out.chosen_logps, out.rejected_logps, out.nll_loss
 
 
 def trl_loss(trainer, model, batch):

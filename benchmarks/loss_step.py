@@ -11,7 +11,7 @@ from unittest import mock
 
 import torch
 
-from .workload import BETA, CHUNK, PROJECTIONS
+from .workload import CHUNK, PROJECTIONS
 
 
 def add_arguments(p) -> None:
@@ -40,8 +40,6 @@ def setup(args):
 
 def main(args) -> int:
     import merlina_orpo_plugin.model.adapter as adapter
-    from merlina_orpo_plugin.compute.accumulation import loss_scales
-    from merlina_orpo_plugin.compute.forward import FusedLoss
 
     from .loss_paths import ours_loss
     from .measure import PeakDelta
@@ -55,14 +53,13 @@ def main(args) -> int:
         bound.arguments["recompute"] = True
         return chunked(*bound.args, **bound.kwargs)
 
-    fused = FusedLoss(BETA, *loss_scales(batch, True))  # the batch's own token and pair means
-    ways = {"default": (CHUNK, fused, chunked), "checkpointed": (CHUNK, None, recomputing), "unchunked": (0, None, chunked)}
+    ways = {"default": (CHUNK, True, chunked), "checkpointed": (CHUNK, False, recomputing), "unchunked": (0, False, chunked)}
     growth, times = {way: 0 for way in ways}, {way: [] for way in ways}
 
     def step(way: str) -> float:
-        chunk, spec, score = ways[way]
+        chunk, fused, score = ways[way]
         with PeakDelta() as m, mock.patch.object(adapter, "chunked_token_logps", score):  # score_hidden's lookup
-            ours_loss(model, batch, chunk, fused=spec)[0].backward()
+            ours_loss(model, batch, chunk, fused=fused)[0].backward()
         growth[way] = max(growth[way], m.bytes)
         model.zero_grad(set_to_none=True)
         return m.seconds

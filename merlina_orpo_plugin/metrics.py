@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import torch
 
-from .compute.forward import ORPOForwardOutput
+from .compute.objective import ORPOStep
 
 #: Logged names, TRL's (`rl: orpo` dashboards are built on them) plus `or_loss` and
 #: `tokens/processed_per_unique` (positions the model ran per distinct token: TRL's layout computes
@@ -28,15 +28,7 @@ METRIC_NAMES = (
 )
 
 
-def batch_metrics(
-    forward: ORPOForwardOutput,
-    nll_term: torch.Tensor,
-    or_term: torch.Tensor,
-    chosen_rewards: torch.Tensor,
-    rejected_rewards: torch.Tensor,
-    ratio: torch.Tensor,
-    log_odds: torch.Tensor,
-) -> dict[str, torch.Tensor]:
+def batch_metrics(step: ORPOStep) -> dict[str, torch.Tensor]:
     """Batch means of every logged metric, detached scalars, in `METRIC_NAMES` order.
 
     ``nll_loss`` and ``or_loss`` are the two terms as they enter the loss (``or_loss`` is
@@ -44,24 +36,44 @@ def batch_metrics(
     loss for MoE models); under gradient accumulation or several processes they are each
     micro-batch's share of the window, so their average over the window is the window's value.
     """
-    device = nll_term.device  # every metric is made on the loss's device (a CPU one breaks the stack in `pop`)
-    unique = torch.as_tensor(forward.unique_tokens, device=device).clamp(min=1)
+    terms, scores = step.terms, step.scores
+    device = terms.nll_term.device  # every metric is made on the loss's device (a CPU one breaks the stack in `pop`)
+    unique = torch.as_tensor(scores.unique_tokens, device=device).clamp(min=1)
     values = {
-        "rewards/chosen": chosen_rewards,
-        "rewards/rejected": rejected_rewards,
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
-        "rewards/margins": chosen_rewards - rejected_rewards,
-        "logps/chosen": forward.chosen_logps,
-        "logps/rejected": forward.rejected_logps,
-        "logits/chosen": forward.chosen_logits_mean,
-        "logits/rejected": forward.rejected_logits_mean,
-        "nll_loss": nll_term,
-        "log_odds_ratio": ratio,
-        "log_odds_chosen": log_odds,
-        "or_loss": or_term,
-        "tokens/processed_per_unique": forward.processed_tokens / unique,
+        "rewards/chosen": terms.chosen_rewards,
+        "rewards/rejected": terms.rejected_rewards,
+        "rewards/accuracies": (terms.chosen_rewards > terms.rejected_rewards).float(),
+        "rewards/margins": terms.chosen_rewards - terms.rejected_rewards,
+        "logps/chosen": terms.chosen_logps,
+        "logps/rejected": terms.rejected_logps,
+        "logits/chosen": scores.logits_mean[0],
+        "logits/rejected": scores.logits_mean[1],
+        "nll_loss": terms.nll_term,
+        "log_odds_ratio": terms.ratio,
+        "log_odds_chosen": terms.log_odds,
+        "or_loss": terms.or_term,
+        "tokens/processed_per_unique": scores.processed_tokens / unique,
     }
     return {name: values[name].detach().to(device).float().mean() for name in METRIC_NAMES}
+
+
+def trl_outputs(step: ORPOStep) -> dict[str, torch.Tensor]:
+    """``compute_loss``'s ``outputs`` under TRL's names: per pair ``chosen_rewards``, ``rejected_rewards``,
+    ``reward_margin``, ``log_odds``; per batch ``nll_loss`` (token mean), ``or_loss`` (the odds-ratio term
+    as added to the loss, ``-mean(or_losses)``), ``log_odds_ratio`` (mean logsigmoid of the log odds),
+    ``logits/chosen`` and ``logits/rejected`` (as logged; what TRL's ``prediction_step`` reads)."""
+    terms, scores = step.terms, step.scores
+    return {
+        "chosen_rewards": terms.chosen_rewards,
+        "rejected_rewards": terms.rejected_rewards,
+        "reward_margin": terms.chosen_rewards - terms.rejected_rewards,
+        "nll_loss": scores.nll_sum / scores.nll_tokens.clamp(min=1),
+        "or_loss": -terms.or_losses.mean(),
+        "log_odds_ratio": terms.ratio.mean(),
+        "log_odds": terms.log_odds,
+        "logits/chosen": scores.logits_mean[0].mean(),
+        "logits/rejected": scores.logits_mean[1].mean(),
+    }
 
 
 class MetricStore:

@@ -17,13 +17,16 @@ from transformers import Trainer
 
 from .compute import losses as L
 from .batch.collator import ORPODataCollator
+from .checkpoints import CheckpointStateMixin
 from .config import ORPOConfig
 from .compute.accumulation import loss_scales, window_totals
-from .compute.forward import FusedLoss, ORPOForwardOutput, concatenated_forward
+from .compute.forward import ORPOForwardOutput, concatenated_forward
+from .compute.objective import LossSpec, orpo_objective
 from .generation import log_generations
-from .metrics import MetricStore, batch_metrics
+from .metrics import MetricStore, batch_metrics, trl_outputs
 from .model.adapter import ModelFactsCache
 from .model.setup import check_4bit_cpu_layers
+from .nonfinite import NonFiniteGuard, with_row_index
 from .options import ORPOSettings, settings_from
 from .schedules import beta_at, is_scheduled
 from .speed import SpeedPlan, plan_speed
@@ -31,7 +34,7 @@ from .trl_contract import PreparedModelInit, default_collator, default_tokenizer
 from .trl_contract import resolve_args, resolve_model, tokenise_datasets
 
 
-class ORPOTrainerMixin:
+class ORPOTrainerMixin(CheckpointStateMixin):
     """ORPO loss, metrics and exact gradient accumulation for any `transformers.Trainer` subclass.
 
     Call `_setup_orpo` at the end of ``__init__``. ``self.beta`` is read on every step, so a
@@ -61,6 +64,8 @@ class ORPOTrainerMixin:
         self.aux_loss_enabled = bool(getattr(config, "output_router_logits", False))
         self.aux_loss_coef = float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
         self._orpo_metrics = MetricStore()
+        self._nonfinite = NonFiniteGuard(settings.on_nonfinite, self)
+        self.train_dataset = with_row_index(self.train_dataset)  # a NaN's message names the batch's rows
         self._orpo_mode = "train"
         self._orpo_window: tuple[torch.Tensor, float] | None = None
         # The loss is ours, not the model's: let Trainer divide it by the accumulation steps (what
@@ -120,57 +125,41 @@ class ORPOTrainerMixin:
         """One forward over chosen and rejected rows: ``(chosen_logps, rejected_logps, nll_loss, ...)``."""
         return self._forward(model, batch)
 
-    def _forward(self, model, batch, fused: FusedLoss | None = None) -> ORPOForwardOutput:
+    def _forward(self, model, batch) -> ORPOForwardOutput:
         return concatenated_forward(
             model,
             batch,
             nll_include_prompt=self.nll_include_prompt,
             output_router_logits=self.aux_loss_enabled,
             loss_chunk_size=self.speed.loss_chunk_size,
-            fused=fused,
             facts=self._model_facts.of(model, chunked=self.speed.loss_chunk_size > 0),
         )
 
     # --- Trainer hooks ------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        """ORPO loss ``nll - mean(beta * logsigmoid(log_odds))`` (+ router loss for MoE models).
+        """ORPO loss ``nll - mean(beta * logsigmoid(log_odds))`` (+ router loss for MoE models), made by
+        `compute.objective.orpo_objective` in the mode the speed plan chose (fused in training only).
 
-        With ``return_outputs=True`` returns ``(loss, outputs)`` where ``outputs`` holds tensors:
-        per pair ``chosen_rewards``, ``rejected_rewards``, ``reward_margin``, ``log_odds``; per batch
-        ``nll_loss``, ``or_loss`` (the odds-ratio term as added to the loss), ``log_odds_ratio``
-        (mean logsigmoid of the log odds), ``logits/chosen`` and ``logits/rejected`` (as logged).
+        With ``return_outputs=True`` returns ``(loss, outputs)`` where ``outputs`` holds tensors under
+        TRL's names (`metrics.trl_outputs`): per pair ``chosen_rewards``, ``rejected_rewards``,
+        ``reward_margin``, ``log_odds``; per batch ``nll_loss``, ``or_loss`` (the odds-ratio term as added
+        to the loss), ``log_odds_ratio`` (mean logsigmoid of the log odds), ``logits/chosen`` and
+        ``logits/rejected`` (as logged).
         """
-        nll_scale, or_scale = self._loss_scales(inputs, num_items_in_batch)
-        fused = None
-        if self._orpo_mode == "train" and torch.is_grad_enabled():  # the fused chunked loss, where it applies
-            fused = FusedLoss(self.beta, nll_scale, or_scale)
-        forward = self._forward(model, inputs, fused)
-        or_losses, chosen_rewards, rejected_rewards, ratio, log_odds = L.odds_ratio_loss(
-            forward.chosen_logps, forward.rejected_logps, self.beta
-        )
-        nll_term, or_term = forward.nll_sum * nll_scale, -or_losses.sum() * or_scale
-        loss = nll_term + or_term if forward.loss is None else forward.loss  # fused: the terms are detached
-        if self.aux_loss_enabled and forward.aux_loss is not None:
-            loss = loss + self.aux_loss_coef * forward.aux_loss.to(loss.device)
-        metrics = batch_metrics(forward, nll_term, or_term, chosen_rewards, rejected_rewards, ratio, log_odds)
+        chunk = self.speed.loss_chunk_size
+        spec = LossSpec(self.beta, self.nll_include_prompt, chunk,
+                        fused=self.speed.fused_loss and self._orpo_mode == "train",
+                        router_loss_coef=self.aux_loss_coef if self.aux_loss_enabled else None)
+        step = orpo_objective(model, inputs, spec, facts=self._model_facts.of(model, chunked=chunk > 0),
+                              scales=self._loss_scales(inputs, num_items_in_batch))
+        loss, metrics = step.loss, batch_metrics(step)
         if self._beta_scheduled:
             metrics["beta"] = torch.full((), float(self.beta), device=loss.device)  # a fill, not a host copy
         self._orpo_metrics.add(self._orpo_mode, metrics)
-        if not return_outputs:
-            return loss
-        outputs = {
-            "chosen_rewards": chosen_rewards,
-            "rejected_rewards": rejected_rewards,
-            "reward_margin": chosen_rewards - rejected_rewards,
-            "nll_loss": forward.nll_loss.detach(),
-            "or_loss": -or_losses.detach().mean(),
-            "log_odds_ratio": ratio.detach().mean(),
-            "log_odds": log_odds.detach(),
-            "logits/chosen": forward.chosen_logits_mean.detach().mean(),  # TRL's names, for `prediction_step`
-            "logits/rejected": forward.rejected_logits_mean.detach().mean(),
-        }
-        return loss, outputs
+        if self._orpo_mode == "train" and torch.is_grad_enabled():  # before the backward (`nonfinite`)
+            self._nonfinite.check_loss(loss, {k: metrics[k] for k in ("nll_loss", "or_loss")}, inputs)
+        return (loss, trl_outputs(step)) if return_outputs else loss
 
     def _loss_scales(self, batch, num_items_in_batch):
         """``(nll_scale, or_scale)`` of this micro-batch (`accumulation.loss_scales`): its share of the
@@ -194,7 +183,13 @@ class ORPOTrainerMixin:
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._refresh_beta()  # before compute_loss, so a subclass that sets self.beta there still wins
-        return super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._nonfinite.record(loss)  # a non-finite one only reaches here under `skip`: its step is skipped,
+        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)  # and the log says so (`nonfinite`)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Trainer's gradient norm, checked before the optimizer steps (`nonfinite.NonFiniteGuard.check_step`)."""
+        return self._nonfinite.check_step(model, super()._get_grad_norm(model, grad_norm))
 
     def _refresh_beta(self) -> None:
         """Beta for the coming optimizer step (`schedules.beta_at`); a fixed beta is left alone."""
@@ -226,6 +221,7 @@ class ORPOTrainerMixin:
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: add the ORPO metrics accumulated since the last one
             logs.update(self._orpo_metrics.pop("train", self.accelerator))
+            self._nonfinite.on_log(logs)
         return super().log(logs, *args, **kwargs)
 
     def store_metrics(self, metrics: dict[str, torch.Tensor], train_eval: str = "train") -> None:

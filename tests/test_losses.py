@@ -145,3 +145,44 @@ def test_sequence_logps_matches_reference(shape, dtype):
 def test_sequence_logps_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"logits \(2, 3, 4\) and labels \(2, 4\) disagree"):
         L.sequence_logps(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_golden_orpo_terms():
+    """One pair, beta = 0.1: chosen 2 tokens of p = 0.5 (sum 2 ln 0.5), rejected 1 token of p = 0.25,
+    prompt 2 tokens of p = 0.5 counted in the NLL.
+
+    c = ln 0.5, r = ln 0.25: log_odds = ln 3 as in `test_golden_values`, or_term = -0.1 ln(3/4) = 0.0287682.
+    nll_term = -(2 ln 0.5 + 2 ln 0.5) / 4 tokens = ln 2 = 0.6931472; loss = 0.7219154.
+    With scales 1/8 (a window of 8 NLL tokens) and 1/2 (2 pairs): 4 ln 2 / 8 + 0.0287682 / 2 = 0.3609577.
+    """
+    half = math.log(0.5)
+    sums = torch.tensor([[2 * half], [math.log(0.25)], [2 * half]])
+    counts = torch.tensor([[2.0], [1.0], [2.0]])
+    terms = L.orpo_terms(sums, counts, beta=0.1)
+    assert terms.nll_term.item() == pytest.approx(math.log(2), rel=1e-6)
+    assert terms.or_term.item() == pytest.approx(-0.1 * math.log(0.75), rel=1e-6)
+    assert terms.loss.item() == pytest.approx(0.7219154, rel=1e-6)
+    assert terms.chosen_logps.item() == pytest.approx(half, rel=1e-6)
+    assert terms.log_odds.item() == pytest.approx(math.log(3), rel=1e-6)
+    scaled = L.orpo_terms(sums, counts, beta=0.1, nll_scale=1 / 8, or_scale=1 / 2)
+    assert scaled.loss.item() == pytest.approx(0.3609577, rel=1e-6)
+
+
+@pytest.mark.parametrize("split", [1, 2, 4])
+def test_orpo_terms_of_whole_pairs_add_up_and_match_the_reference(split):
+    """What the fused chunked loss relies on: under fixed scales, the losses of any split of a batch into
+    whole pairs sum to the batch's loss, with the same gradients; with its own means it is `reference_orpo`."""
+    g = torch.Generator().manual_seed(split)
+    counts = torch.randint(1, 9, (3, 5), generator=g).double()
+    sums = (-torch.rand(3, 5, generator=g, dtype=torch.float64) * counts).requires_grad_()
+    tokens = counts[0].sum() + counts[2].sum()
+    whole = L.orpo_terms(sums, counts, 0.1)
+    nll = -(sums[0].sum() + sums[2].sum()) / tokens
+    reference = reference_orpo(nll, sums[0] / counts[0], sums[1] / counts[1], 0.1)
+    torch.testing.assert_close(whole.loss, reference, rtol=1e-6, atol=0)
+    (grad,) = torch.autograd.grad(whole.loss, sums)
+    parts = sum(L.orpo_terms(sums[:, p], counts[:, p], 0.1, 1 / tokens, 1 / 5).loss
+                for p in (slice(0, split), slice(split, 5)))
+    # the odds-ratio term is computed in float32 (`odds_ratio_loss`), so the sums agree to float32's digits
+    torch.testing.assert_close(parts, whole.loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(parts, sums)[0], grad, rtol=1e-6, atol=1e-9)

@@ -12,6 +12,7 @@ are most of a step's cost. Each id above the special ones is folded into that ra
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import peft
 import pytest
@@ -19,10 +20,10 @@ import torch
 from datasets import Dataset
 
 from testkit import SHAREGPT_ROLES, pairs_rows, tiny_llama
-from merlina_orpo_plugin.compute import losses as L
 from merlina_orpo_plugin.batch.collator import ORPODataCollator
 from merlina_orpo_plugin.data import prepare_preference_dataset
-from merlina_orpo_plugin.compute.forward import FusedLoss, concatenated_forward, nll_token_count
+from merlina_orpo_plugin.compute.forward import ORPOForwardOutput
+from merlina_orpo_plugin.compute.objective import LossSpec, orpo_objective
 from merlina_orpo_plugin.batch.packing import PADDED, BatchLayout
 
 VOCAB = 2048
@@ -67,17 +68,15 @@ def _model(seed: int = 0, **overrides):
 def _run(model, features, *, layout=PADDED, loss_chunk_size=0, nll_include_prompt=True, fused=False):
     batch = ORPODataCollator(pad_token_id=2, layout=layout, pack_length=300)(features)
     model.zero_grad()
-    spec = None
-    if fused:  # the trainer's constants outside an accumulation window: a token mean and a pair mean
-        tokens = nll_token_count(batch, nll_include_prompt).float()
-        spec = FusedLoss(0.1, 1.0 / tokens, 1.0 / len(features))
-    out = concatenated_forward(model, batch, nll_include_prompt=nll_include_prompt, loss_chunk_size=loss_chunk_size,
-                               fused=spec)
-    or_losses = L.odds_ratio_loss(out.chosen_logps, out.rejected_logps, beta=0.1)[0]
-    loss = L.orpo_loss(out.nll_loss, or_losses) if out.loss is None else out.loss
-    loss.backward()
+    # the trainer's loss outside an accumulation window: scales are the batch's token and pair means
+    spec = LossSpec(0.1, nll_include_prompt, loss_chunk_size, fused=fused)
+    step = orpo_objective(model, batch, spec)
+    step.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), out, grads, batch
+    scores = step.scores
+    out = SimpleNamespace(**ORPOForwardOutput.of(scores)._asdict(), nll_sum=scores.nll_sum, nll_tokens=scores.nll_tokens,
+                          processed_tokens=scores.processed_tokens, unique_tokens=scores.unique_tokens, fused=step.fused)
+    return step.loss.detach(), out, grads, batch
 
 
 def _assert_same(got, reference):
@@ -187,7 +186,7 @@ def test_a_trained_head_fused_loss_equals_the_loss_it_replaces(features, padded_
     (no recompute), against the padded, unchunked loss."""
     model = _model(seed=1)
     got = _run(model, features, layout=layout, loss_chunk_size=chunk, nll_include_prompt=nll_include_prompt, fused=True)
-    assert got[1].loss is not None, "the fused path must have run"
+    assert got[1].fused, "the fused path must have run"
     reference = _run(_model(seed=1), features, nll_include_prompt=nll_include_prompt)
     _assert_same(got, reference)
 
@@ -195,15 +194,15 @@ def test_a_trained_head_fused_loss_equals_the_loss_it_replaces(features, padded_
 def test_the_fused_loss_with_tied_embeddings_and_lora_on_the_head(features):
     tied = _model(seed=2, tie_word_embeddings=True)
     got = _run(tied, features, layout=BatchLayout(True, True), loss_chunk_size=100, fused=True)
-    assert got[1].loss is not None and "model.embed_tokens.weight" in got[2]
+    assert got[1].fused and "model.embed_tokens.weight" in got[2]
     _assert_same(got, _run(_model(seed=2, tie_word_embeddings=True), features))
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], init_lora_weights=False)
     model = peft.get_peft_model(_model(seed=3), lora)
     got = _run(model, features, layout=BatchLayout(True, True), loss_chunk_size=100, fused=True)
-    assert got[1].loss is not None and any("lm_head.lora" in name for name in got[2])
+    assert got[1].fused and any("lm_head.lora" in name for name in got[2])
     _assert_same(got, _run(model, features))
 
 
 def test_a_pair_longer_than_four_chunks_takes_the_checkpointed_path(features):
     got = _run(_model(seed=1), features, layout=BatchLayout(True, True), loss_chunk_size=16, fused=True)
-    assert got[1].loss is None  # fell back: the chunk of one pair would be more than 4 x 16 tokens
+    assert not got[1].fused  # fell back: the chunk of one pair would be more than 4 x 16 tokens

@@ -1,34 +1,61 @@
-"""One model forward over a collated ORPO batch, reduced to what the loss and the metrics need."""
+"""One model forward over a collated ORPO batch, reduced per sequence: log-prob sums and token counts.
+
+No loss here: `compute.objective` turns these sums into the ORPO loss (`compute.losses`), or, in
+its fused mode, takes the model's pass (`run_model`) and scores it with the loss in the kernel.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
+from . import losses as L
 from .attention import build_attention_mask
-from .losses import pair_chunk_loss
-from ..model.adapter import (ModelFacts, capture_final_hidden, find_model_facts, fused_head_applies, score_hidden,
-                             score_hidden_fused)
+from ..model.adapter import ModelFacts, capture_final_hidden, find_model_facts, score_hidden
 from .kernels import score_logits
 
 
-class ORPOForwardOutput(NamedTuple):
-    """What `concatenated_forward` returns; index it like a tuple or by name.
+class SequenceScores(NamedTuple):
+    """What `forward` returns: the batch's model output reduced per sequence, no loss.
 
-    ``chosen_logps``/``rejected_logps``: ``[B]`` mean completion log-probs (float32).
-    ``nll_loss``: token-mean NLL of the chosen sequences (scalar), ``nll_sum / nll_tokens``.
-    ``chosen_logits_mean``/``rejected_logits_mean``: ``[B]`` mean logit over the vocabulary and the
-    positions that predict each completion, for the ``logits/*`` metrics.
+    ``logp_sums``/``token_counts``: ``[3, B]`` summed log-probs and scored tokens of the chosen
+    completions (row 0), the rejected ones (row 1) and the prompts (row 2; 0 where the NLL leaves
+    them out), float32, on the head's device (`losses.orpo_terms` takes them as they are).
+    ``logits_mean``: ``[2, B]`` mean logit over the vocabulary and the positions that predict each
+    chosen / rejected completion, for the ``logits/*`` metrics.
     ``aux_loss``: the MoE router load-balancing loss, or None.
-    ``nll_sum``/``nll_tokens``: the NLL numerator and token count, for exact gradient accumulation.
-    ``processed_tokens``/``unique_tokens``: positions the model ran (padding included, an int
-    known from the shape) and the batch's distinct tokens (each prompt once + chosen + rejected, a
-    tensor on the batch's device, so reading it never waits for the GPU).
-    ``loss``: with a `FusedLoss`, the loss itself, carrying the gradient (the log-probs are then
-    detached); None otherwise.
+    ``processed_tokens``/``unique_tokens``: positions the model ran (padding included, an int known
+    from the shape) and the batch's distinct tokens (each prompt once + chosen + rejected, a tensor
+    on the batch's device, so reading it never waits for the GPU).
     """
+
+    logp_sums: torch.Tensor
+    token_counts: torch.Tensor
+    logits_mean: torch.Tensor
+    aux_loss: torch.Tensor | None
+    processed_tokens: int
+    unique_tokens: torch.Tensor | int
+
+    @property
+    def nll_sum(self) -> torch.Tensor:
+        """The NLL numerator: minus the log-prob sum of the chosen completions and counted prompts."""
+        return -(self.logp_sums[0].sum() + self.logp_sums[2].sum())
+
+    @property
+    def nll_tokens(self) -> torch.Tensor:
+        return self.token_counts[0].sum() + self.token_counts[2].sum()
+
+    def detached(self) -> "SequenceScores":
+        aux = None if self.aux_loss is None else self.aux_loss.detach()
+        return self._replace(logp_sums=self.logp_sums.detach(), logits_mean=self.logits_mean.detach(), aux_loss=aux)
+
+
+class ORPOForwardOutput(NamedTuple):
+    """TRL's view of a forward (what the trainer's ``concatenated_forward`` returns); index it like a
+    tuple or by name. ``chosen_logps``/``rejected_logps``: ``[B]`` mean completion log-probs (float32);
+    ``nll_loss``: token-mean NLL of the chosen sequences (and counted prompts); the ``[B]`` mean
+    logits of `SequenceScores`; ``aux_loss``: the router loss or None."""
 
     chosen_logps: torch.Tensor
     rejected_logps: torch.Tensor
@@ -36,44 +63,61 @@ class ORPOForwardOutput(NamedTuple):
     chosen_logits_mean: torch.Tensor
     rejected_logits_mean: torch.Tensor
     aux_loss: torch.Tensor | None
-    nll_sum: torch.Tensor
-    nll_tokens: torch.Tensor
-    processed_tokens: int = 0
-    unique_tokens: torch.Tensor | int = 0
-    loss: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, scores: SequenceScores) -> "ORPOForwardOutput":
+        sums, counts = scores.logp_sums, scores.token_counts
+        return cls(sums[0] / counts[0], sums[1] / counts[1], scores.nll_sum / scores.nll_tokens.clamp(min=1),
+                   scores.logits_mean[0], scores.logits_mean[1], scores.aux_loss)
 
 
-@dataclass(frozen=True)
-class FusedLoss:
-    """The ORPO loss's constants, so a trained head's chunked loss can be fused (`losses.pair_chunk_loss`):
-    ``loss = -nll_scale * NLL log-prob sum - or_scale * beta * sum(logsigmoid(log_odds))``."""
+class ModelPass(NamedTuple):
+    """The model run once over a batch (`run_model`): ``output`` is the decoder's final hidden states
+    ``[R, W, H]`` where the loss is chunked, else the logits ``[R, W, V]``; ``index``/``targets``/``owner``
+    are `scored_tokens`, moved to ``output``'s device; ``aux_loss`` the router loss or None."""
 
-    beta: float
-    nll_scale: torch.Tensor | float
-    or_scale: torch.Tensor | float
+    output: torch.Tensor
+    index: torch.Tensor
+    targets: torch.Tensor
+    owner: torch.Tensor
+    aux_loss: torch.Tensor | None
 
 
-def concatenated_forward(
+def forward(
     model: torch.nn.Module,
     batch: dict,
     *,
+    facts: ModelFacts | None = None,
     nll_include_prompt: bool = True,
     output_router_logits: bool = False,
     loss_chunk_size: int = 0,
-    fused: FusedLoss | None = None,
-    facts: ModelFacts | None = None,
-) -> ORPOForwardOutput:
+) -> SequenceScores:
     """Run ``model`` once over every sequence of the batch (one forward, as DDP needs) and score it.
 
     ``batch`` is `ORPODataCollator`'s output in any of its layouts. ``loss_chunk_size`` > 0 computes
     the log-probs from the hidden states that many tokens at a time (`model.adapter.score_hidden`).
-    With ``fused`` and a trained, unsharded head, the chunks hold whole pairs and the loss is summed
-    chunk by chunk with its gradients taken in the forward (no recompute): ``loss`` is set.
     ``facts``: ``model``'s `model.adapter.ModelFacts` (found with ``chunked`` as ``loss_chunk_size`` > 0),
     as the trainer keeps them for the run; None finds them here, for this call.
     """
     if facts is None:
         facts = find_model_facts(model, chunked=loss_chunk_size > 0)
+    run = run_model(model, batch, facts=facts, chunked=loss_chunk_size > 0, nll_include_prompt=nll_include_prompt,
+                    output_router_logits=output_router_logits)
+    if loss_chunk_size > 0:
+        token_logps, logit_means = score_hidden(facts, run.output, run.index, run.targets, loss_chunk_size)
+    else:
+        token_logps, logit_means = score_logits(run.output, run.index, run.targets)
+    return sequence_scores(batch, token_logps, logit_means, run.owner, run.aux_loss)
+
+
+def concatenated_forward(model: torch.nn.Module, batch: dict, **options) -> ORPOForwardOutput:
+    """`forward` in TRL's shape: ``(chosen_logps, rejected_logps, nll_loss, ...)`` (`ORPOForwardOutput`)."""
+    return ORPOForwardOutput.of(forward(model, batch, **options))
+
+
+def run_model(model, batch: dict, *, facts: ModelFacts, chunked: bool, nll_include_prompt: bool = True,
+              output_router_logits: bool = False) -> ModelPass:
+    """The model's forward over ``batch`` with the attention inputs of its layout (`ModelPass`)."""
     index, targets, owner = scored_tokens(batch, nll_include_prompt)
     if batch["layout"].encoder_decoder:
         kwargs = _encoder_decoder_inputs(facts, batch)
@@ -81,95 +125,35 @@ def concatenated_forward(
         kwargs = {"input_ids": batch["input_ids"], "use_cache": False, **_attention_inputs(facts, batch)}
     if output_router_logits:
         kwargs["output_router_logits"] = True
-    loss = None
-    if loss_chunk_size > 0:
+    if chunked:
         with capture_final_hidden(facts) as captured:
             outputs = model(**kwargs, logits_to_keep=1)
-        hidden = captured["hidden"]
-        index, targets, owner = index.to(hidden.device), targets.to(hidden.device), owner.to(hidden.device)
-        plan = None
-        if fused is not None and fused_head_applies(facts, hidden):
-            plan = _pair_chunks(batch, index, targets, owner, fused, loss_chunk_size, nll_include_prompt)
-        if plan is not None:
-            index, targets, owner, bounds, chunk_loss = plan
-            loss, token_logps, logit_means = score_hidden_fused(facts, hidden, index, targets, bounds, chunk_loss)
-        else:
-            token_logps, logit_means = score_hidden(facts, hidden, index, targets, loss_chunk_size)
+        output = captured["hidden"]
     else:
         outputs = model(**kwargs)
-        logits = outputs.logits
-        token_logps, logit_means = score_logits(logits, index.to(logits.device), targets.to(logits.device))
+        output = outputs.logits
     aux_loss = getattr(outputs, "aux_loss", None) if output_router_logits else None
-    return _reduced(batch, token_logps, logit_means, owner, aux_loss, loss)
+    device = output.device
+    return ModelPass(output, index.to(device), targets.to(device), owner.to(device), aux_loss)
 
 
-def _reduced(batch, token_logps, logit_means, owner, aux_loss, loss) -> ORPOForwardOutput:
-    """Per-token log-probs and mean logits of the scored tokens summed per sequence (`ORPOForwardOutput`)."""
+def sequence_scores(batch: dict, token_logps, logit_means, owner, aux_loss) -> SequenceScores:
+    """Per-token log-probs and mean logits of the scored tokens summed per sequence (`SequenceScores`)."""
     # Everything here lives where the log-probs are: under a device map the head's device, which
     # need not be the device the batch was put on.
     num_pairs = batch["pair_lengths"].shape[0]
     owner = owner.to(token_logps.device)
     owners = 3 * num_pairs  # chosen i, rejected B + i, prompt 2B + i
-    sums = token_logps.new_zeros(owners).index_add(0, owner, token_logps)
-    # index_add of ones rather than bincount: bincount has no deterministic CUDA kernel and no meta one.
-    counts = token_logps.new_zeros(owners).index_add(0, owner, torch.ones_like(token_logps))
-    logit_sums = logit_means.new_zeros(owners).index_add(0, owner, logit_means)
+    sums = L.sequence_sums(token_logps, owner, owners)
+    counts = L.sequence_sums(torch.ones_like(token_logps), owner, owners)
+    logit_sums = L.sequence_sums(logit_means, owner, owners)
     completions = slice(0, 2 * num_pairs)
-    logps = sums[completions] / counts[completions]
     logits_mean = logit_sums[completions] / counts[completions].clamp(min=1)
-    nll_sum = -(sums[:num_pairs].sum() + sums[2 * num_pairs :].sum())
-    nll_tokens = counts[:num_pairs].sum() + counts[2 * num_pairs :].sum()
     processed = batch["input_ids"].numel()
     if "decoder_input_ids" in batch:
         processed += batch["decoder_input_ids"].numel()
-    return ORPOForwardOutput(
-        chosen_logps=logps[:num_pairs],
-        rejected_logps=logps[num_pairs:],
-        nll_loss=nll_sum / nll_tokens.clamp(min=1),
-        chosen_logits_mean=logits_mean[:num_pairs],
-        rejected_logits_mean=logits_mean[num_pairs:],
-        aux_loss=aux_loss,
-        nll_sum=nll_sum,
-        nll_tokens=nll_tokens,
-        processed_tokens=processed,
-        unique_tokens=batch["pair_lengths"].sum(),
-        loss=loss,
-    )
-
-
-#: A pair longer than this many chunks is scored by the checkpointed path (see `_pair_chunks`).
-_LONGEST_FUSED = 4
-
-
-def _pair_chunks(batch, index, targets, owner, fused: FusedLoss, chunk_size: int, nll_include_prompt: bool):
-    """The scored tokens grouped by pair (a stable sort on the device, no sync) and chunks of whole
-    pairs of about ``chunk_size`` tokens (from the collator's host-side counts), with each chunk's loss.
-
-    None when a single pair has more than ``_LONGEST_FUSED * chunk_size`` scored tokens: its chunk's
-    logits would outgrow what chunking is for, and the checkpointed path takes the batch.
-    """
-    num_pairs = batch["pair_lengths"].shape[0]
-    host = list(batch["scored_counts"])
-    if not nll_include_prompt:
-        host[2 * num_pairs :] = [0] * num_pairs
-    if max(host[i] + host[num_pairs + i] + host[2 * num_pairs + i] for i in range(num_pairs)) > _LONGEST_FUSED * chunk_size:
-        return None
-    order = torch.argsort(owner % num_pairs, stable=True)
-    index, targets, owner = index[order], targets[order], owner[order]
-    bounds, pair_slices, start, first, size = [], {}, 0, 0, 0
-    for pair in range(num_pairs):
-        size += host[pair] + host[num_pairs + pair] + host[2 * num_pairs + pair]
-        if size >= chunk_size or pair == num_pairs - 1:
-            bounds.append((start, start + size))
-            pair_slices[start] = slice(first, pair + 1)
-            start, first, size = start + size, pair + 1, 0
-    counts = torch.tensor(host, dtype=torch.float32, device=owner.device)
-
-    def chunk_loss(logps: torch.Tensor, chunk_start: int, chunk_end: int) -> torch.Tensor:
-        return pair_chunk_loss(logps, owner[chunk_start:chunk_end], counts, pair_slices[chunk_start],
-                               beta=fused.beta, nll_scale=fused.nll_scale, or_scale=fused.or_scale)
-
-    return index, targets, owner, bounds, chunk_loss
+    return SequenceScores(sums.view(3, num_pairs), counts.view(3, num_pairs), logits_mean.view(2, num_pairs), aux_loss,
+                          processed, batch["pair_lengths"].sum())
 
 
 def scored_tokens(batch: dict[str, torch.Tensor], nll_include_prompt: bool = True):

@@ -15,12 +15,14 @@ function here works on *mean* completion log-probs ``c = log P(y_w|x)``, ``r = l
 ``lambda`` is called ``beta`` (TRL's and Axolotl's name; Axolotl also reads ``orpo_alpha``).
 
 Nothing here touches trainer state, devices or ``.item()``: per-example values are returned and the
-caller reduces them. The trainer, the chunked paths and the tests all call these.
+caller reduces them. `orpo_terms` is the loss of a micro-batch (or of a chunk of whole pairs) from its
+per-sequence log-prob sums; `compute.objective` calls it in both of its modes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -119,36 +121,78 @@ def odds_ratio_loss(
     return losses, chosen_rewards, rejected_rewards, ratio, log_odds
 
 
-def orpo_loss(nll_loss: torch.Tensor, or_losses: torch.Tensor) -> torch.Tensor:
-    """``L = L_SFT + lambda * L_OR`` with ``or_losses = beta * logsigmoid(log_odds)`` per pair."""
-    return nll_loss - or_losses.mean()
+def orpo_loss(nll: torch.Tensor, or_losses: torch.Tensor, or_scale: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``L = L_SFT + lambda * L_OR`` (eq. 6) with ``or_losses = beta * logsigmoid(log_odds)`` per pair.
 
-
-def pair_chunk_loss(
-    token_logps: torch.Tensor,
-    owner: torch.Tensor,
-    counts: torch.Tensor,
-    pairs: slice,
-    *,
-    beta: float,
-    nll_scale: torch.Tensor | float,
-    or_scale: torch.Tensor | float,
-) -> torch.Tensor:
-    """One chunk's share of the ORPO loss, for a chunk that holds every scored token of ``pairs``.
-
-    ``owner`` numbers each token's sequence as the collator does (chosen ``i``, rejected ``B + i``,
-    prompt ``2B + i``), ``counts`` ``[3B]`` the scored tokens of every sequence in the batch. The
-    share is ``-nll_scale * (log-probs of the chunk's chosen and prompt tokens)`` plus
-    ``-or_scale * beta * sum(logsigmoid(log_odds))`` over its pairs; summed over chunks, with
-    ``nll_scale = 1 / NLL tokens`` and ``or_scale = 1 / B``, it is ``orpo_loss`` (the trainer passes
-    its accumulation window's scales instead). Linear in the pairs, so chunks add up exactly.
+    ``nll``: the NLL term as it enters the loss; ``or_scale``: what the pairs' sum is multiplied by
+    (None: their mean, ``1 / B``; the trainer passes its accumulation window's share instead).
     """
-    num_pairs = counts.shape[0] // 3
-    sums = token_logps.new_zeros(counts.shape[0]).index_add(0, owner, token_logps)
-    chosen_sums = sums[pairs]
-    rejected_sums = sums[pairs.start + num_pairs : pairs.stop + num_pairs]
-    prompt_sums = sums[pairs.start + 2 * num_pairs : pairs.stop + 2 * num_pairs]
-    chosen = chosen_sums / counts[pairs]
-    rejected = rejected_sums / counts[pairs.start + num_pairs : pairs.stop + num_pairs]
-    or_losses = odds_ratio_loss(chosen, rejected, beta)[0]
-    return -(chosen_sums.sum() + prompt_sums.sum()) * nll_scale - or_losses.sum() * or_scale
+    if or_scale is None:
+        return nll - or_losses.mean()
+    return nll - or_losses.sum() * or_scale
+
+
+class ORPOTerms(NamedTuple):
+    """What `orpo_terms` returns: the loss and every term it is made of.
+
+    ``loss`` (scalar) ``= nll_term + or_term``; ``nll_term``: ``nll_scale * -(chosen + prompt
+    log-prob sums)``; ``or_term``: ``-or_scale * sum(or_losses)``. Per pair ``[P]``: the mean completion
+    log-probs ``chosen_logps`` / ``rejected_logps`` and `odds_ratio_loss`'s five values.
+    """
+
+    loss: torch.Tensor
+    nll_term: torch.Tensor
+    or_term: torch.Tensor
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    or_losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    ratio: torch.Tensor
+    log_odds: torch.Tensor
+
+    def detached(self) -> "ORPOTerms":
+        return ORPOTerms(*(t.detach() for t in self))
+
+
+def orpo_terms(
+    logp_sums: torch.Tensor,
+    token_counts: torch.Tensor,
+    beta: float,
+    nll_scale: torch.Tensor | float | None = None,
+    or_scale: torch.Tensor | float | None = None,
+) -> ORPOTerms:
+    """The ORPO loss of ``P`` whole pairs from their per-sequence log-prob sums (`orpo_loss`).
+
+    Args:
+        logp_sums: ``[3, P]`` summed token log-probs per sequence: row 0 the chosen completions, row 1
+            the rejected ones, row 2 the prompts (0 where the NLL leaves prompts out).
+        token_counts: ``[3, P]`` the scored tokens of the same sequences.
+        beta: lambda, the weight of the odds-ratio term.
+        nll_scale: what the NLL sum ``-(chosen + prompt sums)`` is multiplied by; None divides it by its
+            tokens (``token_counts[0] + token_counts[2]``), a token mean.
+        or_scale: see `orpo_loss` (None: the pair mean).
+
+    Linear in the pairs given fixed scales: the loss of a batch is the sum of the losses of any split of
+    it into whole pairs (the fused chunked loss sums them chunk by chunk).
+    """
+    chosen = logp_sums[0] / token_counts[0]
+    rejected = logp_sums[1] / token_counts[1]
+    nll_sum = -(logp_sums[0].sum() + logp_sums[2].sum())
+    if nll_scale is None:
+        nll_term = nll_sum / (token_counts[0].sum() + token_counts[2].sum()).clamp(min=1)
+    else:
+        nll_term = nll_sum * nll_scale
+    or_losses, chosen_rewards, rejected_rewards, ratio, log_odds = odds_ratio_loss(chosen, rejected, beta)
+    or_term = -or_losses.mean() if or_scale is None else -or_losses.sum() * or_scale
+    loss = orpo_loss(nll_term, or_losses, or_scale)
+    return ORPOTerms(loss, nll_term, or_term, chosen, rejected, or_losses, chosen_rewards, rejected_rewards, ratio,
+                     log_odds)
+
+
+def sequence_sums(values: torch.Tensor, owner: torch.Tensor, num_sequences: int) -> torch.Tensor:
+    """``[num_sequences]`` sums of per-token ``values`` by their sequence ``owner``.
+
+    ``index_add`` rather than ``bincount``: bincount has no deterministic CUDA kernel and no meta one.
+    """
+    return values.new_zeros(num_sequences).index_add(0, owner, values)
