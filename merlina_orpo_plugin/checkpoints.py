@@ -125,7 +125,8 @@ class CheckpointStateMixin:
         return result
 
     def _orpo_state(self) -> dict:
-        """What the next steps read that Trainer's checkpoint does not hold (CPU tensors, plain numbers)."""
+        """What the next steps read that Trainer's checkpoint does not hold (CPU tensors, plain numbers);
+        ``beta`` only for a reader: the schedule recomputes it from the step."""
         tr_loss = getattr(self, "_tr_loss", None)
         return {
             "version": 1,
