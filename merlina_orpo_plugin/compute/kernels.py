@@ -1,14 +1,15 @@
 """Kernels: per-token log-probs of scored tokens, from full logits or in chunks from hidden states.
 
 Tensors and a head module in, log-probs (and their gradients) out: nothing here knows about models
-(`model.adapter` finds the head, its trainable parameters and the hidden states, once per run). The chunked path never holds the
-``[tokens, V]`` logits at once: the head runs on ``chunk_size`` rows at a time. A trained head is
-checkpointed per chunk (backward recomputes one chunk's logits at a time); a frozen head's per-row
-gradients are taken in the forward (``_FrozenHeadLogps``), so nothing is recomputed. When the loss
-itself is a sum over chunks (``fused_chunk_loss``: chunks of whole pairs), a trained head needs no
-recompute either: each chunk's gradients, for its hidden rows and the head's weights, are taken in
-the forward. Peak memory of the loss is ``O(chunk_size * V)`` instead of ``O(2B * T * V)``. The
-unchunked path (``score_logits``) scores the model's own logits without copying them (``_FullLogitsLogps``).
+(`model.adapter` finds the head, its trainable parameters and the hidden states, once per run). The
+chunked path never holds the ``[tokens, V]`` logits at once: the head runs on ``chunk_size`` rows at a
+time. A trained head is checkpointed per chunk (backward recomputes one chunk's logits at a time); a
+frozen head's per-row gradients are taken in the forward (``_FrozenHeadLogps``), so nothing is
+recomputed. When the loss itself is a sum over chunks (``fused_chunk_loss``: chunks of whole pairs), a
+trained head needs no recompute either: each chunk's gradients are taken in the forward, the head's
+summed into one buffer per parameter that becomes its ``.grad``. Peak memory of the loss is
+``O(chunk_size * V)`` instead of ``O(2B * T * V)``. The unchunked path (``score_logits``) scores the
+model's own logits without copying them (``_FullLogitsLogps``).
 """
 
 from __future__ import annotations
@@ -146,28 +147,29 @@ def fused_chunk_loss(
 class _FusedChunkLoss(torch.autograd.Function):
     """The chunked loss of a trained head with its gradients taken chunk by chunk in the forward.
 
-    Backward scales the saved gradients (hidden rows ``[N, H]`` and one buffer per trainable head
-    parameter, the size of its own gradient) by the loss's incoming gradient.
+    One buffer per trainable head parameter sums the chunks' gradients (`_linear_chunk` by hand for a
+    plain linear head, else `_autograd_chunk`); backward scales it in place by the loss's incoming
+    gradient and hands it to autograd, which adopts it as the ``.grad`` (or adds it to the ``.grad`` of
+    earlier micro-batches): one head-sized tensor where a copy per chunk and a scaled copy were three.
     """
 
     @staticmethod
     def forward(ctx, hidden, targets, head, postprocess, bounds, chunk_loss, *params):
-        row_grads, param_grads = [], [torch.zeros_like(p) for p in params]
-        logps, means, total = [], [], hidden.new_zeros((), dtype=torch.float32)
+        linear = _plain_linear(head, postprocess, params, hidden.device)
+        buffers: list[torch.Tensor | None] = [None] * len(params)
+        row_grads, logps, means, total = [], [], [], hidden.new_zeros((), dtype=torch.float32)
         for start, end in bounds:
-            with torch.enable_grad():
-                rows = hidden[start:end].detach().requires_grad_()
-                logp, mean = _score_chunk(head, postprocess, rows, targets[start:end])
-                loss = chunk_loss(logp, start, end)
-                grads = torch.autograd.grad(loss, [rows, *params], allow_unused=True)
-            row_grads.append(grads[0])
-            for buffer, grad in zip(param_grads, grads[1:]):
-                if grad is not None:
-                    buffer.add_(grad)
+            score = lambda logp, start=start, end=end: chunk_loss(logp, start, end)  # noqa: E731
+            chunk = (head, hidden[start:end].detach(), targets[start:end], score, buffers)
+            out = _linear_chunk(*chunk, linear) if linear is not None else _autograd_chunk(*chunk, postprocess, params)
+            loss, logp, mean, row_grad = out
+            row_grads.append(row_grad)
             total = total + loss.detach().float()
             logps.append(logp.detach())
             means.append(mean)
-        ctx.save_for_backward(torch.cat(row_grads), *param_grads)
+        ctx.save_for_backward(torch.cat(row_grads))
+        # on ctx, not saved: backward hands them over, nothing may hold them after it
+        ctx.param_grads = [torch.zeros_like(p) if b is None else b for p, b in zip(params, buffers)]
         logps, means = torch.cat(logps), torch.cat(means)
         ctx.mark_non_differentiable(logps, means)
         return total, logps, means
@@ -175,10 +177,78 @@ class _FusedChunkLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _grad_logps, _grad_means):
-        per_row, *per_param = ctx.saved_tensors
+        (per_row,) = ctx.saved_tensors
+        per_param, ctx.param_grads = ctx.param_grads, None
+        if per_param is None:
+            raise RuntimeError("the fused chunk loss's backward ran twice (retain_graph=True): its head "
+                               "gradients were handed to autograd the first time; use the checkpointed path")
         scale = grad_loss.float()
+        # in place: the buffer becomes the gradient (same values as `g * scale`: the same kernel and dtypes)
         return ((per_row * scale).to(per_row.dtype), None, None, None, None, None,
-                *((g * scale).to(g.dtype) for g in per_param))
+                *(g.mul_(scale) for g in per_param))
+
+
+def _accumulate(buffers: list, i: int, grad: torch.Tensor | None) -> None:
+    if grad is not None:  # the first chunk's gradient becomes the buffer
+        buffers[i] = grad if buffers[i] is None else buffers[i].add_(grad)
+
+
+def _autograd_chunk(head, rows, targets, score, buffers, postprocess, params):
+    """One chunk of `_FusedChunkLoss` through autograd: ``(loss, log p, mean logit, row gradients)``."""
+    with torch.enable_grad():
+        rows = rows.requires_grad_()
+        logp, mean = _score_chunk(head, postprocess, rows, targets)
+        loss = score(logp)
+        grads = torch.autograd.grad(loss, [rows, *params], allow_unused=True)
+    for i, grad in enumerate(grads[1:]):
+        _accumulate(buffers, i, grad)
+    return loss, logp, mean, grads[0]
+
+
+#: Vocabulary rows of the weight's gradient made at a time when a chunk's share is added to the buffer.
+_WEIGHT_BLOCK = 8192
+
+
+def _plain_linear(head, postprocess, params, device: torch.device) -> list[str] | None:
+    """The names (``weight``, ``bias``) of ``params`` where `_linear_chunk` can write their gradients: a
+    hook-free ``nn.Linear`` head, no logit post-processing, no autocast; else None (autograd takes them)."""
+    if (postprocess is not None or type(head) is not torch.nn.Linear or head._forward_hooks
+            or head._forward_pre_hooks or torch.is_autocast_enabled(device.type)):
+        return None
+    own = {id(head.weight): "weight", **({id(head.bias): "bias"} if head.bias is not None else {})}
+    names = [own.get(id(p)) for p in params]
+    return None if None in names else names
+
+
+def _linear_chunk(head, rows, targets, score, buffers, names):
+    """One chunk of `_FusedChunkLoss` for a plain linear head, its gradients by hand.
+
+    With ``z = rows @ W.T + b`` (float32), ``log p_i = z_iy - logsumexp(z_i)`` and ``g_i = dL/d log p_i``
+    (autograd, on the ``[rows]`` log-probs only): ``dL/dz_i = g_i * (onehot(y_i) - softmax(z_i))``, made
+    in place in the logits (one ``[rows, V]`` tensor where autograd's backward holds three at once);
+    ``dL/d rows = dz @ W``; ``dL/dW = dz.T @ rows``, added to the buffer ``_WEIGHT_BLOCK`` vocabulary rows
+    at a time (no second head-sized tensor); ``dL/db = dz.sum(0)``. These are autograd's own operations
+    on the same values (`_score_chunk`'s backward), so the gradients are the same bit for bit.
+    """
+    weight = head.weight
+    logits = torch.nn.functional.linear(rows, weight, head.bias).float()
+    mean, lse = logits.mean(-1), torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    with torch.enable_grad():
+        loss = score(logp.requires_grad_())
+        (g,) = torch.autograd.grad(loss, logp)
+    g = g.unsqueeze(-1)
+    dz = logits.sub_(lse.unsqueeze(-1)).exp_().mul_(-g).scatter_add_(-1, targets.unsqueeze(-1), g).to(weight.dtype)
+    del logits  # the float32 buffer, where the head computes in a narrower dtype
+    for i, name in enumerate(names):
+        if name == "bias":
+            _accumulate(buffers, i, dz.sum(0))
+        elif buffers[i] is None:
+            buffers[i] = dz.t().mm(rows)
+        else:
+            for v in range(0, dz.shape[1], _WEIGHT_BLOCK):
+                buffers[i][v : v + _WEIGHT_BLOCK].add_(dz[:, v : v + _WEIGHT_BLOCK].t().mm(rows))
+    return loss, logp, mean, dz.mm(weight)
 
 
 def score_logits(logits: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
