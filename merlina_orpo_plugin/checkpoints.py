@@ -132,7 +132,8 @@ class CheckpointStateMixin:
             "version": 1,
             "global_step": self.state.global_step,
             "beta": float(self.beta),
-            "metrics": _metric_state(self._orpo_metrics),
+            "metrics": self._orpo_metrics.state_dict(),
+            "nonfinite": self._nonfinite.state_dict(),
             "tr_loss": None if tr_loss is None else tr_loss.detach().cpu(),
             "total_loss_scalar": getattr(self, "_total_loss_scalar", None),
             "globalstep_last_logged": getattr(self, "_globalstep_last_logged", None),
@@ -148,7 +149,9 @@ class CheckpointStateMixin:
         if state["global_step"] != self.state.global_step:
             raise ValueError(f"{path} is from step {state['global_step']}, the checkpoint from step {self.state.global_step}")
         device = self.accelerator.device
-        _load_metric_state(self._orpo_metrics, state["metrics"], device)
+        self._orpo_metrics.load_state_dict(state["metrics"], device)
+        if "nonfinite" in state:  # checkpoints of this version onward
+            self._nonfinite.load_state_dict(state["nonfinite"])
         if state["tr_loss"] is not None and hasattr(self, "_tr_loss"):
             self._tr_loss = state["tr_loss"].to(self._tr_loss.device)
             self._total_loss_scalar = state["total_loss_scalar"]
@@ -160,21 +163,6 @@ class CheckpointStateMixin:
 def _state_name(args) -> str:
     """One state file per rank in a multi-process run (metrics accumulate per rank), as Trainer's RNG files."""
     return STATE_NAME if args.world_size <= 1 else STATE_NAME.replace(".pt", f"_{args.process_index}.pt")
-
-
-def _metric_state(store) -> dict:
-    """A `MetricStore`'s sums (on the CPU) and step counts not yet logged."""
-    return {mode: {"sums": {name: value.cpu() for name, value in sums.items()}, "steps": store._steps[mode]}
-            for mode, sums in store._sums.items()}
-
-
-def _load_metric_state(store, state: dict, device) -> None:
-    """Put `_metric_state`'s values back into ``store``, the sums on ``device``."""
-    store._sums.clear()
-    store._steps.clear()
-    for mode, held in state.items():
-        store._sums[mode] = {name: value.to(device) for name, value in held["sums"].items()}
-        store._steps[mode] = held["steps"]
 
 
 def _write_marker(folder: Path, step: int) -> None:

@@ -94,6 +94,19 @@ class MetricStore:
             sums[name] = sums[name] + value if name in sums else value
         self._steps[mode] += 1
 
+    def state_dict(self) -> dict:
+        """The sums (on the CPU) and step counts not yet logged, for a checkpoint (`checkpoints`)."""
+        return {mode: {"sums": {name: value.cpu() for name, value in sums.items()}, "steps": self._steps[mode]}
+                for mode, sums in self._sums.items()}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        """Back to what `state_dict` saved, the sums on ``device``."""
+        self._sums.clear()
+        self._steps.clear()
+        for mode, held in state.items():
+            self._sums[mode] = {name: value.to(device) for name, value in held["sums"].items()}
+            self._steps[mode] = held["steps"]
+
     def pop(self, mode: str, accelerator=None) -> dict[str, float]:
         """Mean of each metric over the steps since the last pop, averaged across processes."""
         means = self.pop_tensor(mode, accelerator)

@@ -62,6 +62,16 @@ class NonFiniteGuard:
         self._trained_steps = 0
         self._skipped_here = 0
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps (`checkpoints`): the run's skip count and the log window's tally."""
+        loss = self._trained_loss
+        return {"skipped_total": self.skipped_total, "trained_steps": self._trained_steps,
+                "skipped_here": self._skipped_here, "trained_loss": None if loss is None else loss.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped_total, self._trained_steps = state["skipped_total"], state["trained_steps"]
+        self._skipped_here, self._trained_loss = state["skipped_here"], state["trained_loss"]
+
     # --- per micro-batch ------------------------------------------------------------------------
 
     def check_loss(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch: dict) -> None:

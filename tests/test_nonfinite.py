@@ -171,3 +171,17 @@ def test_axolotl_train_stops_on_a_nan_weight_and_skips_with_the_yaml_option(tmp_
     logs = [log for log in log_history(tmp_path / "skip" / "out") if "loss" in log]
     assert [log["nonfinite_skipped_steps"] for log in logs] == [1, 2]
     assert all(math.isnan(log["loss"]) for log in logs)
+
+
+def test_the_skip_count_survives_a_resume(tmp_path, tokenizer, pairs):
+    """Step 2 skipped, checkpoint at step 2, resumed there: steps 3-4 log what the uninterrupted run logged
+    (the count is the run's, not the session's; `checkpoints` saves the guard's state)."""
+    whole = _trainer(tmp_path, tokenizer, pairs, on_nonfinite="skip", save_strategy="steps", save_steps=2)
+    whole.add_callback(AtStep(whole, 2, _nan_beta))
+    whole.train()
+    resumed = _trainer(tmp_path / "resumed", tokenizer, pairs, on_nonfinite="skip")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    logged = lambda trainer: [(log["step"], log["nonfinite_skipped_steps"], log["loss"])  # noqa: E731
+                              for log in trainer.state.log_history if "loss" in log]
+    assert logged(whole)[1][1] == 1 and math.isnan(logged(whole)[1][2])
+    assert logged(resumed)[-2:] == logged(whole)[-2:]
