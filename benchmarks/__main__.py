@@ -17,6 +17,8 @@ SUBCOMMANDS = {
                                    "against ours"),
     "loss-step": ("loss_step", "step time of the ways our chunked loss runs (default, checkpointed, unchunked)"),
     "preprocess": ("preprocess", "preprocessing throughput: prepare_preference_dataset against TRL's tokenize_row"),
+    "preprocess-scale": ("preprocess_scale", "preprocessing at 10k-200k generated pairs, Python API and Axolotl path: "
+                                             "time, CPU time and peak RSS, each size in a fresh process"),
     "gpu-check": ("gpu_check", "correctness on a GPU: layout equivalence, the loss alone, the trainer end to end"),
 }
 

@@ -11,6 +11,10 @@
   negative control, a mask that lets rejected tokens see the chosen ones, must fail); the loss alone
   matches TRL's; ``train()`` with logging every step, ``evaluate()``, ``save_model()`` and a resume
   from step 2 with identical losses, for a full fine-tune and LoRA.
+- ``python -m benchmarks preprocess-scale`` at 20 and 40 generated conversational pairs, both paths
+  (``prepare_preference_dataset``, Axolotl's ``load_orpo_datasets``), each in its own process: every
+  run tokenised every row and recorded its time, CPU time and peak RSS; a smaller file is a prefix of
+  a larger one and the generated text keeps adding new words.
 - ``benchmarks/results``, ``README.md`` and ``benchmarks/README.md`` hold no absolute path.
 
 The Axolotl CLI runs of the harness (about a minute each on 2 cores) are not repeated here:
@@ -118,6 +122,32 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     assert all("dynamic-shape flex compile" in e["where"] for e in report["errors"]), [e["where"] for e in report["errors"]]
     text = path.with_suffix(".md").read_text()
     assert "All float32 variants as expected: True" in text and "All trainer checks passed: True" in text
+
+
+def test_preprocess_scale_runs_both_paths_in_fresh_processes(tmp_path):
+    from itertools import islice
+
+    from benchmarks.__main__ import main
+    from benchmarks.preprocess_scale import generate_rows, write_files
+
+    paths = write_files(tmp_path, "text", [5, 200], seed=1)
+    assert paths[200].read_text().startswith(paths[5].read_text())
+    words = [set(" ".join(r.values()).split()) for r in islice(generate_rows("text", 1), 400)]
+    assert len(set().union(*words[200:]) - set().union(*words[:200])) > 100  # new words keep coming
+
+    assert main(["preprocess-scale", "--sizes", "20", "40", "--layouts", "messages", "--parallel", "2",
+                 "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*-preprocess-scale.json")
+    report = json.loads(path.read_text())
+    assert report["command"].startswith("python -m benchmarks preprocess-scale")
+    assert set(report["runs"]) == {"messages/api", "messages/axolotl"}
+    for key, group in report["runs"].items():
+        for size, run in group["sizes"].items():
+            assert run["rows"] == int(size), (key, size, run)
+            for field in ("pairs_per_s", "cpu_us_per_pair", "peak_rss_mib", "anon_peak_mib", "file_peak_mib"):
+                assert run[field] > 0, (key, size, field, run)
+        assert group["check"]["peak_rss_ratio_largest_to_smallest"] > 0
+    assert "| messages | axolotl | 40 |" in path.with_suffix(".md").read_text()
 
 
 def test_result_files_and_readmes_hold_no_absolute_path():
