@@ -13,7 +13,7 @@ import torch
 
 from .workload import BETA, CHUNK
 
-SIDES = ("trl", "ours", "ours-full")
+SIDES = ("trl", "ours", "ours-fused", "ours-full")
 SIZE = ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device", "dtype")
 
 
@@ -81,6 +81,29 @@ def _ours_loss(args, hidden, head, input_ids, half, chunk_size):
     return -logps[:B].mean() - losses.mean()
 
 
+def _fused_loss(args, hidden, head, input_ids, half):
+    """The same loss as `_ours_loss`, summed over chunks of whole pairs by `compute.kernels.fused_chunk_loss`
+    (what the trainer runs for a trained head): each pair's chosen and rejected rows are one chunk."""
+    from merlina_orpo_plugin.compute.kernels import fused_chunk_loss
+    from merlina_orpo_plugin.compute.losses import odds_ratio_loss
+
+    B = args.pairs
+    rows, T, _ = hidden.shape
+    order = torch.arange(rows, device=hidden.device).view(2, B).t().reshape(-1)  # chosen 0, rejected 0, chosen 1, ...
+    index = (order[:, None] * T + torch.arange(T - 1, device=hidden.device)).reshape(-1)
+    targets = input_ids[order, 1:].reshape(-1)
+    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+    pair_tokens = 2 * (T - 1)
+
+    def chunk_loss(logps, start, end):  # one pair: -its share of the chosen rows' token mean - its OR term / B
+        chosen, rejected = logps.view(2, T - 1)
+        or_losses = odds_ratio_loss(chosen[half - 1 :].mean()[None], rejected[half - 1 :].mean()[None], BETA)[0]
+        return -chosen.sum() / (B * (T - 1)) - or_losses.sum() / B
+
+    bounds = [(start, start + pair_tokens) for start in range(0, B * pair_tokens, pair_tokens)]
+    return fused_chunk_loss(head, selected, targets, bounds, chunk_loss)[0]
+
+
 def measure_side(args) -> dict:
     import gc
 
@@ -99,6 +122,8 @@ def measure_side(args) -> dict:
     with PeakDelta() as m:
         if args.side == "trl":
             loss = _trl_loss(args, hidden, head, input_ids, half)
+        elif args.side == "ours-fused":
+            loss = _fused_loss(args, hidden, head, input_ids, half)
         else:
             loss = _ours_loss(args, hidden, head, input_ids, half, args.chunk_size if args.side == "ours" else 0)
         loss.backward()
@@ -113,6 +138,8 @@ def measure_all(args) -> dict:
 
     sides = {}
     for side in SIDES:
+        if side == "ours-fused" and args.frozen_head:  # the trainer fuses the loss only for a trained head
+            continue
         cmd = [sys.executable, "-m", "benchmarks", "loss-memory", "--side", side]
         cmd += [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in SIZE] + ["--frozen-head"] * args.frozen_head
         proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(None, args.device))
@@ -133,6 +160,7 @@ def markdown(result: dict) -> str:
              "| side | peak memory delta MiB | vs TRL | seconds | loss |", "|---|---|---|---|---|"]
     trl = result["sides"].get("trl", {}).get("peak_delta_bytes")
     names = {"trl": "TRL 1.9 (full logits)", "ours": f"ours, chunked ({s['chunk_size']} tokens)",
+             "ours-fused": "ours, fused: chunks of whole pairs, gradients in the forward",
              "ours-full": "ours, full logits (loss_chunk_size=0)"}
     for side, r in result["sides"].items():
         if "error" in r:
