@@ -176,3 +176,15 @@ def test_seed_zero_stays_zero():
 
     assert seed({"seed": 0}) == 0 and seed({"seed": 7}) == 7
     assert seed({}) == seed({"seed": None}) == DEFAULT_SEED
+
+
+def test_tokenisation_forks_workers_only_for_large_entries_and_more_than_one_process():
+    """`Dataset.map(num_proc=1)` forks one worker (pickling, ~300 MiB) for no parallelism: None instead.
+    The preprocessing-scale benchmark saw that step in the Axolotl path's memory from 10k to 50k rows."""
+    from merlina_orpo_plugin.integration.data_options import MULTIPROCESS_ROWS, DataOptions
+
+    large = MULTIPROCESS_ROWS + 1
+    assert DataOptions(num_proc=4).num_proc_for(large) == 4
+    assert DataOptions(num_proc=4).num_proc_for(MULTIPROCESS_ROWS) is None
+    assert DataOptions(num_proc=1).num_proc_for(large) is None
+    assert DataOptions(num_proc=None).num_proc_for(large) is None

@@ -68,8 +68,9 @@ class DataOptions:
         return prompt_floor(self.max_length, self.max_prompt_length)
 
     def num_proc_for(self, rows: int) -> int | None:
-        """Processes to tokenise ``rows`` rows with: the config's, above `MULTIPROCESS_ROWS` rows only."""
-        return self.num_proc if rows > MULTIPROCESS_ROWS else None
+        """Processes to tokenise ``rows`` rows with: the config's, above `MULTIPROCESS_ROWS` rows only. One is
+        None: `Dataset.map(num_proc=1)` forks a worker (pickling, ~300 MiB more) for no parallelism."""
+        return self.num_proc if rows > MULTIPROCESS_ROWS and (self.num_proc or 0) > 1 else None
 
 
 def is_encoder_decoder(cfg: Any) -> bool:
