@@ -3,16 +3,16 @@ the step is skipped and counted (option ``on_nonfinite``: ``stop`` | ``skip``).
 
 transformers' ``logging_nan_inf_filter`` (on by default) replaces a non-finite training loss by the mean of
 the logging window's earlier ones, so a run whose every step is NaN logs ``loss`` 0.0 and looks perfect.
-Here two checks run on every optimizer step:
+Here every training micro-batch's loss and terms are kept on the device as they are made
+(`NonFiniteGuard.check_loss`: no host sync, so the backward is queued as before), and once per optimizer step,
+after Trainer's gradient norm and before ``optimizer.step()`` (`NonFiniteGuard.check_step`), one read tells
+whether any of those losses or the gradient norm is NaN/Inf. The gradient norm is the global one (after DDP's
+all-reduce, over FSDP's shards), so every process decides alike.
 
-- the loss of each training micro-batch, before its backward (`NonFiniteGuard.check_loss`);
-- the gradient norm Trainer computes anyway before the optimizer steps (`NonFiniteGuard.check_step`).
-  It is the global norm (after DDP's all-reduce, over FSDP's shards), so every process decides alike.
-
-``stop`` (the default) raises `FloatingPointError` at the first of them: the optimizer step, the rows of the
-micro-batch (or of the step's whole window, for a gradient) as indices into the training dataset with the
-start of each prompt, and the values of ``loss``, ``nll_loss`` and ``or_loss``. The weights are untouched:
-the last checkpoint is a good one to resume from.
+``stop`` (the default) raises `FloatingPointError` there, before any weight moves: the optimizer step, the
+first non-finite micro-batch's ``loss``, ``nll_loss`` and ``or_loss`` and its rows (or, for a gradient, the
+rows of the step's whole window) as indices into the training dataset with the start of each prompt. The
+last checkpoint is a good one to resume from.
 
 ``skip`` drops every gradient of a step whose window had a non-finite loss on any process or whose
 gradient norm is non-finite: ``optimizer.step()`` skips parameters without a gradient, so neither the
@@ -53,8 +53,7 @@ class NonFiniteGuard:
         self._new_log_window()
 
     def _new_window(self) -> None:
-        self._window_rows: list[torch.Tensor] = []
-        self._window_bad = False
+        self._window: list[tuple[dict[str, torch.Tensor], torch.Tensor | None]] = []  # (loss and terms, rows)
         self._window_loss: torch.Tensor | None = None
 
     def _new_log_window(self) -> None:
@@ -75,17 +74,9 @@ class NonFiniteGuard:
     # --- per micro-batch ------------------------------------------------------------------------
 
     def check_loss(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch: dict) -> None:
-        """Before the backward of a training micro-batch: ``stop`` raises on a NaN/Inf loss."""
-        rows = batch.get("row_ids")
-        if rows is not None:
-            self._window_rows.append(rows)
-        if bool(torch.isfinite(loss.detach()).all()):  # one host sync; Trainer's own NaN filter syncs here too
-            return
-        if self.policy == "stop":
-            values = ", ".join(f"{name} {float(value):.6g}" for name, value in {"loss": loss, **terms}.items())
-            raise FloatingPointError(f"non-finite training loss at optimizer step {self._step()}: {values}; "
-                                     f"{self._describe([rows] if rows is not None else [])}. {self._advice()}")
-        self._window_bad = True
+        """A training micro-batch's loss, terms and rows, kept (detached, on their device) for `check_step`."""
+        values = {name: value.detach() for name, value in {"loss": loss, **terms}.items()}
+        self._window.append((values, batch.get("row_ids")))
 
     def record(self, step_loss: torch.Tensor) -> None:
         """The micro-batch loss `training_step` hands Trainer: summed per step for the ``skip`` accounting."""
@@ -99,10 +90,18 @@ class NonFiniteGuard:
         accelerator = self.trainer.accelerator
         checked = getattr(accelerator, "scaler", None) is None and grad_norm is not None
         finite = not checked or math.isfinite(_as_float(grad_norm))
-        if not finite and self.policy == "stop":
-            raise FloatingPointError(f"non-finite gradient norm ({float(grad_norm)}) at optimizer step {self._step()} "
-                                     f"with a finite loss; {self._describe(self._window_rows)}. {self._advice()}")
-        bad = not finite or self._window_bad
+        losses = [values["loss"].float().reshape(()) for values, _ in self._window]
+        bad_losses = torch.stack(losses).isfinite().logical_not().tolist() if losses else []  # the one read
+        if self.policy == "stop" and True in bad_losses:
+            values, rows = self._window[bad_losses.index(True)]
+            said = ", ".join(f"{name} {float(value):.6g}" for name, value in values.items())
+            raise FloatingPointError(f"non-finite training loss at optimizer step {self._step()}: {said}; "
+                                     f"{self._describe([rows] if rows is not None else [])}. {self._advice()}")
+        if self.policy == "stop" and not finite:
+            rows = [rows for _, rows in self._window if rows is not None]
+            raise FloatingPointError(f"non-finite gradient norm ({_as_float(grad_norm)}) at optimizer step "
+                                     f"{self._step()} with a finite loss; {self._describe(rows)}. {self._advice()}")
+        bad = not finite or True in bad_losses
         if self.policy == "skip" and accelerator.num_processes > 1:  # a loss NaN on one process skips everywhere
             bad = bool(accelerator.reduce(torch.tensor(float(bad), device=accelerator.device), reduction="sum") > 0)
         if bad:

@@ -157,7 +157,7 @@ class ORPOTrainerMixin(CheckpointStateMixin):
         if self._beta_scheduled:
             metrics["beta"] = torch.full((), float(self.beta), device=loss.device)  # a fill, not a host copy
         self._orpo_metrics.add(self._orpo_mode, metrics)
-        if self._orpo_mode == "train" and torch.is_grad_enabled():  # before the backward (`nonfinite`)
+        if self._orpo_mode == "train" and torch.is_grad_enabled():  # checked at the step's end (`nonfinite`)
             self._nonfinite.check_loss(loss, {k: metrics[k] for k in ("nll_loss", "or_loss")}, inputs)
         return (loss, trl_outputs(step)) if return_outputs else loss
 
@@ -184,7 +184,7 @@ class ORPOTrainerMixin(CheckpointStateMixin):
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._refresh_beta()  # before compute_loss, so a subclass that sets self.beta there still wins
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._nonfinite.record(loss)  # a non-finite one only reaches here under `skip`: its step is skipped,
+        self._nonfinite.record(loss)  # a non-finite one stops the run or skips the step at the step's end,
         return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)  # and the log says so (`nonfinite`)
 
     def _get_grad_norm(self, model, grad_norm=None):
