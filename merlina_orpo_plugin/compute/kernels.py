@@ -1,15 +1,14 @@
 """Kernels: per-token log-probs of scored tokens, from full logits or in chunks from hidden states.
 
 Tensors and a head module in, log-probs (and their gradients) out: nothing here knows about models
-(`model.adapter` finds the head, its trainable parameters and the hidden states, once per run). The
-chunked path never holds the ``[tokens, V]`` logits at once: the head runs on ``chunk_size`` rows at a
-time. A trained head is checkpointed per chunk (backward recomputes one chunk's logits at a time); a
-frozen head's per-row gradients are taken in the forward (``_FrozenHeadLogps``), so nothing is
-recomputed. When the loss itself is a sum over chunks (``fused_chunk_loss``: chunks of whole pairs), a
-trained head needs no recompute either: each chunk's gradients are taken in the forward, the head's
-summed into one buffer per parameter that becomes its ``.grad``. Peak memory of the loss is
-``O(chunk_size * V)`` instead of ``O(2B * T * V)``. The unchunked path (``score_logits``) scores the
-model's own logits without copying them (``_FullLogitsLogps``).
+(`model.adapter` finds the head, its trainable parameters and the hidden states, once per run). The chunked
+path never holds the ``[tokens, V]`` logits at once: the head runs on ``chunk_size`` rows at a time. A trained
+head is checkpointed per chunk (backward recomputes one chunk's logits at a time); a frozen head's per-row
+gradients are taken in the forward (``_FrozenHeadLogps``), so nothing is recomputed. When the loss itself is a
+sum over chunks (``fused_chunk_loss``: chunks of whole pairs), a trained head needs no recompute either: each
+chunk's gradients are taken in the forward, the head's summed into one buffer per parameter that becomes its
+``.grad``. Peak memory of the loss is ``O(chunk_size * V)`` instead of ``O(2B * T * V)``. The unchunked path
+(``score_logits``) scores the model's own logits without copying them (``_FullLogitsLogps``).
 """
 
 from __future__ import annotations
@@ -212,8 +211,9 @@ _WEIGHT_BLOCK = 8192
 def _plain_linear(head, postprocess, params, device: torch.device) -> list[str] | None:
     """The names (``weight``, ``bias``) of ``params`` where `_linear_chunk` can write their gradients: a
     hook-free ``nn.Linear`` head, no logit post-processing, no autocast; else None (autograd takes them)."""
+    autocast = torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)  # not meta's
     if (postprocess is not None or type(head) is not torch.nn.Linear or head._forward_hooks
-            or head._forward_pre_hooks or torch.is_autocast_enabled(device.type)):
+            or head._forward_pre_hooks or autocast):
         return None
     own = {id(head.weight): "weight", **({id(head.bias): "bias"} if head.bias is not None else {})}
     names = [own.get(id(p)) for p in params]
@@ -297,3 +297,4 @@ class _FullLogitsLogps(torch.autograd.Function):
             chunk.scatter_add_(-1, targets[rows].unsqueeze(-1), upstream)
             grad.index_add_(0, index[rows], chunk.to(grad.dtype))
         return grad, None, None, None
+
