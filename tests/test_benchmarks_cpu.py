@@ -124,10 +124,9 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     assert "All float32 variants as expected: True" in text and "All trainer checks passed: True" in text
 
 
-def test_preprocess_scale_runs_both_paths_in_fresh_processes(tmp_path):
+def test_preprocess_scale_generates_a_growing_vocabulary(tmp_path):
     from itertools import islice
 
-    from benchmarks.__main__ import main
     from benchmarks.preprocess_scale import generate_rows, write_files
 
     paths = write_files(tmp_path, "text", [5, 200], seed=1)
@@ -135,19 +134,33 @@ def test_preprocess_scale_runs_both_paths_in_fresh_processes(tmp_path):
     words = [set(" ".join(r.values()).split()) for r in islice(generate_rows("text", 1), 400)]
     assert len(set().union(*words[200:]) - set().union(*words[:200])) > 100  # new words keep coming
 
-    assert main(["preprocess-scale", "--sizes", "20", "40", "--layouts", "messages", "--parallel", "2",
-                 "--out", str(tmp_path)]) == 0
-    (path,) = tmp_path.glob("*-preprocess-scale.json")
-    report = json.loads(path.read_text())
+
+def _preprocess_scale(tmp_path, path: str) -> None:
+    """`preprocess-scale` at 20 and 40 pairs on one path: every size a run with every figure, and its table row."""
+    from benchmarks.__main__ import main
+
+    assert main(["preprocess-scale", "--sizes", "20", "40", "--layouts", "messages", "--paths", path,
+                 "--parallel", "2", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("*-preprocess-scale.json")
+    report = json.loads(result.read_text())
     assert report["command"].startswith("python -m benchmarks preprocess-scale")
-    assert set(report["runs"]) == {"messages/api", "messages/axolotl"}
+    assert set(report["runs"]) == {f"messages/{path}"}
     for key, group in report["runs"].items():
         for size, run in group["sizes"].items():
             assert run["rows"] == int(size), (key, size, run)
             for field in ("pairs_per_s", "cpu_us_per_pair", "peak_rss_mib", "anon_peak_mib", "file_peak_mib"):
                 assert run[field] > 0, (key, size, field, run)
         assert group["check"]["peak_rss_ratio_largest_to_smallest"] > 0
-    assert "| messages | axolotl | 40 |" in path.with_suffix(".md").read_text()
+    assert f"| messages | {path} | 40 |" in result.with_suffix(".md").read_text()
+
+
+def test_preprocess_scale_runs_the_python_api_path_in_fresh_processes(tmp_path):
+    _preprocess_scale(tmp_path, "api")
+
+
+@pytest.mark.needs("axolotl")  # `load_orpo_datasets` with Axolotl's `load_cfg`
+def test_preprocess_scale_runs_the_axolotl_path_in_fresh_processes(tmp_path):
+    _preprocess_scale(tmp_path, "axolotl")
 
 
 def test_result_files_and_readmes_hold_no_absolute_path():
