@@ -80,6 +80,8 @@ class NonFiniteGuard:
 
     def record(self, step_loss: torch.Tensor) -> None:
         """The micro-batch loss `training_step` hands Trainer: summed per step for the ``skip`` accounting."""
+        if self.policy != "skip":
+            return
         loss = step_loss.detach()
         self._window_loss = loss if self._window_loss is None else self._window_loss + loss
 
@@ -89,9 +91,7 @@ class NonFiniteGuard:
         """After Trainer's gradient norm, before ``optimizer.step()``: stop, skip (drop the gradients) or go on."""
         accelerator = self.trainer.accelerator
         checked = getattr(accelerator, "scaler", None) is None and grad_norm is not None
-        finite = not checked or math.isfinite(_as_float(grad_norm))
-        losses = [values["loss"].float().reshape(()) for values, _ in self._window]
-        bad_losses = torch.stack(losses).isfinite().logical_not().tolist() if losses else []  # the one read
+        finite, bad_losses = self._read(grad_norm if checked else None)
         if self.policy == "stop" and True in bad_losses:
             values, rows = self._window[bad_losses.index(True)]
             said = ", ".join(f"{name} {float(value):.6g}" for name, value in values.items())
@@ -99,7 +99,7 @@ class NonFiniteGuard:
                                      f"{self._describe([rows] if rows is not None else [])}. {self._advice()}")
         if self.policy == "stop" and not finite:
             rows = [rows for _, rows in self._window if rows is not None]
-            raise FloatingPointError(f"non-finite gradient norm ({_as_float(grad_norm)}) at optimizer step "
+            raise FloatingPointError(f"non-finite gradient norm ({float(_local(grad_norm))}) at optimizer step "
                                      f"{self._step()} with a finite loss; {self._describe(rows)}. {self._advice()}")
         bad = not finite or True in bad_losses
         if self.policy == "skip" and accelerator.num_processes > 1:  # a loss NaN on one process skips everywhere
@@ -109,12 +109,24 @@ class NonFiniteGuard:
                 parameter.grad = None
             self.skipped_total += 1
             self._skipped_here += 1
-        elif self._window_loss is not None:
+        elif self.policy == "skip" and self._window_loss is not None:
             loss = self._window_loss.float()
             self._trained_loss = loss if self._trained_loss is None else self._trained_loss + loss
             self._trained_steps += 1
         self._new_window()
         return grad_norm
+
+    def _read(self, grad_norm) -> tuple[bool, list[bool]]:
+        """(whether ``grad_norm`` is finite, which window losses are not), in one host read where both are
+        tensors on one device (DeepSpeed's norm is a float already; None is not checked)."""
+        losses = [values["loss"].float().reshape(()) for values, _ in self._window]
+        norm = _local(grad_norm)
+        joined = torch.is_tensor(norm) and losses and norm.device == losses[0].device
+        if joined:
+            losses.append(norm.float().reshape(()))
+        flags = torch.stack(losses).isfinite().tolist() if losses else []
+        finite = flags.pop() if joined else (norm is None or math.isfinite(float(norm)))
+        return finite, [not flag for flag in flags]
 
     def on_log(self, logs: dict) -> None:
         """``skip``: the run's skip count, and a window's ``loss`` over the steps that trained (NaN if none)."""
@@ -161,11 +173,9 @@ class NonFiniteGuard:
                 "checkpoint, or set `on_nonfinite` (YAML `merlina_on_nonfinite`) to `skip` to skip such steps")
 
 
-def _as_float(value) -> float:
-    """A gradient norm as a float: a tensor, FSDP2's replicated DTensor, or DeepSpeed's float."""
-    if hasattr(value, "full_tensor"):
-        value = value.full_tensor()
-    return float(value)
+def _local(value):
+    """FSDP2's replicated DTensor gradient norm as a plain tensor; anything else as it is."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def with_row_index(dataset):
@@ -174,10 +184,9 @@ def with_row_index(dataset):
     A `datasets.Dataset` only (an in-memory column beside the cached files, nothing rewritten); other
     datasets are returned as they are, and a non-finite loss in them names no rows.
     """
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        return dataset
+    import datasets
+    import numpy as np
+
     if not isinstance(dataset, datasets.Dataset) or ROW_COLUMN in dataset.column_names:
         return dataset
-    return dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+    return dataset.add_column(ROW_COLUMN, np.arange(len(dataset)))
