@@ -72,8 +72,8 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 def resolve_resume(cfg: dict) -> None:
     """Axolotl's raw config: `resume_from_checkpoint: true`, or `auto_resume_from_checkpoints` without a
     path, becomes the path of the latest complete checkpoint under `output_dir` (Axolotl's own lookup
-    takes the highest step, complete or not, and its schema takes a path only). An explicit path is kept;
-    one that is incomplete gets a warning."""
+    takes the highest step, complete or not, and its schema takes a path only; it is turned off here). An
+    explicit path is kept (the trainer warns when it is incomplete)."""
     value = cfg.get("resume_from_checkpoint")
     output_dir = cfg.get("output_dir") or "./model-out"  # Axolotl's default
     if value is True or (value in (None, False) and cfg.get("auto_resume_from_checkpoints")):
@@ -81,12 +81,11 @@ def resolve_resume(cfg: dict) -> None:
         if latest is None and value is True:
             raise ValueError(f"`resume_from_checkpoint: true`: no complete checkpoint under `output_dir` {output_dir}")
         cfg["resume_from_checkpoint"] = latest
+        cfg["auto_resume_from_checkpoints"] = False  # else Axolotl's lookup fills a None with the highest step
         if latest is not None:
             logger.warning("Resuming from the latest complete checkpoint, %s", latest)
     elif value is False:
         cfg["resume_from_checkpoint"] = None
-    elif value:
-        warn_if_incomplete(value)
 
 
 def warn_if_incomplete(path) -> None:
@@ -150,8 +149,7 @@ class CheckpointStateMixin:
             raise ValueError(f"{path} is from step {state['global_step']}, the checkpoint from step {self.state.global_step}")
         device = self.accelerator.device
         self._orpo_metrics.load_state_dict(state["metrics"], device)
-        if "nonfinite" in state:  # checkpoints of this version onward
-            self._nonfinite.load_state_dict(state["nonfinite"])
+        self._nonfinite.load_state_dict(state["nonfinite"])
         if state["tr_loss"] is not None and hasattr(self, "_tr_loss"):
             self._tr_loss = state["tr_loss"].to(self._tr_loss.device)
             self._total_loss_scalar = state["total_loss_scalar"]

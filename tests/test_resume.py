@@ -234,5 +234,10 @@ def test_axolotl_resume_keys_become_the_latest_complete_path(tmp_path):
         resolve_resume({"output_dir": str(tmp_path / "empty"), "resume_from_checkpoint": True})
     fresh = {"output_dir": str(tmp_path / "empty"), "auto_resume_from_checkpoints": True}
     resolve_resume(fresh)
-    assert fresh["resume_from_checkpoint"] is None
+    assert fresh["resume_from_checkpoint"] is None and fresh["auto_resume_from_checkpoints"] is False
+    only_incomplete = tmp_path / "only-incomplete"
+    (only_incomplete / "checkpoint-6").mkdir(parents=True)
+    auto = {"output_dir": str(only_incomplete), "auto_resume_from_checkpoints": True}
+    resolve_resume(auto)  # Axolotl's own lookup (highest step, complete or not) must not run after ours
+    assert auto["resume_from_checkpoint"] is None and auto["auto_resume_from_checkpoints"] is False
 
