@@ -166,7 +166,9 @@ def test_a_killed_writers_temporary_folder_is_ignored_and_removed(tmp_path, capl
     builds = Builds()
     target = tmp_path / "prepared" / f"merlina-orpo-{KEY}"
     leftover = target.parent / f".{target.name}.tmp-4242-deadbeef"
-    prepared_cache.write_copy(leftover, KEY, *Builds()())  # a whole folder, to prove it is not picked up either
+    other = Builds()
+    other.calls = 8  # its rows say build 9: a copy read from it would show
+    prepared_cache.write_copy(leftover, KEY, *other())  # written whole, then cut as a killed writer leaves it
     os.truncate(leftover / ARROW, 100)
     splits, summary, warnings = _reload(target, builds, caplog)
     assert warnings == [] and builds.calls == 1 and summary["build"] == 1 and set(splits["train"]["build"]) == {1}

@@ -70,7 +70,7 @@ def load_or_build(target: Path, key: str, build: Builder) -> tuple[datasets.Data
         splits, summary = build()
         write_copy(target, key, splits, summary)
         LOG.info("ORPO datasets: prepared and saved to %s", target)
-        return read_copy(target, key)
+        return datasets.load_from_disk(str(target)), summary  # from the final path; checked as it was written
 
 
 def is_builder() -> bool:
