@@ -44,11 +44,12 @@ def resolve_args(args: Any) -> ORPOConfig:
     return args
 
 
-def set_init_seed(args: ORPOConfig) -> None:
-    """The seeding `transformers.Trainer` does before it calls ``model_init`` (and TRL 1.15+ before PEFT)."""
+def set_init_seed(seed: int, full_determinism: bool = False) -> None:
+    """The seeding `transformers.Trainer` does before it calls ``model_init`` (and TRL 1.15+ before PEFT):
+    `set_seed` (Python, NumPy, torch), or `enable_full_determinism` (also deterministic torch kernels)."""
     from transformers.trainer_utils import enable_full_determinism, set_seed
 
-    enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+    enable_full_determinism(seed) if full_determinism else set_seed(seed)
 
 
 class PreparedModelInit:
@@ -64,7 +65,7 @@ class PreparedModelInit:
         self.built = None
 
     def first(self):
-        set_init_seed(self.args)
+        set_init_seed(self.args.seed, self.args.full_determinism)
         self.built = self(None)
         return self.built
 

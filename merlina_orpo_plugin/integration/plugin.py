@@ -22,6 +22,7 @@ import os
 
 from axolotl.integrations.base import BasePlugin
 
+from ..trl_contract import set_init_seed
 from .args import orpo_enabled, training_args
 
 RL_NAME = "orpo_standalone"
@@ -169,17 +170,9 @@ def total_num_steps(cfg, train_size: int) -> int:
 
 
 def seed_from_cfg(cfg, full_determinism: bool = False) -> None:
-    """`transformers.set_seed(cfg.seed)` (Python, NumPy, torch), or `enable_full_determinism` with
-    `full_determinism` (also deterministic torch kernels); Axolotl fills an unset `seed` with 42."""
-    from transformers.trainer_utils import enable_full_determinism, set_seed
-
-    seed = cfg.get("seed")
-    if seed is None:
-        return
-    if full_determinism or cfg.get("full_determinism"):
-        enable_full_determinism(int(seed))
-    else:
-        set_seed(int(seed))
+    """`trl_contract.set_init_seed` with the config's `seed` (Axolotl fills an unset one with 42)."""
+    if cfg.get("seed") is not None:
+        set_init_seed(int(cfg["seed"]), full_determinism)
 
 
 def _set_process_environment() -> None:
