@@ -123,9 +123,6 @@ class ORPOTrainerMixin(CheckpointStateMixin):
 
     def concatenated_forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ORPOForwardOutput:
         """One forward over chosen and rejected rows: ``(chosen_logps, rejected_logps, nll_loss, ...)``."""
-        return self._forward(model, batch)
-
-    def _forward(self, model, batch) -> ORPOForwardOutput:
         return concatenated_forward(
             model,
             batch,

@@ -297,4 +297,3 @@ class _FullLogitsLogps(torch.autograd.Function):
             chunk.scatter_add_(-1, targets[rows].unsqueeze(-1), upstream)
             grad.index_add_(0, index[rows], chunk.to(grad.dtype))
         return grad, None, None, None
-

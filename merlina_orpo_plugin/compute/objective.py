@@ -116,7 +116,9 @@ def _pair_chunks(batch: dict, run: ModelPass, spec: LossSpec, scales):
             bounds.append((start, start + size))
             pair_slices[start] = slice(first, pair + 1)
             start, first, size = start + size, pair + 1, 0
-    counts = torch.tensor(host, dtype=torch.float32, device=owner.device).view(3, num_pairs)
+    # Counted on the device, as `forward.sequence_scores` does: a tensor built from the host list would be a
+    # pageable host-to-device copy, which waits for the decoder forward just queued.
+    counts = L.sequence_sums(torch.ones_like(owner, dtype=torch.float32), owner, 3 * num_pairs).view(3, num_pairs)
     nll_scale, or_scale = scales  # a chunk's share of the batch's loss: the batch's means where not given
     if nll_scale is None:
         nll_scale = 1.0 / max(1, sum(host[:num_pairs]) + sum(host[2 * num_pairs :]))
