@@ -16,6 +16,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -223,6 +224,10 @@ def axolotl_config(work: Path, data: Path, layout: str, model_dir: Path) -> Path
     return path
 
 
+#: A child that runs longer is ended and reported as an error (a 200k run takes minutes, not an hour).
+CHILD_TIMEOUT_S = 3600
+
+
 def run_one(tmp: Path, path: str, layout: str, data: Path, model_dir: Path) -> dict:
     """``python -m benchmarks preprocess-scale --child JOB.json`` in a fresh process, its own caches."""
     from .impls import child_env
@@ -235,12 +240,16 @@ def run_one(tmp: Path, path: str, layout: str, data: Path, model_dir: Path) -> d
     env = dict(child_env(None, "cpu"), HF_DATASETS_CACHE=str(work / "hf"), AXOLOTL_IS_PREPROCESS="1")
     load = os.getloadavg()[0]
     with (work / "log.txt").open("w") as log:
-        code = subprocess.run([sys.executable, "-m", "benchmarks", "preprocess-scale", "--child", str(work / "job.json")],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        try:
+            code = subprocess.run([sys.executable, "-m", "benchmarks", "preprocess-scale", "--child",
+                                   str(work / "job.json")], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=CHILD_TIMEOUT_S).returncode
+        except subprocess.TimeoutExpired:
+            code = f"timeout after {CHILD_TIMEOUT_S} s"
     if code != 0:
         return {"error": f"exit {code}: " + (work / "log.txt").read_text()[-3000:]}
     result = json.loads((work / "result.json").read_text())
-    subprocess.run(["rm", "-rf", str(work)], check=False)  # the caches of a 200k run are gigabytes
+    shutil.rmtree(work, ignore_errors=True)  # the caches of a 200k run are gigabytes
     return {**result, "load_average_1m": {"start": round(load, 2), "end": round(os.getloadavg()[0], 2)}}
 
 
@@ -317,10 +326,9 @@ def main(args) -> int:
     results["notes"] = [
         "each size and path ran in a fresh process; peak RSS = that process's ru_maxrss (imports and tokenizer "
         "included) or its largest child's if larger; growth in the call = that peak minus the RSS just before the "
-        "timed call; CPU time counts the children (a map pool's worker) too",
+        "timed call; CPU time counts any child process too",
         "api: datasets.load_dataset('json') of the file, then prepare_preference_dataset (layout detected); "
-        "axolotl: load_orpo_datasets(load_cfg(config.yml)) with dataset_num_proc 1 (above 10k rows the plugin "
-        "passes it to Dataset.map, which in datasets 4.8 then tokenises in one forked worker) and shuffle on, as "
+        "axolotl: load_orpo_datasets(load_cfg(config.yml)) with dataset_num_proc 1 and shuffle on, as "
         "`axolotl preprocess` runs it (reads the file, strategy, check, tokenise, shuffle, save_to_disk, reload)",
         "CPU us/pair = process CPU seconds of the call / pairs: the number to judge flatness by on a shared machine",
         "anon / file (PSS): Pss_Anon / Pss_File peaks sampled every 0.1 s during the call, summed over the process "

