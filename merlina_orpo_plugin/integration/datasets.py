@@ -114,9 +114,11 @@ def prepare_entry(entry: dict, options: DataOptions, tokenizer) -> PreparedEntry
     by ``options.skip_bad_rows``) and tokenised with ``options``' limits."""
     source = describe_source(entry)
     raw = load_raw_dataset(entry, options)
+    rows = len(raw)
     checked, skipped = mapping.apply_strategy(raw, entry, source=source, skip_bad_rows=options.skip_bad_rows)
+    del raw  # the strategy read all of its memory-mapped file: dropped, those pages leave the process (RSS)
     tokenised, stats = mapping.tokenise_pairs(checked, options, tokenizer)
-    return PreparedEntry(source, len(raw), tokenised, stats, skipped)
+    return PreparedEntry(source, rows, tokenised, stats, skipped)
 
 
 def describe_source(entry: dict) -> str:
