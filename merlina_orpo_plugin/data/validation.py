@@ -62,14 +62,11 @@ def check_text(value: Any, field: str, layout: Layout) -> str | None:
 
 def check_messages(value: Any, field: str, layout: Layout) -> str | None:
     """The problem with a message-list field, or None when it is fine."""
-    if value is None:
-        return f"`{field}` is None"
     if isinstance(value, str):
         return f"`{field}` must be a list of messages in the {layout.value} layout like the other columns, got str"
-    if not isinstance(value, list):
-        return f"`{field}` must be a string or a list of messages, got {_type_name(value)}"
-    if not value:
-        return f"`{field}` is empty"
+    problem = _check_list(value, field, "a string or a list of messages")
+    if problem:
+        return problem
     for i, message in enumerate(value):
         problem = _check_message(message, f"`{field}` message {i}")
         if problem:
@@ -93,14 +90,20 @@ def _check_message(message: Any, name: str) -> str | None:
     return None
 
 
-def check_token_ids(value: Any, field: str) -> str | None:
-    """The problem with a list of token ids, or None when it is fine."""
+def _check_list(value: Any, field: str, expected: str) -> str | None:
+    """None, not a list, or an empty list: the problem, named as ``expected`` says; None when it is a list."""
     if value is None:
         return f"`{field}` is None"
     if not isinstance(value, list):
-        return f"`{field}` must be a list of token ids, got {_type_name(value)}"
-    if not value:
-        return f"`{field}` is empty"
+        return f"`{field}` must be {expected}, got {_type_name(value)}"
+    return f"`{field}` is empty" if not value else None
+
+
+def check_token_ids(value: Any, field: str) -> str | None:
+    """The problem with a list of token ids, or None when it is fine."""
+    problem = _check_list(value, field, "a list of token ids")
+    if problem:
+        return problem
     for i, token in enumerate(value):
         if not isinstance(token, Integral) or isinstance(token, bool) or token < 0:
             return f"`{field}` must hold token ids (ints >= 0), got {token!r} ({_type_name(token)}) at position {i}"
