@@ -14,7 +14,8 @@ and `get_last_checkpoint`, like Axolotl's `determine_last_checkpoint`, takes the
 killed while saving leaves a folder that the next "resume from the latest" picks and then fails on
 (or loads half of). So the save ends with `merlina_checkpoint_complete.json`, written last and listing
 every file with its size; "latest" means the newest checkpoint whose mark is there and whose files
-match it, and each one passed over is named in a log line.
+match it, and each one passed over is named in a log line. With `save_total_limit`, the old
+checkpoints are deleted after the new one's mark, not before it as Trainer does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 
 logger = logging.getLogger("merlina_orpo_plugin.checkpoints")
 
@@ -114,13 +116,22 @@ class CheckpointStateMixin:
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial, **kwargs):
-        result = super()._save_checkpoint(model, trial, **kwargs)
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # Trainer deletes old checkpoints at the end of its save: not yet
+        try:
+            result = super()._save_checkpoint(model, trial, **kwargs)
+        finally:
+            self.args.save_total_limit = limit
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"checkpoint-{self.state.global_step}"
         torch.save(self._orpo_state(), folder / _state_name(self.args))
         if self.accelerator.num_processes > 1:
             self.accelerator.wait_for_everyone()  # every rank's files are on disk before the mark
         if self.args.should_save:
             _write_marker(folder, self.state.global_step)
+            # Only now, with this one marked: a kill between the deletion and the mark left none complete.
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         return result
 
     def _orpo_state(self) -> dict:

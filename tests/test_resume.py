@@ -241,3 +241,35 @@ def test_axolotl_resume_keys_become_the_latest_complete_path(tmp_path):
     resolve_resume(auto)  # Axolotl's own lookup (highest step, complete or not) must not run after ours
     assert auto["resume_from_checkpoint"] is None and auto["auto_resume_from_checkpoints"] is False
 
+
+
+def test_save_total_limit_deletes_old_checkpoints_only_after_the_new_one_is_marked(tmp_path, tokenizer, monkeypatch):
+    """A save killed before its mark (here: the mark fails at step 4) leaves checkpoint-2 complete to resume
+    from. Trainer alone deletes the older checkpoints inside its save, before the mark would be written.
+    Without the failure, save_total_limit=1 keeps only the newest, as Trainer does."""
+    import merlina_orpo_plugin.checkpoints as checkpoints
+
+    args = orpo_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, save_total_limit=1,
+                     per_device_train_batch_size=2)
+    real_mark = checkpoints._write_marker
+
+    def mark(folder, step):
+        if step == 4:
+            raise KeyboardInterrupt("killed before the mark")
+        real_mark(folder, step)
+
+    monkeypatch.setattr(checkpoints, "_write_marker", mark)
+    trainer = MerlinaORPOTrainer(tiny_llama(seed=0), args, train_dataset=Dataset.from_list(single_turn_pairs(8)),
+                                 processing_class=tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+    monkeypatch.setattr(checkpoints, "_write_marker", real_mark)
+    shutil.rmtree(tmp_path / "checkpoint-4")
+    trainer = MerlinaORPOTrainer(tiny_llama(seed=0), args, train_dataset=Dataset.from_list(single_turn_pairs(8)),
+                                 processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=True)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
