@@ -28,12 +28,5 @@ def create_orpo_trainer(
         peft_config: a `peft.PeftConfig` to train adapters instead of the whole model.
         **trainer_kwargs: passed on to the trainer (callbacks, optimizers, data_collator, ...).
     """
-    return MerlinaORPOTrainer(
-        model=model,
-        args=orpo_config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        **trainer_kwargs,
-    )
+    return MerlinaORPOTrainer(model=model, args=orpo_config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                              processing_class=tokenizer, peft_config=peft_config, **trainer_kwargs)
