@@ -69,7 +69,7 @@ def score_tokenised(model: torch.nn.Module, rows: list[dict], pad_token_id: int,
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([rows[i] for i in indices]).items()}
+        batch = collate([rows[i] for i in indices]).to(device)
         out = concatenated_forward(model, batch)
         for i, c, r in zip(indices, out.chosen_logps.tolist(), out.rejected_logps.tolist(), strict=True):
             chosen[i], rejected[i] = c, r

@@ -17,6 +17,7 @@ from transformers import Trainer
 
 from .compute import losses as L
 from .batch.collator import ORPODataCollator
+from .batch.orpo_batch import ORPOBatch
 from .checkpoints import CheckpointStateMixin
 from .config import ORPOConfig
 from .compute.accumulation import loss_scales, window_totals
@@ -121,7 +122,7 @@ class ORPOTrainerMixin(CheckpointStateMixin):
         )
         return losses, chosen_rewards, rejected_rewards, ratio.mean(), log_odds.mean()
 
-    def concatenated_forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ORPOForwardOutput:
+    def concatenated_forward(self, model: nn.Module, batch: ORPOBatch | dict) -> ORPOForwardOutput:
         """One forward over chosen and rejected rows: ``(chosen_logps, rejected_logps, nll_loss, ...)``."""
         return concatenated_forward(
             model,
@@ -133,6 +134,13 @@ class ORPOTrainerMixin(CheckpointStateMixin):
         )
 
     # --- Trainer hooks ------------------------------------------------------------------------
+
+    def _prepare_inputs(self, inputs):
+        """The batch on this process's device: an `ORPOBatch` moves its tensors itself (Trainer moves
+        only tensors, mappings and sequences); any other batch (a dict) goes through Trainer's own."""
+        if isinstance(inputs, ORPOBatch):
+            return inputs.to(self.args.device)
+        return super()._prepare_inputs(inputs)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """ORPO loss ``nll - mean(beta * logsigmoid(log_odds))`` (+ router loss for MoE models), made by

@@ -36,8 +36,8 @@ def _features():
     return [{"prompt_input_ids": p, "chosen_input_ids": c, "rejected_input_ids": r} for p, c, r in PAIRS]
 
 
-def _on(device: torch.device, batch: dict) -> dict:
-    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+def _on(device: torch.device, batch):
+    return batch.to(device)
 
 
 def _off_device(tensors: dict[str, torch.Tensor], device: torch.device) -> list[str]:

@@ -1,2 +1,3 @@
-"""Batches: tokenised pairs laid out as rows (`packing`: padded, shared-prompt or packed, per `BatchLayout`)
-and the collator that makes them (`collator.ORPODataCollator`), built in the layout the speed plan chose."""
+"""Batches: tokenised pairs laid out as rows (`packing`: padded, shared-prompt or packed, per `BatchLayout`),
+the collator that makes them (`collator.ORPODataCollator`), built in the layout the speed plan chose, and
+the batch it returns (`orpo_batch.ORPOBatch`: the tensors, moved by ``.to``, and the host-side facts)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .orpo_batch import ORPOBatch, owner_counts
 from .packing import PADDED, BatchLayout, encoder_decoder_rows, pack
 
 #: The training dataset's row index column (`nonfinite.with_row_index`): a batch's ``row_ids`` come from it.
@@ -20,7 +21,7 @@ class ORPODataCollator:
     Input features carry ``prompt_input_ids``, ``chosen_input_ids`` and ``rejected_input_ids``
     (completions without the prompt), as `prepare_preference_dataset` writes them.
 
-    Output (``R`` rows of ``W`` tokens, ``N`` scored tokens)::
+    Output: an `ORPOBatch` (``R`` rows of ``W`` tokens, ``N`` scored tokens), read like a dict::
 
         input_ids, attention_mask (1 on real tokens), position_ids          [R, W]
         sequence_ids (attention segment, -1 on padding), branch_ids          [R, W]
@@ -28,15 +29,16 @@ class ORPODataCollator:
         score_index (flat index into R*W of the predicting position)         [N]
         score_target (the token predicted), score_owner (which sequence)     [N]
         pair_lengths (prompt, chosen, rejected tokens of each pair)          [B, 3]
-        layout                                                               the `BatchLayout`
-        scored_counts (scored tokens per owner, a tuple of 3B ints: it stays on the host, so the
-            forward can plan chunks of whole pairs without waiting for the device)
         row_ids (each pair's row in the training dataset, when its rows carry ``ROW_COLUMN``)  [B]
 
     An encoder-decoder layout (``layout.decoder_start`` set) gives instead ``input_ids`` and
     ``attention_mask`` ``[B, P]`` (each prompt once, for the encoder) and ``decoder_input_ids``
     ``[2B, L]`` (chosen rows then rejected rows), scored tokens indexing the decoder rows
     (`packing.encoder_decoder_rows`).
+
+    Beside the tensors the batch holds, on the host, its ``layout`` (the `BatchLayout`) and
+    ``scored_counts`` (scored tokens per owner, 3B ints, so the forward can plan chunks of whole
+    pairs without waiting for the device); ``batch.to(device)`` moves the tensors only.
 
     The default layout is TRL's: ``prompt + chosen`` rows then ``prompt + rejected`` rows,
     right-padded. The trainer builds its collators from its speed plan (`speed.plan_speed`); the
@@ -64,21 +66,18 @@ class ORPODataCollator:
         if not isinstance(self.layout, BatchLayout):
             raise TypeError(f"`layout` must be a BatchLayout, got {type(self.layout).__name__}")
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, features: list[dict[str, Any]]) -> ORPOBatch:
         pairs = [
             (list(f["prompt_input_ids"]), list(f["chosen_input_ids"]), list(f["rejected_input_ids"]))
             for f in features
         ]
-        lengths = torch.tensor([[len(p), len(c), len(r)] for p, c, r in pairs], dtype=torch.long)
-        batch = self._rows(pairs)
-        # ``layout`` is not a tensor: moved nowhere, read without a device sync
-        batch.update(pair_lengths=lengths, layout=self.layout,
-                     scored_counts=_owner_counts(batch["score_owner"].tolist(), len(pairs)))
+        tensors = self._rows(pairs)
+        tensors["pair_lengths"] = torch.tensor([[len(p), len(c), len(r)] for p, c, r in pairs], dtype=torch.long)
         if features and ROW_COLUMN in features[0]:
-            batch["row_ids"] = torch.tensor([f[ROW_COLUMN] for f in features], dtype=torch.long)
-        return batch
+            tensors["row_ids"] = torch.tensor([f[ROW_COLUMN] for f in features], dtype=torch.long)
+        return ORPOBatch(tensors, self.layout, owner_counts(tensors["score_owner"].tolist(), len(pairs)))
 
-    def _rows(self, pairs: list[tuple[list[int], list[int], list[int]]]) -> dict[str, Any]:
+    def _rows(self, pairs: list[tuple[list[int], list[int], list[int]]]) -> dict[str, torch.Tensor]:
         if self.layout.encoder_decoder:
             rows = encoder_decoder_rows(pairs, self.layout.decoder_start, self.pad_token_id)
             return {key: torch.tensor(value, dtype=torch.long) for key, value in rows.items()}
@@ -100,21 +99,6 @@ class ORPODataCollator:
             "score_target": torch.tensor(packed.score_target, dtype=torch.long),
             "score_owner": torch.tensor(packed.score_owner, dtype=torch.long),
         }
-
-
-class HostCounts(tuple):
-    """Scored tokens per owner, kept on the host: ``.to(device)`` (a batch moved with
-    ``{k: v.to(device)}`` or accelerate's ``send_to_device``) leaves it as it is."""
-
-    def to(self, *args, **kwargs) -> HostCounts:
-        return self
-
-
-def _owner_counts(owners: list[int], num_pairs: int) -> HostCounts:
-    counts = [0] * (3 * num_pairs)
-    for owner in owners:
-        counts[owner] += 1
-    return HostCounts(counts)
 
 
 def pad_id_of(tokenizer: Any) -> int:

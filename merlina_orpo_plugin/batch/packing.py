@@ -26,7 +26,7 @@ PROMPT, CHOSEN, REJECTED = 0, 1, 2
 
 @dataclass(frozen=True)
 class BatchLayout:
-    """How a batch's rows are laid out; every collated batch carries one under ``"layout"``.
+    """How a batch's rows are laid out; every collated batch carries one (`ORPOBatch.layout`).
 
     ``padded``: TRL's rows (``prefix_sharing`` and ``padding_free`` off), one sequence per row, a 2D
     padding mask. Every other decoder-only layout has rows holding more than one attention segment
@@ -53,11 +53,6 @@ class BatchLayout:
     @property
     def name(self) -> str:
         return "encoder_decoder" if self.encoder_decoder else _LAYOUT_NAMES[(self.prefix_sharing, self.padding_free)]
-
-    def to(self, *args, **kwargs) -> BatchLayout:
-        """A layout lives on no device: moving a batch with ``{k: v.to(device)}`` (or accelerate's
-        ``send_to_device``) keeps it as it is, and reading it never waits for the GPU."""
-        return self
 
 
 _LAYOUT_NAMES = {

@@ -12,6 +12,7 @@ import torch
 
 from . import losses as L
 from .attention import build_attention_mask
+from ..batch.orpo_batch import ORPOBatch, as_batch
 from ..model.adapter import ModelFacts, capture_final_hidden, find_model_facts, score_hidden
 from .kernels import score_logits
 
@@ -85,7 +86,7 @@ class ModelPass(NamedTuple):
 
 def forward(
     model: torch.nn.Module,
-    batch: dict,
+    batch: ORPOBatch | dict,
     *,
     facts: ModelFacts | None = None,
     nll_include_prompt: bool = True,
@@ -94,11 +95,13 @@ def forward(
 ) -> SequenceScores:
     """Run ``model`` once over every sequence of the batch (one forward, as DDP needs) and score it.
 
-    ``batch`` is `ORPODataCollator`'s output in any of its layouts. ``loss_chunk_size`` > 0 computes
-    the log-probs from the hidden states that many tokens at a time (`model.adapter.score_hidden`).
+    ``batch`` is `ORPODataCollator`'s output in any of its layouts (or a dict in its shape, `as_batch`).
+    ``loss_chunk_size`` > 0 computes the log-probs from the hidden states that many tokens at a time
+    (`model.adapter.score_hidden`).
     ``facts``: ``model``'s `model.adapter.ModelFacts` (found with ``chunked`` as ``loss_chunk_size`` > 0),
     as the trainer keeps them for the run; None finds them here, for this call.
     """
+    batch = as_batch(batch)
     if facts is None:
         facts = find_model_facts(model, chunked=loss_chunk_size > 0)
     run = run_model(model, batch, facts=facts, chunked=loss_chunk_size > 0, nll_include_prompt=nll_include_prompt,
@@ -110,16 +113,17 @@ def forward(
     return sequence_scores(batch, token_logps, logit_means, run.owner, run.aux_loss)
 
 
-def concatenated_forward(model: torch.nn.Module, batch: dict, **options) -> ORPOForwardOutput:
+def concatenated_forward(model: torch.nn.Module, batch: ORPOBatch | dict, **options) -> ORPOForwardOutput:
     """`forward` in TRL's shape: ``(chosen_logps, rejected_logps, nll_loss, ...)`` (`ORPOForwardOutput`)."""
     return ORPOForwardOutput.of(forward(model, batch, **options))
 
 
-def run_model(model, batch: dict, *, facts: ModelFacts, chunked: bool, nll_include_prompt: bool = True,
+def run_model(model, batch: ORPOBatch | dict, *, facts: ModelFacts, chunked: bool, nll_include_prompt: bool = True,
               output_router_logits: bool = False) -> ModelPass:
     """The model's forward over ``batch`` with the attention inputs of its layout (`ModelPass`)."""
+    batch = as_batch(batch)
     index, targets, owner = scored_tokens(batch, nll_include_prompt)
-    if batch["layout"].encoder_decoder:
+    if batch.layout.encoder_decoder:
         kwargs = _encoder_decoder_inputs(facts, batch)
     else:
         kwargs = {"input_ids": batch["input_ids"], "use_cache": False, **_attention_inputs(facts, batch)}
@@ -137,7 +141,7 @@ def run_model(model, batch: dict, *, facts: ModelFacts, chunked: bool, nll_inclu
     return ModelPass(output, index.to(device), targets.to(device), owner.to(device), aux_loss)
 
 
-def sequence_scores(batch: dict, token_logps, logit_means, owner, aux_loss) -> SequenceScores:
+def sequence_scores(batch: ORPOBatch, token_logps, logit_means, owner, aux_loss) -> SequenceScores:
     """Per-token log-probs and mean logits of the scored tokens summed per sequence (`SequenceScores`)."""
     # Everything here lives where the log-probs are: under a device map the head's device, which
     # need not be the device the batch was put on.
@@ -156,7 +160,7 @@ def sequence_scores(batch: dict, token_logps, logit_means, owner, aux_loss) -> S
                           processed, batch["pair_lengths"].sum())
 
 
-def scored_tokens(batch: dict[str, torch.Tensor], nll_include_prompt: bool = True):
+def scored_tokens(batch: ORPOBatch, nll_include_prompt: bool = True):
     """``(index, target, owner)`` of the tokens to score; prompt tokens only when the NLL counts them."""
     index, targets, owner = batch["score_index"], batch["score_target"], batch["score_owner"]
     if not nll_include_prompt:
@@ -165,7 +169,7 @@ def scored_tokens(batch: dict[str, torch.Tensor], nll_include_prompt: bool = Tru
     return index, targets, owner
 
 
-def nll_token_count(batch: dict[str, torch.Tensor], nll_include_prompt: bool = True) -> torch.Tensor:
+def nll_token_count(batch: ORPOBatch | dict, nll_include_prompt: bool = True) -> torch.Tensor:
     """Targets of the NLL term in ``batch``: chosen completion tokens, and prompt tokens if counted.
 
     Shared by the forward and the gradient-accumulation token count so the two cannot drift apart.
@@ -179,7 +183,7 @@ def nll_token_count(batch: dict[str, torch.Tensor], nll_include_prompt: bool = T
     return counted.sum()
 
 
-def _encoder_decoder_inputs(facts: ModelFacts, batch: dict) -> dict:
+def _encoder_decoder_inputs(facts: ModelFacts, batch: ORPOBatch) -> dict:
     """Encoder once per prompt, its output repeated for the chosen and the rejected decoder rows.
 
     TRL's encoder-decoder path encodes every prompt twice (its rows are repeated); gradients reach
@@ -197,12 +201,9 @@ def _encoder_decoder_inputs(facts: ModelFacts, batch: dict) -> dict:
     }
 
 
-def _attention_inputs(facts: ModelFacts, batch: dict) -> dict:
+def _attention_inputs(facts: ModelFacts, batch: ORPOBatch) -> dict:
     """TRL's 2D padding mask for padded rows; positions and a custom mask for shared / packed rows."""
-    layout = batch.get("layout")
-    if layout is None:
-        raise ValueError("the batch has no `layout`: collate ORPO batches with merlina_orpo_plugin.ORPODataCollator")
-    if not layout.custom_mask:
+    if not batch.layout.custom_mask:
         return {"attention_mask": batch["attention_mask"]}
     mask = build_attention_mask(batch["sequence_ids"], batch["branch_ids"], facts.attention, facts.mask_dtype)
     return {"attention_mask": mask, "position_ids": batch["position_ids"]}

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from . import losses as L
+from ..batch.orpo_batch import ORPOBatch, as_batch
 from .forward import ModelPass, SequenceScores, forward, run_model, sequence_scores
 from ..model.adapter import ModelFacts, find_model_facts, fused_head_applies, score_hidden, score_hidden_fused
 
@@ -47,14 +48,14 @@ class ORPOStep(NamedTuple):
     fused: bool
 
 
-def orpo_objective(model, batch: dict, spec: LossSpec, *, facts: ModelFacts | None = None,
+def orpo_objective(model, batch: ORPOBatch | dict, spec: LossSpec, *, facts: ModelFacts | None = None,
                    scales: tuple = (None, None)) -> ORPOStep:
     """The ORPO loss ``nll_term + or_term`` (`losses.orpo_terms`) of ``batch``, plus the router loss.
 
     ``scales``: ``(nll_scale, or_scale)`` (`accumulation.loss_scales`); None each is the batch's own mean.
     ``facts``: ``model``'s `model.adapter.ModelFacts` as kept for the run; None finds them for this call.
     """
-    chunked = spec.loss_chunk_size > 0
+    batch, chunked = as_batch(batch), spec.loss_chunk_size > 0
     if facts is None:
         facts = find_model_facts(model, chunked=chunked)
     loss = None
@@ -72,7 +73,8 @@ def orpo_objective(model, batch: dict, spec: LossSpec, *, facts: ModelFacts | No
     return ORPOStep(loss, terms.detached(), scores.detached(), fused)
 
 
-def _fused(model, batch, spec: LossSpec, facts: ModelFacts, scales) -> tuple[torch.Tensor | None, SequenceScores]:
+def _fused(model, batch: ORPOBatch, spec: LossSpec, facts: ModelFacts,
+           scales) -> tuple[torch.Tensor | None, SequenceScores]:
     """``(loss, detached scores)`` of the fused mode; ``(None, scores)`` where it does not apply (a
     frozen or sharded head, or a pair too long), the scores then carrying the gradient."""
     run = run_model(model, batch, facts=facts, chunked=True, nll_include_prompt=spec.nll_include_prompt,
@@ -92,7 +94,7 @@ def _fused(model, batch, spec: LossSpec, facts: ModelFacts, scales) -> tuple[tor
 _LONGEST_FUSED = 4
 
 
-def _pair_chunks(batch: dict, run: ModelPass, spec: LossSpec, scales):
+def _pair_chunks(batch: ORPOBatch, run: ModelPass, spec: LossSpec, scales):
     """The scored tokens grouped by pair (a stable sort on the device, no sync) and chunks of whole
     pairs of about ``loss_chunk_size`` tokens (from the collator's host-side counts), with each chunk's
     loss: `losses.orpo_terms` of its pairs, under the batch's scales.
@@ -101,7 +103,7 @@ def _pair_chunks(batch: dict, run: ModelPass, spec: LossSpec, scales):
     chunk's logits would outgrow what chunking is for, and the checkpointed path takes the batch.
     """
     num_pairs, chunk_size = batch["pair_lengths"].shape[0], spec.loss_chunk_size
-    host = list(batch["scored_counts"])
+    host = list(batch.scored_counts)
     if not spec.nll_include_prompt:
         host[2 * num_pairs :] = [0] * num_pairs
     per_pair = [host[i] + host[num_pairs + i] + host[2 * num_pairs + i] for i in range(num_pairs)]
