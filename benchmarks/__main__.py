@@ -4,35 +4,47 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
+from pathlib import Path
 
 from .impls import OFFLINE
 
-#: subcommand -> (module with ``add_arguments(parser)`` and ``main(args) -> int``, what it does)
+#: subcommand -> (module, what it does). The module has ``add_arguments(parser)`` and ``main(args) -> int``,
+#: or ``COMMANDS = {subcommand: (add_arguments, main)}``; with ``run_job(job) -> dict``, the hidden ``--job
+#: JOB.json`` runs one configuration in a child process (`impls.spawn`) and writes its result file.
 SUBCOMMANDS = {
     "train": ("train", "one ORPO workload through TRL, TRL + Liger, Axolotl `rl: orpo` / `rl: orpo_standalone`, "
                        "this trainer and the causal-LM limit; --max-batch: the largest micro-batch each fits"),
-    "loss-memory": ("loss_memory", "peak memory of the ORPO loss alone (hidden states -> head -> loss), TRL's "
-                                   "against ours"),
-    "loss-step": ("loss_step", "step time of the ways our chunked loss runs (default, checkpointed, unchunked)"),
+    "loss-memory": ("loss", "peak memory of the ORPO loss alone (hidden states -> head -> loss), TRL's against ours"),
+    "loss-step": ("loss", "step time of the ways our chunked loss runs (default, checkpointed, unchunked)"),
     "preprocess": ("preprocess", "preprocessing throughput: prepare_preference_dataset against TRL's tokenize_row"),
-    "preprocess-scale": ("preprocess_scale", "preprocessing at 10k-200k generated pairs, Python API and Axolotl path: "
-                                             "time, CPU time and peak RSS, each size in a fresh process"),
+    "preprocess-scale": ("preprocess", "preprocessing at 10k-200k generated pairs, Python API and Axolotl path: "
+                                       "time, CPU time and peak RSS, each size in a fresh process"),
     "gpu-check": ("gpu_check", "correctness on a GPU: layout equivalence, the loss alone, the trainer end to end"),
 }
+
+
+def command(name: str):
+    """(module, add_arguments, main) of subcommand ``name``."""
+    mod = importlib.import_module(f"benchmarks.{SUBCOMMANDS[name][0]}")
+    commands = getattr(mod, "COMMANDS", None)
+    return (mod, *(commands[name] if commands else (mod.add_arguments, mod.main)))
 
 
 def parser(subcommand: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand listed; only ``subcommand``'s module imported (and its options added)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
-    for name, (module, text) in SUBCOMMANDS.items():
+    for name, (_, text) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == subcommand:
-            mod = importlib.import_module(f"benchmarks.{module}")
-            sp.description = mod.__doc__
-            mod.add_arguments(sp)
+            mod, add_arguments, main = command(name)
+            sp.description = main.__doc__ or mod.__doc__
+            add_arguments(sp)
+            if hasattr(mod, "run_job"):
+                sp.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     return p
 
 
@@ -42,7 +54,12 @@ def main(argv=None) -> int:
         os.environ.setdefault(key, value)
     args = parser(argv[0] if argv else None).parse_args(argv)
     args.argv = argv[1:]  # the subcommand's own options, as results record them
-    return importlib.import_module(f"benchmarks.{SUBCOMMANDS[args.subcommand][0]}").main(args)
+    mod, _, run = command(args.subcommand)
+    if getattr(args, "job", None):
+        job = json.loads(args.job.read_text())
+        Path(job["result_path"]).write_text(json.dumps(mod.run_job(job), indent=1, default=str))
+        return 0
+    return run(args)
 
 
 if __name__ == "__main__":

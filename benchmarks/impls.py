@@ -1,5 +1,5 @@
-"""The implementations compared, whether each can run here, and how one configuration is launched:
-in a fresh process (peak memory per configuration), or in this one (``inline``: no start-up cost;
+"""The implementations compared, whether each can run here, and how a configuration is launched: in a
+fresh process (`spawn`: peak memory per configuration), or in this one (``inline``: no start-up cost;
 GPU peaks stay per configuration, CPU RSS peaks do not)."""
 
 from __future__ import annotations
@@ -53,17 +53,15 @@ def absent_reason(module: str) -> str | None:
 
 def skip_reason(impl: Impl, device: str, tune: str) -> str | None:
     """Why ``impl`` cannot run here, or None."""
-    for module in impl.requires:
-        reason = absent_reason(module)
-        if reason:
-            return reason
-    if impl.kind == "axolotl":
-        if device != "cpu":
-            return "the Axolotl CLI runs are CPU-only in this harness (Axolotl is not carried to the GPU machine)"
-        if tune != "full":
-            return "the Axolotl recipes here are full fine-tunes"
-        if shutil.which("axolotl", path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}") is None:
-            return "the `axolotl` command is not on PATH"
+    reason = next(filter(None, map(absent_reason, impl.requires)), None)
+    if reason or impl.kind != "axolotl":
+        return reason
+    if device != "cpu":
+        return "the Axolotl CLI runs are CPU-only in this harness (Axolotl is not carried to the GPU machine)"
+    if tune != "full":
+        return "the Axolotl recipes here are full fine-tunes"
+    if shutil.which("axolotl", path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}") is None:
+        return "the `axolotl` command is not on PATH"
     return None
 
 
@@ -80,24 +78,23 @@ FIXED = dict(gradient_accumulation_steps=1, num_epochs=1, optimizer="adamw_torch
              save_strategy="no", dataloader_num_workers=0, dataloader_pin_memory=False)
 
 
-def write_config(job: dict) -> Path:
-    """``<work_dir>/config.yml`` for ``job["impl"]``, ``job["merlina_yaml"]`` over ours."""
+def write_config(job: dict, **cfg) -> Path:
+    """``<work_dir>/config.yml`` for ``job["impl"]`` (``axolotl_*``, ``job["merlina_yaml"]`` over ours), or
+    with ``cfg`` for the keys beyond `FIXED`."""
     import yaml
 
     work = Path(job["work_dir"])
-    cfg = dict(FIXED, base_model=job["model_dir"], orpo_alpha=job["beta"], sequence_len=job["max_length"],
-               micro_batch_size=job["micro_batch"], max_steps=job["warmup"] + job["steps"],
-               learning_rate=job["learning_rate"], bf16=job["device"] == "cuda", seed=job["seed"],
-               output_dir=str(work / "out"), dataset_prepared_path=str(work / "prepared"))
-    entry = {"path": job["data_path"], "ds_type": "json", "split": "train"}
-    if job["impl"] == "axolotl_orpo":
-        cfg.update(plugins=[TIMING_PLUGIN], rl="orpo", datasets=[entry])
-    elif job["impl"] == "axolotl_merlina":
-        cfg.update(plugins=[MERLINA_PLUGIN, TIMING_PLUGIN], rl="orpo_standalone",
-                   datasets=[{**entry, "type": "prompt_pairs"}])
-        cfg.update(job.get("merlina_yaml") or {})
-    else:
-        raise ValueError(f"not an Axolotl implementation: {job['impl']}")
+    work.mkdir(parents=True, exist_ok=True)
+    entry = {"path": job.get("data_path"), "ds_type": "json", "split": "train"}
+    if job.get("impl", "").startswith("axolotl"):
+        cfg = dict(base_model=job["model_dir"], orpo_alpha=job["beta"], sequence_len=job["max_length"],
+                   micro_batch_size=job["micro_batch"], max_steps=job["warmup"] + job["steps"],
+                   learning_rate=job["learning_rate"], bf16=job["device"] == "cuda", seed=job["seed"],
+                   plugins=[TIMING_PLUGIN], rl="orpo", datasets=[entry])
+        if job["impl"] == "axolotl_merlina":
+            cfg.update(plugins=[MERLINA_PLUGIN, TIMING_PLUGIN], rl="orpo_standalone",
+                       datasets=[{**entry, "type": "prompt_pairs"}], **job.get("merlina_yaml") or {})
+    cfg = dict(FIXED, output_dir=str(work / "out"), dataset_prepared_path=str(work / "prepared"), **cfg)
     path = work / "config.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -116,10 +113,9 @@ OFFLINE = dict(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE
                AXOLOTL_DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false", TRL_EXPERIMENTAL_SILENCE="1")
 
 
-def child_env(job_path: Path | None, device: str) -> dict[str, str]:
-    env = dict(os.environ, **OFFLINE, PYTHONUNBUFFERED="1",
-               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+def child_env(job_path: Path | None, device: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, **OFFLINE, PYTHONUNBUFFERED="1", PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p), **extra)
     if job_path is not None:
         env["MERLINA_BENCH_JOB"] = str(job_path)
     # `accelerate launch` (which `axolotl train` runs) sets OMP_NUM_THREADS=1 on CPU when it is unset,
@@ -130,42 +126,47 @@ def child_env(job_path: Path | None, device: str) -> dict[str, str]:
     return env
 
 
-def _command(impl: Impl, job: dict, job_path: Path) -> list[str]:
-    if impl.kind == "axolotl":
-        exe = VENV_BIN / "axolotl"
-        return [str(exe) if exe.exists() else "axolotl", "train", str(write_config(job))]
-    return [sys.executable, "-m", "benchmarks", "train", "--job", str(job_path)]
+def spawn(job: dict, timeout: int, command: list[str] | None = None, **env: str) -> dict:
+    """``job`` in a fresh process: ``python -m benchmarks <job["subcommand"]> --job <work_dir>/job.json`` (or
+    ``command``), output to ``log.txt``; the ``result.json`` it wrote, else ``{"error", "log_tail"}`` (and
+    ``"partial"``: a result written before the process failed)."""
+    work = Path(job["work_dir"])
+    work.mkdir(parents=True, exist_ok=True)
+    job_path, log_path, result_path = work / "job.json", work / "log.txt", Path(job["result_path"])
+    job_path.write_text(json.dumps(job, indent=1))
+    command = command or [sys.executable, "-m", "benchmarks", job["subcommand"], "--job", str(job_path)]
+    try:
+        with log_path.open("w") as log:
+            code = subprocess.run(command, cwd=work, env=child_env(job_path, job["device"], **env), stdout=log,
+                                  stderr=subprocess.STDOUT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        code = f"timeout after {timeout}s"
+    result = json.loads(result_path.read_text()) if result_path.exists() else None
+    if code == 0 and result is not None:
+        return result
+    tail = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
+    return {"error": f"exit {code}" + ("; no result" if code == 0 else ""), "log_tail": tail,
+            **({"partial": result} if result is not None else {})}
 
 
 def run(impl: Impl, job: dict, timeout: int, inline: bool = False) -> dict:
-    """Run one configuration; its measurement, or ``{"error": ..., "log_tail": ...}``."""
-    work = Path(job["work_dir"])
-    work.mkdir(parents=True, exist_ok=True)
-    job = {**job, "impl": impl.name, "result_path": str(work / "result.json")}
-    loads = {"loadavg_before": os.getloadavg()[0]}
-    start = time.perf_counter()
+    """Run one training configuration; its measurement, or ``{"error": ..., "log_tail": ...}``."""
+    job = {**job, "impl": impl.name, "subcommand": "train", "result_path": str(Path(job["work_dir"]) / "result.json")}
+    loads, start = {"loadavg_before": os.getloadavg()[0]}, time.perf_counter()
     if inline and impl.kind == "python":
         from .trainers import run_job
 
+        Path(job["work_dir"]).mkdir(parents=True, exist_ok=True)
         try:
             result = run_job(job)
         except Exception:
             return {"error": "exception", "log_tail": traceback.format_exc()[-4000:], **loads}
         return {**result, "process_seconds": time.perf_counter() - start, "isolation": "inline", **loads}
-    job_path = work / "job.json"
-    job_path.write_text(json.dumps(job, indent=1))
-    log_path = work / "log.txt"
-    try:
-        with log_path.open("w") as log:
-            returncode = subprocess.run(_command(impl, job, job_path), cwd=work, env=child_env(job_path, job["device"]),
-                                        stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
-    except subprocess.TimeoutExpired:
-        returncode = f"timeout after {timeout}s"
+    exe = VENV_BIN / "axolotl"
+    axolotl = [str(exe) if exe.exists() else "axolotl", "train"]
+    result = spawn(job, timeout, axolotl + [str(write_config(job))] if impl.kind == "axolotl" else None)
     loads["process_seconds"] = time.perf_counter() - start
-    result_path = Path(job["result_path"])
-    if returncode != 0 and job.get("mode") == "max_batch" and result_path.exists():  # the trials before the cut
-        return {**json.loads(result_path.read_text()), "stopped": f"exit {returncode}", "isolation": "process", **loads}
-    if returncode != 0 or not result_path.exists():
-        tail = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
-        return {"error": f"exit {returncode}" + ("; no result" if returncode == 0 else ""), "log_tail": tail, **loads}
-    return {**json.loads(result_path.read_text()), "isolation": "process", **loads}
+    if "partial" in result and job.get("mode") == "max_batch":  # the trials before the cut
+        return {**result["partial"], "stopped": result["error"], "isolation": "process", **loads}
+    result.pop("partial", None)
+    return {**result, **loads} if "error" in result else {**result, "isolation": "process", **loads}

@@ -5,6 +5,7 @@ run its out-of-memory path on CPU."""
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import time
@@ -18,12 +19,10 @@ from transformers import TrainerCallback
 def rss_kb() -> int | None:
     """Resident set size now, in KiB (Linux /proc; None elsewhere)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:
-        pass
-    return None
+        return None
+    return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), None)
 
 
 def max_rss_kb() -> int:
@@ -31,88 +30,82 @@ def max_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (Linux >= 4.0: ``5`` to /proc/self/clear_refs), so that
-    ``ru_maxrss`` reports the peak since now. False where the reset is refused."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def _cuda():
     return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
 def sync() -> None:
-    cuda = _cuda()
-    if cuda is not None:
-        cuda.synchronize()
+    if _cuda() is not None:
+        torch.cuda.synchronize()
+
+
+def free(collect: bool = False) -> None:
+    """Hand the GPU's cache back after a collection (on CPU only with ``collect``: a collection of a large
+    process costs about half a second)."""
+    if collect or _cuda() is not None:
+        gc.collect()
+    if _cuda() is not None:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 class MemoryWatch:
-    """Peak memory of a region: GPU ``max_memory_allocated`` when CUDA is in use, else the RSS
-    high-water mark (reset at the start)."""
+    """Peak memory of a region: GPU ``max_memory_allocated`` when CUDA is in use, else the RSS high-water
+    mark, reset at the start (Linux >= 4.0: ``5`` to /proc/self/clear_refs; ``peak_reset`` false if refused)."""
 
     def start(self) -> dict[str, Any]:
         sync()
-        cuda = _cuda()
-        self.cuda = cuda is not None
-        info = {"rss_before_kb": rss_kb(), "peak_rss_before_kb": max_rss_kb(), "peak_reset": reset_peak_rss()}
+        self.cuda = _cuda() is not None
+        info = {"rss_before_kb": rss_kb(), "peak_rss_before_kb": max_rss_kb(), "peak_reset": True}
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            info["peak_reset"] = False
         if self.cuda:
-            info["cuda_allocated_before"] = cuda.memory_allocated()
-            cuda.reset_peak_memory_stats()
+            info["cuda_allocated_before"] = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        self.before = info["cuda_allocated_before"] if self.cuda else (info["rss_before_kb"] or 0) * 1024
         return info
 
     def peak_bytes(self) -> int:
         sync()
-        return _cuda().max_memory_allocated() if self.cuda else max_rss_kb() * 1024
+        return torch.cuda.max_memory_allocated() if self.cuda else max_rss_kb() * 1024
 
     def stop(self) -> dict[str, Any]:
         info = {"peak_rss_kb": max_rss_kb(), "rss_after_kb": rss_kb()}
         if self.cuda:
-            info.update(cuda_max_allocated=_cuda().max_memory_allocated(), cuda_max_reserved=_cuda().max_memory_reserved())
+            info.update(cuda_max_allocated=torch.cuda.max_memory_allocated(),
+                        cuda_max_reserved=torch.cuda.max_memory_reserved())
         return info
 
 
 class PeakDelta:
-    """``with PeakDelta() as m:`` -> ``m.seconds`` and ``m.bytes``, the block's peak memory growth: CUDA
-    max allocated minus allocated at entry when CUDA is in use, else the RSS high-water mark (reset at
-    entry, ``m.reset`` says whether it could be) minus RSS at entry."""
+    """``with PeakDelta() as m:`` -> ``m.seconds`` and ``m.bytes``, the block's peak memory growth (CUDA max
+    allocated, else the RSS high-water mark, minus what was in use at entry; ``m.reset``: see `MemoryWatch`)."""
 
     def __enter__(self):
         self.watch = MemoryWatch()
-        info = self.watch.start()
-        self.before = info["cuda_allocated_before"] if self.watch.cuda else (info["rss_before_kb"] or 0) * 1024
-        self.reset, self.start = info["peak_reset"], time.perf_counter()
+        self.reset, self.start = self.watch.start()["peak_reset"], time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         sync()
         self.seconds = time.perf_counter() - self.start
-        self.bytes = self.watch.peak_bytes() - self.before
+        self.bytes = self.watch.peak_bytes() - self.watch.before
 
 
 class StepTimer(TrainerCallback):
     """Wall-clock (and process CPU) time of steps ``warmup .. warmup + steps - 1`` (on_step_begin ->
-    on_step_end: forward, backward, clipping, optimizer step; fetching and collating the batch
-    happen before on_step_begin), memory before and during training; ``result`` at train end,
-    written to ``result_path`` when one is given."""
+    on_step_end: forward, backward, clipping, optimizer step; fetching and collating the batch happen
+    before), memory before and during training; ``result`` at train end, written to ``result_path``."""
 
     def __init__(self, warmup: int, steps: int, result_path: str | Path | None = None, extra: dict | None = None):
-        self.warmup, self.steps = warmup, steps
-        self.result_path = Path(result_path) if result_path else None
+        self.warmup, self.steps, self.result_path = warmup, steps, result_path
         self.extra: dict[str, Any] = dict(extra or {})
         self.step_seconds: list[float] = []
         self.step_cpu_seconds: list[float] = []  # process CPU time (all threads): less sensitive to other load
         self.memory: dict[str, Any] = {}
-        self.watch = MemoryWatch()
-        self._start: float | None = None
-        self._cpu_start = 0.0
-        self._trainer = None
-        self._batch_size = 0
-        self.result: dict[str, Any] | None = None
+        self.watch, self._start, self._cpu_start, self._trainer, self.result = MemoryWatch(), None, 0.0, None, None
 
     def attach(self, trainer, batch_size: int) -> None:
         """Describe ``trainer`` and count the timed batches' tokens when training begins (its collator and
@@ -145,8 +138,7 @@ class StepTimer(TrainerCallback):
                        "step_seconds": self.step_seconds, "step_cpu_seconds": self.step_cpu_seconds,
                        "memory": self.memory, **self.extra}
         if self.result_path is not None:
-            self.result_path.parent.mkdir(parents=True, exist_ok=True)
-            self.result_path.write_text(json.dumps(self.result, indent=1, default=str))
+            Path(self.result_path).write_text(json.dumps(self.result, indent=1, default=str))
 
 
 class MemoryCap(TrainerCallback):
@@ -158,19 +150,19 @@ class MemoryCap(TrainerCallback):
         self.cap, self.watch, self.used = cap_bytes, MemoryWatch(), 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        base = self.watch.start()
-        self.base_bytes = 0 if self.watch.cuda else (base["rss_before_kb"] or 0) * 1024
+        self.watch.start()
+        self.base_bytes = 0 if self.watch.cuda else self.watch.before
 
     def on_step_end(self, args, state, control, **kwargs):
         self.used = max(self.used, self.watch.peak_bytes() - self.base_bytes)
         if self.cap is not None and self.used > self.cap:
-            raise torch.OutOfMemoryError(f"memory cap: {self.used / 2**20:.0f} MiB used, cap {self.cap / 2**20:.0f} MiB")
+            raise torch.OutOfMemoryError(f"memory cap: {self.used / 2**20:.0f} MiB used, "
+                                         f"cap {self.cap / 2**20:.0f} MiB")
 
 
 def matmul_peak_tflops(size: int = 8192, repeats: int = 10, warmup: int = 3) -> float:
     """bf16 TFLOP/s of a timed ``size``^3 matmul on the current GPU (mean of ``repeats`` after ``warmup``)."""
-    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     for _ in range(warmup):
         a @ b
     torch.cuda.synchronize()
@@ -223,14 +215,12 @@ def token_stats(dataset, collator, batch_size: int, first_batch: int, num_batche
             "processed_unique_ratio": sum(processed) / sum(unique) if unique else None}
 
 
-#: the `SpeedPlan` fields recorded (``attention``: the implementation the model runs, FlexAttention on CUDA)
-SPEED_PLAN_FIELDS = ("prefix_sharing", "padding_free", "loss_chunk_size", "attention", "fallbacks")
-
-
 def speed_plan(trainer) -> dict[str, Any] | None:
-    """Our trainer's speed plan (``trainer.speed``) as plain fields; None for a trainer without one."""
+    """Our trainer's speed plan (``trainer.speed``) as plain fields (``attention``: the implementation the
+    model runs, FlexAttention on CUDA); None for a trainer without one."""
     speed = getattr(trainer, "speed", None)
-    return None if speed is None else {name: getattr(speed, name, None) for name in SPEED_PLAN_FIELDS}
+    fields = ("prefix_sharing", "padding_free", "loss_chunk_size", "attention", "fallbacks")
+    return None if speed is None else {name: getattr(speed, name, None) for name in fields}
 
 
 def describe_trainer(trainer) -> dict[str, Any]:

@@ -1,22 +1,32 @@
-"""Preprocessing throughput: ``prepare_preference_dataset`` (cold, warm, and cold with a plain tokenizer
-call) against TRL's ``ORPOTrainer.tokenize_row``, and the tokenisation alone with the floor any exact
-pipeline pays, on the English and Chinese ShareGPT pairs (conversational layout, the SmolLM2 ChatML
-template, the package's default limits, one process). Prints JSON; each field is described under
-"Preprocessing" in README.md here. Every timed call starts from an empty Rust BPE cache."""
+"""Preprocessing. ``preprocess``: throughput of ``prepare_preference_dataset`` (cold, warm, and cold with a
+plain tokenizer call) against TRL's ``ORPOTrainer.tokenize_row``, and the tokenisation alone with the floor
+any exact pipeline pays, on the English and Chinese ShareGPT pairs (conversational, the SmolLM2 ChatML
+template, the package's default limits, one process; every timed call from an empty Rust BPE cache).
+``preprocess-scale``: generated pairs (10k, 50k, 200k) through ``prepare_preference_dataset`` (``api``) and
+Axolotl's ``load_orpo_datasets`` (``axolotl``), each size and path in a fresh process: time, CPU time, peak
+RSS. Both print JSON; README.md here describes every field."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import random
+import re
+import resource
+import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .workload import LIMITS, PAIRS, REPO, TOKENIZER_DIR, load_tokenizer
+from .report import publish, table
+from .workload import LIMITS, MAX_LENGTH, PAIRS, REPO, TOKENIZER_DIR, load_tokenizer
 
 DATASETS = {"llamafactory_en": PAIRS, "llamafactory_zh": PAIRS.with_name("sharegpt_zh.json")}
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT speakers, as LLaMA-Factory maps them
@@ -33,9 +43,8 @@ def load_rows(path: Path) -> list[dict]:
     def messages(turns: list[dict]) -> list[dict]:
         return [{"role": ROLES[t["from"]], "content": t["value"]} for t in turns]
 
-    raw = json.loads(path.read_text())
     return [{"prompt": messages(r["conversations"]), "chosen": messages([r["chosen"]]),
-             "rejected": messages([r["rejected"]])} for r in raw]
+             "rejected": messages([r["rejected"]])} for r in json.loads(path.read_text())]
 
 
 def _timed(fn, tokenizer) -> tuple[float, float]:
@@ -47,6 +56,11 @@ def _timed(fn, tokenizer) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _best(fn, tokenizer, repeats: int) -> float:
+    """Best wall seconds of ``repeats`` `_timed` calls."""
+    return min(_timed(fn, tokenizer)[0] for _ in range(repeats))
 
 
 class _PlainEncoder:
@@ -70,8 +84,7 @@ def _cold_and_warm(source, tokenizer) -> tuple[tuple[float, float], tuple[float,
     with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as tmp:
         source.save_to_disk(f"{tmp}/raw")
         raw = datasets.load_from_disk(f"{tmp}/raw")  # file-backed: `map` writes its cache file beside it
-        cold = _timed(lambda: prepare_preference_dataset(raw, tokenizer, **LIMITS), tokenizer)
-        warm = _timed(lambda: prepare_preference_dataset(raw, tokenizer, **LIMITS), tokenizer)
+        cold, warm = (_timed(lambda: prepare_preference_dataset(raw, tokenizer, **LIMITS), tokenizer) for _ in "cw")
         assert len(list(Path(tmp, "raw").glob("cache-*.arrow"))) == 1  # the cold call wrote it, the warm one read it
     return cold, warm
 
@@ -83,8 +96,7 @@ def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
 
     import merlina_orpo_plugin.data.pipeline as data  # the module whose `TextEncoder` the pipeline calls
 
-    source = datasets.Dataset.from_list(rows)
-    cold, warm, plain = [], [], []
+    source, cold, warm, plain = datasets.Dataset.from_list(rows), [], [], []
     for _ in range(repeats):
         seconds = _cold_and_warm(source, tokenizer)
         cold.append(seconds[0])
@@ -94,8 +106,7 @@ def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
             plain.append(_cold_and_warm(source, tokenizer)[0])
         finally:
             data.TextEncoder = encoder
-    pairs = len(rows)
-    walls = [wall for wall, _ in cold]
+    pairs, walls = len(rows), [wall for wall, _ in cold]
     return {
         "ours_cold_pairs_per_s": round(pairs / min(walls), 1),
         "ours_cold_median_pairs_per_s": round(pairs / statistics.median(walls), 1),
@@ -108,19 +119,16 @@ def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
     }
 
 
-def trl_features(rows: list[dict], tokenizer) -> list[dict]:
-    """The prompt / chosen / rejected strings TRL's ORPO trainer tokenises (rendered, not timed)."""
+def measure_trl(rows: list[dict], tokenizer, repeats: int) -> dict:
+    """TRL's ``tokenize_row`` on every row, best of ``repeats``, on the strings its trainer tokenises
+    (rendered by ``maybe_apply_chat_template`` before the clock starts); rows it rejects are counted."""
     from trl.data_utils import maybe_apply_chat_template
 
-    return [maybe_apply_chat_template(row, tokenizer) for row in rows]
-
-
-def measure_trl(features: list[dict], tokenizer, repeats: int) -> dict:
-    """TRL's ``tokenize_row`` on every row, best of ``repeats``; rows it rejects are counted."""
     with warnings.catch_warnings():  # "importing from trl.experimental" is expected here
         warnings.simplefilter("ignore")
         from trl.experimental.orpo import ORPOTrainer
 
+    features = [maybe_apply_chat_template(row, tokenizer) for row in rows]
     trainer = object.__new__(ORPOTrainer)  # tokenize_row reads only these attributes
     trainer.processing_class, trainer.is_encoder_decoder, trainer.max_length = tokenizer, False, LIMITS["max_length"]
     rejected = 0
@@ -135,88 +143,67 @@ def measure_trl(features: list[dict], tokenizer, repeats: int) -> dict:
                 rejected += 1
 
     times = [_timed(run, tokenizer) for _ in range(repeats)]
-    return {
-        "trl_tokenize_row_pairs_per_s": round(len(features) / min(wall for wall, _ in times), 1),
-        "trl_tokenize_row_cpu_pairs_per_s": round(len(features) / min(cpu for _, cpu in times), 1),
-        "trl_rows_rejected": rejected,
-    }
+    return {"trl_tokenize_row_pairs_per_s": round(len(features) / min(wall for wall, _ in times), 1),
+            "trl_tokenize_row_cpu_pairs_per_s": round(len(features) / min(cpu for _, cpu in times), 1),
+            "trl_rows_rejected": rejected}
 
 
 def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
-    """Tokenisation alone: one plain tokenizer call against ``TextEncoder`` on the same texts, and the
-    floor: the three steps no exact implementation skips, each timed on its own (``floor``)."""
+    """Tokenisation alone: one plain tokenizer call against ``TextEncoder`` on the same texts, and the floor:
+    the work any exact preprocessing must do, each step best of ``repeats`` (README.md here): rendering
+    (``render_s``), the word split (``split_s``) and BPE (``bpe_s``) of each distinct piece once."""
     import datasets
+    from tokenizers import Tokenizer, pre_tokenizers
 
-    from merlina_orpo_plugin.data.encoding import TextEncoder, encode_texts
+    from merlina_orpo_plugin.data.encoding import TextEncoder, _plan, encode_texts
     from merlina_orpo_plugin.data.formats import Layout, render_batch
 
     batch = datasets.Dataset.from_list(rows)[:]
     texts = [t for part in render_batch(batch, Layout.CONVERSATIONAL, tokenizer) for t in part]
-    plain = min(_timed(lambda: encode_texts(tokenizer, texts), tokenizer)[0] for _ in range(repeats))
-    # a new encoder each repeat: no word cache carried over
-    pieces = min(_timed(lambda: TextEncoder(tokenizer)(texts), tokenizer)[0] for _ in range(repeats))
-    return {"texts": len(texts), "chars": sum(map(len, texts)), "plain_tokenizer_call_s": round(plain, 4),
-            "text_encoder_s": round(pieces, 4), "speedup": round(plain / pieces, 2),
-            "floor": measure_floor(batch, texts, tokenizer, repeats)}
-
-
-def measure_floor(batch: dict, texts: list[str], tokenizer, repeats: int) -> dict:
-    """Seconds of the work any exact preprocessing must do, each best of ``repeats`` (README.md here):
-    rendering (``render_s``), the word split (``split_s``) and BPE (``bpe_s``) of each distinct piece once."""
-    from tokenizers import Tokenizer, pre_tokenizers
-
-    from merlina_orpo_plugin.data.encoding import _plan
-    from merlina_orpo_plugin.data.formats import Layout, render_batch
-
+    plain = _best(lambda: encode_texts(tokenizer, texts), tokenizer, repeats)
+    pieces = _best(lambda: TextEncoder(tokenizer)(texts), tokenizer, repeats)  # a new encoder: no word cache
+    out = {"texts": len(texts), "chars": sum(map(len, texts)), "plain_tokenizer_call_s": round(plain, 4),
+           "text_encoder_s": round(pieces, 4), "speedup": round(plain / pieces, 2)}
     plan = _plan(tokenizer)
     if plan is None or plan.words is None:
-        return {"skipped": "the tokenizer is not plain byte-level BPE"}
-    render = min(_timed(lambda: render_batch(batch, Layout.CONVERSATIONAL, tokenizer), tokenizer)[0] for _ in range(repeats))
+        return {**out, "floor": {"skipped": "the tokenizer is not plain byte-level BPE"}}
+    render = _best(lambda: render_batch(batch, Layout.CONVERSATIONAL, tokenizer), tokenizer, repeats)
     distinct = list({p for text in texts for p in plan.pieces(text)}.difference(plan.known))
-    split = min(_timed(lambda: [plan.words.split(p) for p in distinct], tokenizer)[0] for _ in range(repeats))
+    split = _best(lambda: [plan.words.split(p) for p in distinct], tokenizer, repeats)
     words = list({w for p in distinct for w in plan.words.split(p) or ()})
     bpe_only = Tokenizer(tokenizer.backend_tokenizer.model)  # the same model; bytes mapped, no split
     bpe_only.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    bpe = min(
-        _timed(lambda: bpe_only.encode(words, is_pretokenized=True, add_special_tokens=False), tokenizer)[0]
-        for _ in range(repeats)
-    )
-    total = render + split + bpe
-    return {"distinct_piece_chars": sum(map(len, distinct)), "distinct_words": len(words),
-            "render_s": round(render, 4), "split_s": round(split, 4), "bpe_s": round(bpe, 4),
-            "ceiling_pairs_per_s": round(len(texts) / 3 / total, 1)}
+    bpe = _best(lambda: bpe_only.encode(words, is_pretokenized=True, add_special_tokens=False), tokenizer, repeats)
+    return {**out, "floor": {"distinct_piece_chars": sum(map(len, distinct)), "distinct_words": len(words),
+                             "render_s": round(render, 4), "split_s": round(split, 4), "bpe_s": round(bpe, 4),
+                             "ceiling_pairs_per_s": round(len(texts) / 3 / (render + split + bpe), 1)}}
 
 
-def measure_preprocessing(repeats: int = 3) -> dict:
-    """Throughput of our preprocessing and of TRL's ``tokenize_row`` on the LLaMA-Factory pairs."""
+def main(args) -> int:
+    """Preprocessing throughput of ours and of TRL's ``tokenize_row`` on the LLaMA-Factory pairs (conversational
+    layout, the SmolLM2 ChatML template, the package's default limits, one process); JSON."""
     import datasets
 
     datasets.disable_progress_bars()
-    load_at_start = round(os.getloadavg()[0], 2)
-    tokenizer = load_tokenizer()
-    results = {}
-    for name, path in DATASETS.items():
-        if not path.exists():
-            continue
-        rows = load_rows(path)
-        entry = {"pairs": len(rows), **measure_ours(rows, tokenizer, repeats)}
-        entry.update(measure_trl(trl_features(rows, tokenizer), tokenizer, repeats))
-        entry["speedup_cold_vs_trl"] = round(entry["ours_cold_pairs_per_s"] / entry["trl_tokenize_row_pairs_per_s"], 2)
-        entry["speedup_cold_vs_trl_cpu"] = round(
-            entry["ours_cold_cpu_pairs_per_s"] / entry["trl_tokenize_row_cpu_pairs_per_s"], 2
-        )
-        entry["encode_step"] = measure_encode_step(rows, tokenizer, repeats)
-        results[name] = entry
-    return {
-        "tokenizer": str(TOKENIZER_DIR.relative_to(REPO)),
-        "limits": LIMITS,
-        "num_proc": None,
-        "repeats": repeats,
-        "cpu_count": os.cpu_count(),
+    load_at_start, results = round(os.getloadavg()[0], 2), {}
+    with contextlib.redirect_stdout(sys.stderr):  # libraries' log lines must not break the JSON on stdout
+        tokenizer = load_tokenizer()
+        for name, path in DATASETS.items():
+            if not path.exists():
+                continue
+            rows = load_rows(path)
+            entry = {"pairs": len(rows), **measure_ours(rows, tokenizer, args.repeats),
+                     **measure_trl(rows, tokenizer, args.repeats)}
+            for suffix in ("", "_cpu"):
+                entry[f"speedup_cold_vs_trl{suffix}"] = round(
+                    entry[f"ours_cold{suffix}_pairs_per_s"] / entry[f"trl_tokenize_row{suffix}_pairs_per_s"], 2)
+            results[name] = {**entry, "encode_step": measure_encode_step(rows, tokenizer, args.repeats)}
+    publish(args, "preprocess", {
+        "tokenizer": str(TOKENIZER_DIR.relative_to(REPO)), "limits": LIMITS, "num_proc": None,
+        "repeats": args.repeats, "cpu_count": os.cpu_count(),
         "rows": "every pair of each file, conversational layout (ShareGPT history -> prompt)",
         "load_average_1m": {"start": load_at_start, "end": round(os.getloadavg()[0], 2)},
-        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
-        "datasets": results,
+        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"), "datasets": results,
         "notes": [
             "ours_cold*: prepare_preference_dataset, new datasets cache dir each repeat (render + validate + "
             "tokenise + truncate + write the cache file); pairs/s of the best repeat unless named otherwise",
@@ -224,17 +211,292 @@ def measure_preprocessing(repeats: int = 3) -> dict:
             "trl_tokenize_row_pairs_per_s: only TRL's tokenize_row is timed; rendering with maybe_apply_chat_template "
             "happens before the clock starts",
             "*_cpu_*: the same from this process's CPU seconds, less skewed than wall time on a busy machine",
-        ],
-    }
-
-
-def main(args) -> int:
-    with contextlib.redirect_stdout(sys.stderr):  # libraries' log lines must not break the JSON on stdout
-        results = measure_preprocessing(args.repeats)
-    from .report import command, environment, machine_slug, scrub, write_result
-
-    results = scrub({"command": command("preprocess", args.argv), "environment": environment("cpu"), **results})
-    print(json.dumps(results, indent=2))
-    if args.out:
-        write_result(args.out / f"{machine_slug('cpu')}-preprocess", results)
+        ]}, indent=2)
     return 0
+
+
+# preprocess-scale
+
+LAYOUTS = {"text": "prompt_pairs", "messages": "chat_template"}  # layout -> the Axolotl `type:` reading it
+PATHS = ("api", "axolotl")
+#: per row: short (80%) or long; words in the prompt, words in each answer (uniform in each range)
+SHORT, LONG, LONG_SHARE = ((5, 25), (5, 40)), ((60, 250), (30, 150)), 0.2
+NEW_WORD_SHARE = 0.02  # words that are no word of the list: numbers, identifiers, names (Heaps' law)
+#: A child that runs longer is ended and reported as an error (a 200k run takes minutes, not an hour).
+CHILD_TIMEOUT_S = 3600
+
+
+def scale_arguments(p) -> None:
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
+    p.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parallel", type=int, default=1, help="runs side by side (largest sizes first): CPU time "
+                   "and RSS stay per process, wall time then includes the contention")
+    p.add_argument("--out", type=Path, help="also write <machine>-preprocess-scale.{json,md} here")
+
+
+class Words:
+    """Text drawn word by word with the frequencies of the repository's pair texts (each word with its
+    leading white space, so punctuation and line breaks stay natural); ``NEW_WORD_SHARE`` of the words
+    are new (a number, an identifier or a name), so the vocabulary keeps growing as real text's does."""
+
+    LETTERS = str.maketrans("01234567", "aeioklmr")  # octal digits -> letters: pronounceable new names
+
+    def __init__(self, seed: int):
+        import numpy as np
+
+        counts = Counter()
+        for path in DATASETS.values():
+            for row in json.loads(path.read_text(encoding="utf-8")):
+                for turn in [*row["conversations"], row["chosen"], row["rejected"]]:
+                    counts.update(re.findall(r"\s*\S+", turn["value"]))
+        self.words = np.array(list(counts), dtype=object)
+        self.cumulative = np.cumsum(np.fromiter(counts.values(), dtype=np.float64))
+        self.rng, self.np, self.buffer, self.at = np.random.default_rng(seed), np, [], 0
+
+    def text(self, count: int) -> str:
+        if self.at + count > len(self.buffer):
+            words = self.words[self.np.searchsorted(self.cumulative, self.rng.random(1 << 20) * self.cumulative[-1],
+                                                    side="right")]
+            for i in self.np.flatnonzero(self.rng.random(len(words)) < NEW_WORD_SHARE):
+                n = int(self.rng.integers(1 << 30))
+                words[i] = (f" {n % 10 ** (1 + n % 6)}" if n % 3 == 0 else f" id_{n:x}" if n % 3 == 1
+                            else " " + format(n, "o").translate(self.LETTERS).title())
+            self.buffer, self.at = words.tolist(), 0
+        words, self.at = self.buffer[self.at : self.at + count], self.at + count
+        return "".join(words).strip()
+
+
+def generate_rows(layout: str, seed: int):
+    """Endless rows of ``layout``, the same for a seed whatever the size (a smaller file is a prefix)."""
+    words, rng = Words(seed), random.Random(seed)
+    while True:
+        prompt_words, answer_words = LONG if rng.random() < LONG_SHARE else SHORT
+        prompt, chosen, rejected = (words.text(rng.randint(*r)) for r in (prompt_words, answer_words, answer_words))
+        if layout == "text":  # the prompt ends with its separator (`prompt_pairs`' contract)
+            yield {"prompt": prompt + "\n", "chosen": chosen, "rejected": rejected}
+            continue
+        turns = [{"role": "user", "content": prompt}]
+        if rng.random() < 0.2:  # a multi-turn history
+            turns[:0] = [{"role": "user", "content": words.text(rng.randint(10, 60))},
+                         {"role": "assistant", "content": words.text(rng.randint(10, 80))}]
+        if rng.random() < 0.3:
+            turns.insert(0, {"role": "system", "content": words.text(rng.randint(5, 30))})
+        yield {"prompt": turns, "chosen": [{"role": "assistant", "content": chosen}],
+               "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def write_files(folder: Path, layout: str, sizes: list[int], seed: int) -> dict[int, Path]:
+    """One JSONL per size, written in one pass (each a prefix of the next), rows streamed to disk."""
+    paths = {n: folder / f"{layout}-{n}.jsonl" for n in sizes}
+    files = {n: path.open("w", encoding="utf-8") for n, path in paths.items()}
+    for i, row in zip(range(max(sizes)), generate_rows(layout, seed)):
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        for n, file in files.items():
+            if i < n:
+                file.write(line)
+    for file in files.values():
+        file.close()
+    return paths
+
+
+class RssKinds(threading.Thread):
+    """Peak ``Pss_Anon`` (the heap: rows held in Python or Arrow buffers) and ``Pss_File`` (file pages mapped
+    in: memory-mapped Arrow files, libraries; page cache the kernel can drop), each summed over this process
+    and its children (a ``map`` with ``num_proc`` works in a forked one), from /proc every 0.1 s. Proportional
+    (PSS): a page shared with a child, or with another process mapping the same library, is divided among
+    them, so the sum is this process tree's own memory; ``ru_maxrss`` counts anon and file pages alike."""
+
+    KEYS = ("Pss", "Pss_Anon", "Pss_File")
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.done, self.before = threading.Event(), self.read()
+        self.peak = dict(self.before)
+
+    @classmethod
+    def read(cls) -> dict[str, int]:
+        pids = ["self"] + [c for t in Path("/proc/self/task").iterdir() for c in (t / "children").read_text().split()]
+        total = dict.fromkeys(cls.KEYS, 0)
+        for pid in pids:
+            try:
+                lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            except OSError:  # a child that just ended
+                continue
+            for key, value in (line.split(":", 1) for line in lines if line.split(":", 1)[0] in total):
+                total[key] += int(value.split()[0])
+        return total
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.peak = {key: max(value, self.peak[key]) for key, value in self.read().items()}
+
+    def stop(self) -> dict[str, int]:
+        self.done.set()
+        self.join()
+        return {**{f"{k}_before_call_kb": v for k, v in self.before.items()},
+                **{f"{k}_peak_kb": v for k, v in self.peak.items()}}
+
+
+def _clock() -> tuple[float, float]:
+    """Wall seconds and CPU seconds of this process and its ended children (a ``map`` pool's workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter(), time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _since(start: tuple[float, float]) -> dict[str, float]:
+    wall, cpu = _clock()
+    return {"seconds": round(wall - start[0], 3), "cpu_seconds": round(cpu - start[1], 3)}
+
+
+def run_job(job: dict) -> dict:
+    """One path on one file, in this (fresh) process: time and CPU time of the call, RSS before it and the
+    process's peak (``ru_maxrss``, over its whole life; imports and tokenizer load happen before the call)."""
+    import datasets
+
+    from .measure import max_rss_kb, rss_kb
+
+    datasets.disable_progress_bars()
+    if job["path"] == "api":
+        from merlina_orpo_plugin.data import prepare_preference_dataset
+
+        tokenizer = load_tokenizer()
+        before, kinds, start = rss_kb(), RssKinds(), _clock()
+        kinds.start()
+        raw = datasets.load_dataset("json", data_files=job["data"], split="train",
+                                    cache_dir=str(Path(job["work_dir"]) / "hf"))
+        loaded = _since(start)
+        prepared, _ = prepare_preference_dataset(raw, tokenizer, **LIMITS, source=Path(job["data"]).name)
+        rows = len(prepared)
+    else:
+        from axolotl.cli.config import load_cfg
+        from axolotl.loaders import load_tokenizer as axolotl_tokenizer
+
+        from merlina_orpo_plugin.integration.datasets import load_orpo_datasets
+
+        cfg = load_cfg(job["config"], is_preprocess=True)
+        tokenizer = axolotl_tokenizer(cfg)
+        before, kinds, start = rss_kb(), RssKinds(), _clock()
+        kinds.start()
+        train, _, _ = load_orpo_datasets(cfg, tokenizer)
+        rows, loaded = len(train), None
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child's, if any
+    return {**_since(start), "load_json": loaded, "rows": rows, "rss_before_call_kb": before,
+            "peak_rss_kb": max_rss_kb(), "children_peak_rss_kb": children, **kinds.stop()}
+
+
+def run_one(tmp: Path, path: str, layout: str, data: Path, model_dir: Path) -> dict:
+    """``python -m benchmarks preprocess-scale --job JOB.json`` in a fresh process with its own caches; for
+    ``axolotl`` the YAML `axolotl preprocess` would read: our plugin, one JSONL entry, the package's limits,
+    one tokenising process (``dataset_num_proc: 1``: the peak RSS is this process's)."""
+    from .impls import MERLINA_PLUGIN, spawn, write_config
+
+    work = Path(tempfile.mkdtemp(prefix=f"{path}-{layout}-", dir=tmp))
+    job = {"subcommand": "preprocess-scale", "path": path, "layout": layout, "data": str(data), "device": "cpu",
+           "work_dir": str(work), "result_path": str(work / "result.json")}
+    if path == "axolotl":
+        job["config"] = str(write_config(job, plugins=[MERLINA_PLUGIN], rl="orpo_standalone", base_model=str(model_dir),
+                                         sequence_len=MAX_LENGTH, micro_batch_size=1, learning_rate=1e-5, bf16=False,
+                                         shuffle_merged_datasets=True, dataset_num_proc=1, datasets=[
+                                             {"path": str(data), "ds_type": "json", "type": LAYOUTS[layout],
+                                              "split": "train"}]))
+    load = os.getloadavg()[0]
+    result = spawn(job, CHILD_TIMEOUT_S, HF_DATASETS_CACHE=str(work / "hf"), AXOLOTL_IS_PREPROCESS="1")
+    if "error" in result:
+        return {"error": f"{result['error']}: {result['log_tail'][-3000:]}"}
+    shutil.rmtree(work, ignore_errors=True)  # the caches of a 200k run are gigabytes
+    return {**result, "load_average_1m": {"start": round(load, 2), "end": round(os.getloadavg()[0], 2)}}
+
+
+def _peak_kb(run: dict) -> int:
+    """The run's peak RSS: its own ``ru_maxrss``, or its largest child's (the ``map`` worker) if larger."""
+    return max(run["peak_rss_kb"], run["children_peak_rss_kb"])
+
+
+def summarise(runs: dict[int, dict]) -> dict:
+    """pairs/s, CPU microseconds per pair, peak RSS per size; the largest size against the smallest."""
+    sizes = sorted(n for n, r in runs.items() if "error" not in r)
+    for n in sizes:
+        r = runs[n]
+        r.update(pairs_per_s=round(n / r["seconds"], 1), cpu_us_per_pair=round(1e6 * r["cpu_seconds"] / n, 1),
+                 peak_rss_mib=round(_peak_kb(r) / 1024, 1),
+                 growth_mib=round((_peak_kb(r) - r["rss_before_call_kb"]) / 1024, 1),
+                 anon_peak_mib=round(r["Pss_Anon_peak_kb"] / 1024, 1),
+                 file_peak_mib=round(r["Pss_File_peak_kb"] / 1024, 1))
+    if len(sizes) < 2:
+        return {}
+    per_pair, wall = [runs[n]["cpu_us_per_pair"] for n in sizes], [runs[n]["seconds"] / n for n in sizes]
+    first, last = runs[sizes[0]], runs[sizes[-1]]
+    return {"peak_rss_ratio_largest_to_smallest": round(_peak_kb(last) / _peak_kb(first), 3),
+            "anon_peak_ratio_largest_to_smallest": round(last["Pss_Anon_peak_kb"] / first["Pss_Anon_peak_kb"], 3),
+            "growth_largest_minus_smallest_mib": round(last["growth_mib"] - first["growth_mib"], 1),
+            "cpu_per_pair_spread": round(max(per_pair) / min(per_pair) - 1, 3),
+            "wall_per_pair_spread": round(max(wall) / min(wall) - 1, 3)}
+
+
+def scale_markdown(results: dict) -> str:
+    env, runs = results["environment"], results["runs"]
+    fields = ("seconds", "pairs_per_s", "cpu_us_per_pair", "peak_rss_mib", "growth_mib", "anon_peak_mib",
+              "file_peak_mib")
+    keys = ("peak_rss_ratio_largest_to_smallest", "anon_peak_ratio_largest_to_smallest",
+            "growth_largest_minus_smallest_mib", "cpu_per_pair_spread", "wall_per_pair_spread")
+    lines = ["# Preprocessing at scale", "", f"- command: `{results['command']}`; date {env['date']}; git {env['git']}",
+             f"- machine: {env['cpu']}, {env['cpu_count']} cores; {results['machine_load']}", ""]
+    lines += table(["layout", "path", "pairs", "seconds", "pairs/s", "CPU us/pair", "peak RSS MiB",
+                    "growth in the call MiB", "peak anon MiB (PSS)", "peak file MiB (PSS)"],
+                   [[*key.split("/"), f"{int(n):,}", *([r[k] for k in fields] if "error" not in r else ["FAILED"])]
+                    for key, group in runs.items() for n, r in group["sizes"].items()])
+    lines += [""] + table(["layout / path", *(k.replace("_", " ") for k in keys)],
+                          [[k, *(g["check"].get(c) for c in keys)] for k, g in runs.items()])
+    return "\n".join(lines + ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]) + "\n"
+
+
+def scale_main(args) -> int:
+    """Preprocessing at scale: generated pairs tokenised through ``prepare_preference_dataset`` (``api``: the
+    JSONL loaded with ``datasets.load_dataset("json")``, then the call) and through the Axolotl path
+    (``axolotl``: ``load_orpo_datasets`` with the cfg of Axolotl's ``load_cfg``, as ``axolotl preprocess``
+    calls it), each size and path in a fresh process so ``ru_maxrss`` is that run's peak RSS. Rows in both
+    layouts the plugin reads (``text``: `type: prompt_pairs`; ``messages``: `type: chat_template`), short
+    and long, from the repository's own pair texts' words plus new ones (numbers, names). JSON."""
+    from .workload import build_model_dir
+
+    results = {"limits": LIMITS, "rows": {"short": SHORT, "long": LONG, "long_share": LONG_SHARE,
+                                          "new_word_share": NEW_WORD_SHARE, "seed": args.seed}, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="preprocess-scale-") as tmp:
+        model_dir = Path(tmp, "model")
+        if "axolotl" in args.paths:  # `load_cfg` reads a model's config; the SmolLM2 tokenizer is saved beside it
+            build_model_dir(model_dir, "smoke", 49152, "cpu")
+        files = {layout: write_files(Path(tmp), layout, sorted(args.sizes), args.seed) for layout in args.layouts}
+        jobs = [(layout, path, n) for n in sorted(args.sizes, reverse=True) for layout in args.layouts
+                for path in args.paths]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            done = dict(zip(jobs, pool.map(lambda j: run_one(Path(tmp), j[1], j[0], files[j[0]][j[2]], model_dir),
+                                           jobs)))
+    for layout in args.layouts:
+        for path in args.paths:
+            runs = {n: done[layout, path, n] for n in sorted(args.sizes)}
+            results["runs"][f"{layout}/{path}"] = {"sizes": runs, "check": summarise(runs)}
+    loads = [r["load_average_1m"]["start"] for g in results["runs"].values() for r in g["sizes"].values()
+             if "error" not in r]
+    results["machine_load"] = (f"1-minute load average {min(loads, default=0):.2f}-{max(loads, default=0):.2f} when "
+                               f"the runs started (other jobs shared the cores: compare CPU time, not wall time)")
+    results["notes"] = [
+        "each size and path ran in a fresh process; peak RSS = that process's ru_maxrss (imports and tokenizer "
+        "included) or its largest child's if larger; growth in the call = that peak minus the RSS just before the "
+        "timed call; CPU time counts any child process too",
+        "api: datasets.load_dataset('json') of the file, then prepare_preference_dataset (layout detected); "
+        "axolotl: load_orpo_datasets(load_cfg(config.yml)) with dataset_num_proc 1 and shuffle on, as "
+        "`axolotl preprocess` runs it (reads the file, strategy, check, tokenise, shuffle, save_to_disk, reload)",
+        "CPU us/pair = process CPU seconds of the call / pairs: the number to judge flatness by on a shared machine",
+        "anon / file (PSS): Pss_Anon / Pss_File peaks sampled every 0.1 s during the call, summed over the process "
+        "and its children; file holds the memory-mapped Arrow files' pages read so far (page cache the kernel "
+        "reclaims under pressure) and the libraries' share, anon the processes' own memory",
+        f"--parallel {args.parallel}: that many runs side by side" + (" (largest sizes first), so wall times include "
+                                                                      "their contention" if args.parallel > 1 else ""),
+    ]
+    result = publish(args, "preprocess-scale", results, markdown=scale_markdown, print_json=True)
+    return 1 if any("error" in r for g in result["runs"].values() for r in g["sizes"].values()) else 0
+
+
+COMMANDS = {"preprocess": (add_arguments, main), "preprocess-scale": (scale_arguments, scale_main)}

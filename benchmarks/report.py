@@ -65,6 +65,24 @@ def write_result(stem: Path, data: dict, text: str | None = None) -> None:
         Path(f"{stem}.md").write_text(text)
 
 
+def publish(args, subcommand: str, result: dict, device: str = "cpu", markdown=None, indent: int | None = 1,
+            suffix: str | None = None, print_json: bool = False) -> dict:
+    """Record the command and environment in ``result``, scrub it, print it (``markdown(result)`` when given,
+    else its JSON) and, with ``--out``, write ``<out>/<machine>-<suffix or subcommand>.json`` (and ``.md``)."""
+    result = scrub({"command": command(subcommand, args.argv), "environment": environment(device), **result})
+    text = markdown(result) if markdown else None
+    print(json.dumps(result, indent=indent) if print_json or not text else text)
+    if getattr(args, "out", None):
+        write_result(args.out / f"{machine_slug(device)}-{suffix or subcommand}", result, text)
+    return result
+
+
+def table(head: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, r)) + " |"
+                                                                          for r in rows]
+
+
 def machine_slug(device: str) -> str:
     if device == "cuda":
         import torch

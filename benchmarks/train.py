@@ -5,7 +5,6 @@ and prints the Markdown; exit status 1 when a configuration that could run faile
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,6 @@ def add_arguments(p) -> None:
     p.add_argument("--tag", help="added to the output name")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration (default 1800)")
     p.add_argument("--keep", action="store_true", help="keep the temporary models, data and logs")
-    p.add_argument("--job", help=argparse.SUPPRESS)  # the child process of one configuration
 
 
 def finish(a):
@@ -167,11 +165,13 @@ def run_groups(args, full: dict, root: Path, peaks: dict) -> None:
                     write(full, args, root, final=False)
 
 
-def main(args) -> int:
-    if args.job:
-        from .trainers import run_job_file
+def run_job(job: dict) -> dict:
+    from .trainers import run_job
 
-        return run_job_file(args.job)
+    return run_job(job)
+
+
+def main(args) -> int:
     args = finish(args)
     missing = missing_inputs()
     if missing:

@@ -1,8 +1,7 @@
-"""One configuration of a Python-driven implementation (`impls.IMPLS`): load the model, build the
-trainer, and either time warm-up + timed steps (``job["mode"] == "time"``, `measure.StepTimer`) or find
-the largest micro-batch that trains two steps (``"max_batch"``: doubling, then bisection, each
-out-of-memory caught and freed). In the caller's process (`run_job`) or a fresh one
-(``python -m benchmarks train --job JOB.json``)."""
+"""One configuration of a Python-driven implementation (`impls.IMPLS`): load the model, build the trainer,
+and either time warm-up + timed steps (``job["mode"] == "time"``, `measure.StepTimer`) or find the largest
+micro-batch that trains two steps (``"max_batch"``: doubling, then bisection, each out-of-memory caught and
+freed). In the caller's process or a fresh one (``python -m benchmarks train --job JOB.json``)."""
 
 from __future__ import annotations
 
@@ -13,8 +12,11 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from .workload import load_tokenizer, read_rows
+from .measure import MemoryCap, StepTimer, free
+from .workload import LORA, load_tokenizer, read_rows
 
 #: ORPOConfig kwargs that turn our speed features off ("merlina_nospeed").
 SPEED_OFF = {"prefix_sharing": False, "padding_free": False, "loss_chunk_size": 0}
@@ -36,12 +38,10 @@ def training_kwargs(job: dict, micro_batch: int, max_steps: int) -> dict:
 def causal_lm_rows(tokenizer, rows: list[dict]) -> list[dict]:
     """One row per pair: BOS + prompt + chosen + EOS + rejected + EOS, the tokens the ORPO trainers count
     as the pair's unique tokens (they add BOS to the prompt and EOS to each answer)."""
-    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    out = []
-    for row in rows:
-        ids = [tokenizer(row[k], add_special_tokens=False)["input_ids"] for k in ("prompt", "chosen", "rejected")]
-        out.append({"input_ids": bos + ids[0] + ids[1] + [tokenizer.eos_token_id] + ids[2] + [tokenizer.eos_token_id]})
-    return out
+    bos, eos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id], [tokenizer.eos_token_id]
+    ids = [[tokenizer(row[k], add_special_tokens=False)["input_ids"] for k in ("prompt", "chosen", "rejected")]
+           for row in rows]
+    return [{"input_ids": bos + prompt + chosen + eos + rejected + eos} for prompt, chosen, rejected in ids]
 
 
 class CausalLMCollator:
@@ -52,43 +52,69 @@ class CausalLMCollator:
 
     def __call__(self, rows):
         width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        ids, mask = torch.full((len(rows), width), self.pad), torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
             mask[i, : len(r["input_ids"])] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
-def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: int, max_steps: int, callbacks):
-    from datasets import Dataset
+def liger_trainer(compiled: bool):
+    """The peer to beat: TRL 1.9's ORPO trainer with Liger-Kernel's fused linear ORPO loss. Liger's own
+    ``LigerORPOTrainer`` does not run with TRL 1.9 (it imports the removed ``trl.trainer.ORPOTrainer`` and
+    passes a removed argument), so this is Liger 0.8.1's trainer body on ``trl.experimental.orpo``'s trainer,
+    the decoder run for the last hidden states, no FSDP redirection; ``compiled``: Liger's default is True."""
+    from liger_kernel.chunked_loss import LigerFusedLinearORPOLoss
+    from trl.experimental.orpo import ORPOTrainer
 
+    class LigerORPOTrainer(ORPOTrainer):
+        def concatenated_forward(self, model, batch):
+            c = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value,
+                                         device=self.accelerator.device)
+            ids, mask = c["concatenated_input_ids"], c["concatenated_attention_mask"]
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the wrapped LM
+            hidden = base.model(ids, attention_mask=mask, use_cache=False).last_hidden_state
+            loss_fn = LigerFusedLinearORPOLoss(ignore_index=-100, beta=self.beta, compiled=compiled)
+            return loss_fn(base.lm_head.weight, hidden[:, :-1], c["concatenated_labels"][:, 1:], base.lm_head.bias,
+                           nll_target=torch.where(mask == 1, ids, -100)[:, 1:])
+
+        def get_batch_loss_metrics(self, model, batch, train_eval="train"):
+            loss, aux = self.concatenated_forward(model, batch)
+            chosen_logps, rejected_logps, chosen_logits, rejected_logits, nll_loss = aux[:5]
+            chosen_rewards, rejected_rewards, log_odds_ratio, log_odds_chosen = aux[5:]
+            metrics = {
+                "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
+                "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+                "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+                "logps/rejected": rejected_logps.detach().mean(), "logps/chosen": chosen_logps.detach().mean(),
+                "logits/rejected": rejected_logits.detach().mean(), "logits/chosen": chosen_logits.detach().mean(),
+                "nll_loss": nll_loss.detach().mean(), "log_odds_ratio": log_odds_ratio,
+                "log_odds_chosen": log_odds_chosen,
+            }
+            return loss, {("eval_" if train_eval == "eval" else "") + k: v.item() for k, v in metrics.items()}
+
+    return LigerORPOTrainer
+
+
+def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: int, max_steps: int, callbacks):
     impl, kwargs = job["impl"], training_kwargs(job, micro_batch, max_steps)
     if impl == "causal_lm":
-        from transformers import Trainer, TrainingArguments
-
-        return Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=Dataset.from_list(causal_lm_rows(
-            tokenizer, rows)), data_collator=CausalLMCollator(tokenizer.pad_token_id), callbacks=callbacks)
-    orpo = dict(beta=job["beta"], max_length=job["max_length"], disable_dropout=True)
-    dataset = Dataset.from_list(rows)
+        return Trainer(model=model, args=TrainingArguments(**kwargs), callbacks=callbacks,
+                       train_dataset=Dataset.from_list(causal_lm_rows(tokenizer, rows)),
+                       data_collator=CausalLMCollator(tokenizer.pad_token_id))
+    orpo, common = dict(beta=job["beta"], max_length=job["max_length"], disable_dropout=True), dict(
+        model=model, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks)
     if impl in ("trl", "trl_liger"):
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        cls = ORPOTrainer
-        if impl == "trl_liger":
-            from .trl_liger import LigerORPOTrainer as cls
-        trainer = cls(model=model, args=ORPOConfig(**kwargs, **orpo), train_dataset=dataset, processing_class=tokenizer,
-                      callbacks=callbacks)
-        if impl == "trl_liger":
-            trainer.liger_compiled = job["liger_compiled"]  # this trainer's: the class default stays Liger's
-        return trainer
+        cls = liger_trainer(job["liger_compiled"]) if impl == "trl_liger" else ORPOTrainer
+        return cls(args=ORPOConfig(**kwargs, **orpo), **common)
     from merlina_orpo_plugin import MerlinaORPOTrainer, ORPOConfig
 
     # TRL 1.9 cuts prompts only to fit max_length; ours also has max_prompt_length (by default half of
     # max_length): set so that no prompt of the workload is cut
     extra = dict(max_prompt_length=job["max_prompt_length"], **(SPEED_OFF if impl == "merlina_nospeed" else {}))
-    return MerlinaORPOTrainer(model=model, args=ORPOConfig(**kwargs, **orpo, **extra), train_dataset=dataset,
-                              processing_class=tokenizer, callbacks=callbacks)
+    return MerlinaORPOTrainer(args=ORPOConfig(**kwargs, **orpo, **extra), **common)
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,31 +123,18 @@ def tokenizer_for(model_dir: str):
 
 
 def load(job: dict):
-    from transformers import AutoModelForCausalLM
-
-    from .workload import add_lora
-
     torch.manual_seed(job["seed"])
     cuda = job["device"] == "cuda"
     model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.bfloat16 if cuda else torch.float32)
-    if cuda:
-        model = model.to("cuda")
+    model = model.to("cuda") if cuda else model
     if job["tune"] == "lora":
-        model = add_lora(model)
+        import peft
+
+        model = peft.get_peft_model(model, peft.LoraConfig(**LORA))
     return model, tokenizer_for(job["model_dir"])
 
 
-def free() -> None:
-    """Collect the last configuration's tensors and hand the GPU's cache back (a no-op on CPU, where a
-    collection of a large process costs about half a second)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
 def time_steps(job: dict) -> dict:
-    from .measure import StepTimer
-
     torch._dynamo.reset()  # inline runs: every configuration compiles (Liger's loss) as a fresh process would
     model, tokenizer = load(job)
     timer = StepTimer(job["warmup"], job["steps"], extra={"impl": job["impl"], "tune": job["tune"]})
@@ -136,18 +149,13 @@ def time_steps(job: dict) -> dict:
 
 def fits(job: dict, model, tokenizer, rows: list[dict], pairs: int) -> dict:
     """Two training steps of ``pairs`` pairs each (the second holds the optimizer state), or OOM."""
-    from .measure import MemoryCap
-
     cap = job.get("memory_cap_mib")
-    watch = MemoryCap(int(cap * 2**20) if cap else None)
-    batch = [rows[i % len(rows)] for i in range(2 * pairs)]
-    trial = {"pairs": pairs, "fits": True}
+    watch, trial = MemoryCap(int(cap * 2**20) if cap else None), {"pairs": pairs, "fits": True}
     try:
-        trainer = build_trainer(job, model, tokenizer, batch, pairs, 2, [watch])
-        trainer.train()
+        build_trainer(job, model, tokenizer, [rows[i % len(rows)] for i in range(2 * pairs)], pairs, 2, [watch]).train()
     except torch.OutOfMemoryError as error:
         trial.update(fits=False, error=str(error).splitlines()[0][:200])
-    trainer = None  # the trainer, its optimizer state and the failed step's tensors go before the next try
+    # the trainer, its optimizer state and the failed step's tensors go before the next try
     model.zero_grad(set_to_none=True)
     gc.collect()
     free()
@@ -159,8 +167,9 @@ def max_batch(job: dict) -> dict:
     stopped early (``complete`` false) once ``job["search_seconds"]`` have passed."""
     model, tokenizer = load(job)
     rows, limit = read_rows(job["data_path"]), job["max_batch_limit"]
-    trials, fit, fail, stopped = [], 0, None, None
-    pairs, start = 1, time.perf_counter()
+    trials, fit, fail, stopped, pairs, start = [], 0, None, None, 1, time.perf_counter()
+    result = {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": False, "limit": limit,
+              "trials": trials, "complete": False}
     while pairs:
         if job.get("search_seconds") and time.perf_counter() - start > job["search_seconds"]:
             stopped = f"{job['search_seconds']:.0f} s search budget spent before trying {pairs} pairs"
@@ -169,29 +178,18 @@ def max_batch(job: dict) -> dict:
         ok = trials[-1]["fits"]
         print(f"    {job['impl']}: {pairs} pairs {'fit' if ok else 'out of memory'} ({trials[-1]['peak_gib']} GiB)",
               flush=True)
-        if ok:
-            fit = pairs
-        else:
-            fail = pairs
-        partial = {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": False, "limit": limit,
-                   "trials": trials, "complete": False}
-        Path(job["result_path"]).write_text(json.dumps(partial, indent=1))  # what a timeout leaves behind
+        fit, fail = (pairs, fail) if ok else (fit, pairs)
+        result["max_pairs"] = fit
+        Path(job["result_path"]).write_text(json.dumps(result, indent=1))  # what a timeout leaves behind
         if fail is None:
             pairs = min(2 * pairs, limit) if pairs < limit else 0
         else:
             pairs = (fit + fail) // 2 if fail - fit > 1 else 0
     model = None
     free()
-    return {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": fail is None and not stopped,
-            "limit": limit, "trials": trials, "complete": not stopped, **({"stopped": stopped} if stopped else {})}
+    return {**result, "limit_reached": fail is None and not stopped, "complete": not stopped,
+            **({"stopped": stopped} if stopped else {})}
 
 
 def run_job(job: dict) -> dict:
     return max_batch(job) if job.get("mode") == "max_batch" else time_steps(job)
-
-
-def run_job_file(job_path: str | Path) -> int:
-    """The child process's side: run the job file's configuration, write its result beside it."""
-    job = json.loads(Path(job_path).read_text())
-    Path(job["result_path"]).write_text(json.dumps(run_job(job), indent=1, default=str))
-    return 0

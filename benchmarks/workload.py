@@ -1,7 +1,6 @@
-"""The inputs every subcommand shares: the package's defaults, the workload (repository text cut to
-target token counts, one JSONL every implementation reads), random token pairs, and the model (a
-seeded Llama saved once per vocabulary) with its LoRA setting. Nothing comes from outside the
-repository: the SmolLM2 tokenizer of ``make assets`` and the pairs in ``tests/assets/pairs/``."""
+"""The inputs every subcommand shares: the package's defaults, the workload (repository text cut to target
+token counts, one JSONL every implementation reads), random token pairs, and the seeded Llama with its LoRA
+setting. Nothing comes from outside the repository: the tokenizer of ``make assets`` and ``tests/assets/pairs``."""
 
 from __future__ import annotations
 
@@ -31,14 +30,10 @@ class Shape:
     pairs_per_step: int
     jitter: float = 0.25
 
-    @property
-    def unique_tokens(self) -> int:
-        """Target unique tokens per pair: the prompt once, both answers."""
-        return self.prompt_tokens + 2 * self.answer_tokens
-
     def describe(self) -> str:
+        unique = self.prompt_tokens + 2 * self.answer_tokens  # the prompt once, both answers
         return (f"{self.pairs_per_step} pairs/step, prompt ~{self.prompt_tokens}, answers ~{self.answer_tokens} tokens "
-                f"(~{self.unique_tokens} unique per pair, each length +/-{self.jitter:.0%} per row)")
+                f"(~{unique} unique per pair, each length +/-{self.jitter:.0%} per row)")
 
 
 #: shape -> scale -> Shape. ``gpu``: issue 9's (UltraFeedback-like; long prompts, short answers); ``cpu``:
@@ -67,49 +62,26 @@ def load_tokenizer(path: str | Path = TOKENIZER_DIR):
     return AutoTokenizer.from_pretrained(path)
 
 
-def source_texts() -> list[tuple[str, str, str]]:
-    """(prompt, chosen, rejected) of the ShareGPT pairs: every non-system turn joined as the prompt."""
-    sources = []
-    for row in json.loads(PAIRS.read_text(encoding="utf-8")):
-        prompt = "\n\n".join(turn["value"] for turn in row["conversations"] if turn["from"] != "system")
-        sources.append((prompt, row["chosen"]["value"], row["rejected"]["value"]))
-    return [s for s in sources if all(t.strip() for t in s)]
-
-
-class _Cutter:
-    """The first N tokens of texts[i], continued with the following texts when short (ids cached per text)."""
-
-    def __init__(self, tokenizer, texts: list[str]):
-        self.tokenizer, self.texts, self.ids = tokenizer, texts, {}
-        self.sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-
-    def _ids(self, i: int) -> list[int]:
-        i %= len(self.texts)
-        if i not in self.ids:
-            self.ids[i] = self.tokenizer(self.texts[i], add_special_tokens=False)["input_ids"]
-        return self.ids[i]
-
-    def __call__(self, start: int, target: int) -> str:
-        ids: list[int] = []
-        i = start
-        while len(ids) < target:
-            ids += (self.sep if ids else []) + self._ids(i)
-            i += 1
-        return self.tokenizer.decode(ids[:target]).strip()
-
-
 def build_rows(tokenizer, shape: Shape, num_rows: int, seed: int = 0) -> list[dict[str, str]]:
-    """Plain prompt/chosen/rejected strings, each length the shape's times a seeded factor in 1 +/- jitter."""
-    rng = random.Random(f"{seed}-{shape.name}")
-    prompts, chosen, rejected = (_Cutter(tokenizer, list(column)) for column in zip(*source_texts()))
+    """Plain prompt/chosen/rejected strings cut from the ShareGPT pairs (every non-system turn joined as the
+    prompt), each length the shape's times a seeded factor in 1 +/- jitter."""
+    rng, sep = random.Random(f"{seed}-{shape.name}"), tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    sources = [("\n\n".join(t["value"] for t in row["conversations"] if t["from"] != "system"),
+                row["chosen"]["value"], row["rejected"]["value"]) for row in json.loads(PAIRS.read_text("utf-8"))]
+    columns, cache = list(zip(*[s for s in sources if all(t.strip() for t in s)])), {}
 
-    def length(base: int) -> int:
-        return max(1, round(base * rng.uniform(1 - shape.jitter, 1 + shape.jitter)))
+    def cut(column: int, start: int, base: int) -> str:  # the first N tokens of text i, continued with i + 1, ...
+        target, ids, i = max(1, round(base * rng.uniform(1 - shape.jitter, 1 + shape.jitter))), [], start
+        while len(ids) < target:
+            key = (column, i % len(columns[column]))
+            if key not in cache:
+                cache[key] = tokenizer(columns[column][key[1]], add_special_tokens=False)["input_ids"]
+            ids, i = ids + (sep if ids else []) + cache[key], i + 1
+        return tokenizer.decode(ids[:target]).strip()
 
     # The prompt ends with a newline so the answer starts a new BPE word in every tokenisation.
-    return [{"prompt": prompts(i, length(shape.prompt_tokens)) + "\n",
-             "chosen": chosen(i, length(shape.answer_tokens)),
-             "rejected": rejected(i, length(shape.answer_tokens))} for i in range(num_rows)]
+    return [{"prompt": cut(0, i, shape.prompt_tokens) + "\n", "chosen": cut(1, i, shape.answer_tokens),
+             "rejected": cut(2, i, shape.answer_tokens)} for i in range(num_rows)]
 
 
 def write_workload(path: Path, tokenizer, shape: Shape, num_rows: int, seed: int = 0) -> dict:
@@ -117,12 +89,11 @@ def write_workload(path: Path, tokenizer, shape: Shape, num_rows: int, seed: int
     rows = build_rows(tokenizer, shape, num_rows, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    counts = {key: [len(tokenizer(row[key], add_special_tokens=False)["input_ids"]) for row in rows]
-              for key in ("prompt", "chosen", "rejected")}
     summary = {"shape": asdict(shape), "rows": len(rows), "source": str(PAIRS.relative_to(REPO)),
                "source_sha256": hashlib.sha256(PAIRS.read_bytes()).hexdigest()[:16]}
-    for key, values in counts.items():
-        summary.update({f"mean_{key}_tokens": sum(values) / len(values), f"max_{key}_tokens": max(values)})
+    for key in ("prompt", "chosen", "rejected"):
+        counts = [len(tokenizer(row[key], add_special_tokens=False)["input_ids"]) for row in rows]
+        summary.update({f"mean_{key}_tokens": sum(counts) / len(counts), f"max_{key}_tokens": max(counts)})
     return summary
 
 
@@ -135,8 +106,7 @@ def random_pairs(n, prompt, chosen, rejected, vocab, seed, ids_seed=None) -> lis
     generator seeded ``ids_seed`` (default ``seed + 1``)."""
     import torch
 
-    lengths = random.Random(seed)
-    ids = torch.Generator().manual_seed(seed + 1 if ids_seed is None else ids_seed)
+    lengths, ids = random.Random(seed), torch.Generator().manual_seed(seed + 1 if ids_seed is None else ids_seed)
 
     def seq(lo_hi):
         return torch.randint(3, vocab, (lengths.randint(*lo_hi),), generator=ids).tolist()
@@ -182,17 +152,10 @@ def build_model_dir(path: Path, scale: str, vocab_size: int, device: str, seed: 
     model = model.to(torch.bfloat16 if device == "cuda" else torch.float32)
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(path)
-    del model
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (TOKENIZER_DIR / name).exists():
             shutil.copy(TOKENIZER_DIR / name, path / name)
     return {"scale": scale, "vocab_size": vocab_size, "params": params, **SIZES[scale]}
-
-
-def add_lora(model):
-    import peft
-
-    return peft.get_peft_model(model, peft.LoraConfig(**LORA))
 
 
 def matmul_params(model) -> int:

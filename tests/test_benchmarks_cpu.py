@@ -127,7 +127,7 @@ def test_gpu_check_quick_on_cpu(tmp_path):
 def test_preprocess_scale_generates_a_growing_vocabulary(tmp_path):
     from itertools import islice
 
-    from benchmarks.preprocess_scale import generate_rows, write_files
+    from benchmarks.preprocess import generate_rows, write_files
 
     paths = write_files(tmp_path, "text", [5, 200], seed=1)
     assert paths[200].read_text().startswith(paths[5].read_text())

@@ -8,11 +8,11 @@ import time
 
 import torch
 
-from ..loss_paths import collate, ours_loss, trl_features, trl_loss, trl_trainer
+from .. import gpu_check as C
+from ..loss import collate, ours_loss, trl_features, trl_loss, trl_trainer
+from ..measure import sync
 from ..workload import llama_config, random_pairs
-from . import common as C
-from .common import RESULTS, elapsed, free, log, record_error, rel, remaining, save, sync, to_device
-from .report import fmt
+from . import RESULTS, elapsed, fmt, free, log, record_error, rel, remaining, save, to_device
 
 
 def tiny_model(attn: str, dtype):

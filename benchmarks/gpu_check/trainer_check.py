@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from .. import gpu_check as C
 from ..impls import absent_reason, child_env, write_config
 from ..workload import BETA, LORA, MAX_LENGTH, Shape, build_model_dir, build_rows, load_tokenizer
-from . import common as C
-from .common import RESULTS, free, log, record_error, save
+from . import RESULTS, free, log, record_error, save
 
 #: log keys that are not a function of the model state (timings, counters)
 NOT_COMPARED = {"epoch", "step", "learning_rate", "train_runtime", "train_samples_per_second",

@@ -1,0 +1,268 @@
+"""The ORPO loss alone, ours (`merlina_orpo_plugin.compute`) against TRL 1.9's (a trainer stub, no
+``__init__``): ``loss-memory`` (peak memory of hidden states -> head -> loss, each side in a fresh process),
+``loss-step`` (step time of the ways our chunked loss runs), and the loss paths `gpu_check` compares."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import statistics
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import torch
+
+from merlina_orpo_plugin.compute.kernels import chunked_token_logps, fused_chunk_loss, score_logits
+from merlina_orpo_plugin.compute.losses import odds_ratio_loss
+
+from .measure import PeakDelta
+from .report import publish, table
+from .workload import BETA, CHUNK, PAD, PROJECTIONS
+
+SIDES = ("trl", "ours", "ours-fused", "ours-full")
+SIZE = ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device", "dtype")
+
+
+def collate(features, shared: bool, packed: bool) -> dict:
+    from merlina_orpo_plugin.batch.collator import ORPODataCollator
+    from merlina_orpo_plugin.batch.packing import BatchLayout
+
+    return ORPODataCollator(pad_token_id=PAD, layout=BatchLayout(shared, packed))(features)
+
+
+def trl_features(features) -> dict:
+    """TRL's ORPO batch (as its DPO collator pads it): ``{chosen,rejected}_{input_ids,attention_mask,labels}``."""
+    batch = {}
+    for side in ("chosen", "rejected"):
+        ids = [f["prompt_input_ids"] + f[f"{side}_input_ids"] for f in features]
+        labels = [[-100] * len(f["prompt_input_ids"]) + f[f"{side}_input_ids"] for f in features]
+        width = max(map(len, ids))
+        batch[f"{side}_input_ids"] = torch.tensor([x + [PAD] * (width - len(x)) for x in ids])
+        batch[f"{side}_attention_mask"] = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+        batch[f"{side}_labels"] = torch.tensor([x + [-100] * (width - len(x)) for x in labels])
+    return batch
+
+
+def trl_trainer(device):
+    """An ``ORPOTrainer`` without ``__init__``: just the attributes its loss path reads."""
+    from trl.experimental.orpo import ORPOTrainer
+
+    trainer = object.__new__(ORPOTrainer)
+    trainer.is_encoder_decoder, trainer.padding_value, trainer.label_pad_token_id = False, PAD, -100
+    trainer.aux_loss_enabled, trainer.aux_loss_coef, trainer.beta = False, 0.0, BETA
+    trainer.accelerator = SimpleNamespace(device=torch.device(device), gather_for_metrics=lambda x: x)
+    return trainer
+
+
+def ours_loss(model, batch, chunk, fused=False):
+    """(loss, chosen logps, rejected logps, nll) of `orpo_objective` (its fused mode with ``fused``)."""
+    from merlina_orpo_plugin.compute.forward import ORPOForwardOutput
+    from merlina_orpo_plugin.compute.objective import LossSpec, orpo_objective
+
+    step = orpo_objective(model, batch, LossSpec(BETA, loss_chunk_size=chunk, fused=fused))
+    out = ORPOForwardOutput.of(step.scores)
+    return step.loss, out.chosen_logps, out.rejected_logps, out.nll_loss
+
+
+def trl_loss(trainer, model, batch):
+    """TRL's ``get_batch_loss_metrics`` (metrics' ``.item()`` syncs included); its forward outputs captured."""
+    captured, original = {}, type(trainer).concatenated_forward
+
+    def capture(model_, batch_):
+        captured["out"] = original(trainer, model_, batch_)
+        return captured["out"]
+
+    trainer.concatenated_forward = capture
+    try:
+        loss, _metrics = trainer.get_batch_loss_metrics(model, batch)
+    finally:
+        del trainer.concatenated_forward
+    chosen, rejected, _, _, nll = captured["out"][:5]
+    return loss, chosen, rejected, nll
+
+
+def memory_arguments(p) -> None:
+    p.add_argument("--vocab", type=int, default=128256)
+    p.add_argument("--tokens", type=int, default=1024, help="tokens per sequence")
+    p.add_argument("--pairs", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--chunk-size", type=int, default=CHUNK, help=f"default {CHUNK}, the package's loss_chunk_size")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--frozen-head", action="store_true", help="head weight without gradient (LoRA / QLoRA)")
+    p.add_argument("--out", type=Path, help="write <machine>-loss-memory[-frozen-head].{json,md} here")
+
+
+def _trl_side(s, hidden, head, input_ids, half):
+    from trl.experimental.orpo import ORPOTrainer
+
+    B, V = s.pairs, s.vocab
+    labels = input_ids.clone()
+    labels[:, :half] = -100  # concatenated_labels: prompt masked
+    logits = head(hidden)
+    # TRL's cross_entropy_loss closure: chosen rows, every real token (no padding here)
+    nll = torch.nn.CrossEntropyLoss()(logits[:B, :-1, :].contiguous().view(-1, V),
+                                      input_ids[:B, 1:].contiguous().view(-1))
+    all_logps = ORPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
+    losses, *_ = trl_trainer(hidden.device).odds_ratio_loss(all_logps[:B], all_logps[B:])
+    _ = logits[:B, :-1, :].detach().mean(), logits[B:, :-1, :].detach().mean()  # logits/chosen, logits/rejected
+    return nll - losses.mean()
+
+
+def _ours_side(s, hidden, head, input_ids, half, chunk_size, fused):
+    """``fused``: the loss summed over chunks of whole pairs by `fused_chunk_loss` (what the trainer runs for a
+    trained head; each pair's chosen and rejected rows one chunk); else `chunked_token_logps` as `score_hidden`
+    runs it (scored positions selected, the head chunk by chunk), or the full ``[R, T, V]`` logits (chunk 0)."""
+    B, (rows, T, _) = s.pairs, hidden.shape
+    # every position but the last predicts the next token; fused: rows chosen 0, rejected 0, chosen 1, ...
+    order = torch.arange(rows, device=hidden.device)
+    order = order.view(2, B).t().reshape(-1) if fused else order
+    index = (order[:, None] * T + torch.arange(T - 1, device=hidden.device)).reshape(-1)
+    targets = input_ids[order if fused else slice(None), 1:].reshape(-1)
+    if chunk_size == 0 and not fused:
+        logps = score_logits(head(hidden), index, targets)[0]
+    else:
+        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+        if fused:
+            def chunk_loss(logps, start, end):  # one pair: -its share of the chosen token mean - its OR term / B
+                chosen, rejected = logps.view(2, T - 1)
+                or_loss = odds_ratio_loss(chosen[half - 1 :].mean()[None], rejected[half - 1 :].mean()[None], BETA)[0]
+                return -chosen.sum() / (B * (T - 1)) - or_loss.sum() / B
+
+            bounds = [(start, start + 2 * (T - 1)) for start in range(0, B * 2 * (T - 1), 2 * (T - 1))]
+            return fused_chunk_loss(head, selected, targets, bounds, chunk_loss)[0]
+        logps = chunked_token_logps(head, selected, targets, chunk_size)[0]
+    logps = logps.view(rows, T - 1)
+    sequence_logps = logps[:, half - 1 :].mean(-1)  # positions predicting the answer tokens
+    losses, *_ = odds_ratio_loss(sequence_logps[:B], sequence_logps[B:], BETA)
+    return -logps[:B].mean() - losses.mean()
+
+
+def measure_side(s) -> dict:
+    """One side's loss + backward on seeded inputs, its peak memory growth and time."""
+    if s.side == "trl":  # import now: a first import inside the measured region would count the module's memory
+        import trl.experimental.orpo  # noqa: F401
+    torch.manual_seed(0)
+    device, dtype, rows, half = torch.device(s.device), getattr(torch, s.dtype), 2 * s.pairs, s.tokens // 2
+    hidden = torch.randn(rows, s.tokens, s.hidden, device=device, dtype=dtype, requires_grad=True)
+    head = torch.nn.Linear(s.hidden, s.vocab, bias=False, device=device, dtype=dtype)
+    head.requires_grad_(not s.frozen_head)
+    input_ids = torch.randint(3, min(s.vocab, 49152), (rows, s.tokens), device=device)  # SmolLM2-range ids
+    input_ids[s.pairs:, :half] = input_ids[: s.pairs, :half]  # shared prompts
+    gc.collect()
+    with PeakDelta() as m:
+        if s.side == "trl":
+            loss = _trl_side(s, hidden, head, input_ids, half)
+        else:
+            loss = _ours_side(s, hidden, head, input_ids, half, s.chunk_size if s.side == "ours" else 0,
+                              s.side == "ours-fused")
+        loss.backward()
+    out = {"side": s.side, "loss": loss.item(), "seconds": m.seconds, "peak_delta_bytes": m.bytes,
+           "grad_norm_hidden": hidden.grad.norm().item()}
+    return out if s.device == "cuda" else {**out, "peak_reset": m.reset}
+
+
+def run_job(job: dict) -> dict:
+    return measure_side(argparse.Namespace(**job))
+
+
+def memory_markdown(result: dict) -> str:
+    s, sides = result["settings"], result["sides"]
+    logits_mib = 2 * s["pairs"] * s["tokens"] * s["vocab"] * (2 if s.get("dtype") == "bfloat16" else 4) / 2**20
+    trl = sides.get("trl", {}).get("peak_delta_bytes")
+    names = {"trl": "TRL 1.9 (full logits)", "ours": f"ours, chunked ({s['chunk_size']} tokens)",
+             "ours-fused": "ours, fused: chunks of whole pairs, gradients in the forward",
+             "ours-full": "ours, full logits (loss_chunk_size=0)"}
+    rows = [[names[side], f"not measured: {r['error']} {r['log_tail'].strip().splitlines()[-1:]}", "", "", ""]
+            if "error" in r else
+            [names[side], f"{r['peak_delta_bytes'] / 2**20:,.0f}", f"{r['peak_delta_bytes'] / trl:.2f}x" if trl
+             else "-", f"{r['seconds']:.2f}", f"{r['loss']:.6f}"] for side, r in sides.items()]
+    return "\n".join([f"`{result['command']}`", "",
+                      f"Loss only (hidden states -> loss, forward + backward), vocab {s['vocab']:,}, "
+                      f"{2 * s['pairs']} rows x {s['tokens']} tokens, hidden {s['hidden']}, "
+                      f"{s.get('dtype', 'float32')} on {s['device']}, "
+                      f"{'frozen' if s.get('frozen_head') else 'trainable'} head; full logits would be "
+                      f"{logits_mib:,.0f} MiB.", ""]
+                     + table(["side", "peak memory delta MiB", "vs TRL", "seconds", "loss"], rows)) + "\n"
+
+
+def memory_main(args) -> int:
+    """Peak memory of the ORPO loss alone (hidden states -> LM head -> loss, forward + backward): TRL 1.9's
+    full logits against ours, chunked, fused and unchunked, each side in a fresh process ("The loss alone"
+    in README.md here)."""
+    from .impls import spawn
+
+    settings, sides = {k: getattr(args, k) for k in (*SIZE, "frozen_head")}, {}
+    with tempfile.TemporaryDirectory(prefix="loss-memory-") as tmp:
+        for side in SIDES:
+            if side == "ours-fused" and args.frozen_head:  # the trainer fuses the loss only for a trained head
+                continue
+            sides[side] = spawn(dict(settings, subcommand="loss-memory", side=side, work_dir=f"{tmp}/{side}",
+                                     result_path=f"{tmp}/{side}/result.json"), timeout=3600)
+    result = publish(args, "loss-memory", {"settings": settings, "sides": sides}, args.device, memory_markdown,
+                     suffix="loss-memory" + "-frozen-head" * args.frozen_head)
+    return 0 if all("error" not in r for r in result["sides"].values()) else 1
+
+
+def step_arguments(p) -> None:
+    p.add_argument("--tune", choices=("lora", "full"), default="lora")
+    p.add_argument("--vocab", type=int, default=49152)
+    p.add_argument("--prompt", type=int, default=320)
+    p.add_argument("--answer", type=int, default=40)
+    p.add_argument("--steps", type=int, default=5)
+
+
+def step_main(args) -> int:
+    """Step time of the ways the chunked loss runs (``default``: what the trainer runs, ``checkpointed``,
+    ``unchunked``) for a frozen head (LoRA) or a trained one (full fine-tune), interleaved step by step, with
+    each way's peak memory growth; one line of JSON ("The loss alone" in README.md here)."""
+    import peft
+    from transformers import LlamaForCausalLM
+
+    import merlina_orpo_plugin.model.adapter as adapter
+
+    from .workload import llama_config, random_pairs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(llama_config("cpu", args.vocab))
+    if args.tune == "lora":
+        model = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules=PROJECTIONS[:4]))
+    lengths = [(n, n) for n in (args.prompt, args.answer, args.answer - 5)]
+    batch = collate(random_pairs(4, *lengths, args.vocab, seed=0, ids_seed=0), True, True)
+    chunked = adapter.chunked_token_logps
+
+    def recomputing(*chunk_args, **chunk_kwargs):  # score_hidden passes `recompute` by position or name
+        bound = inspect.signature(chunked).bind(*chunk_args, **chunk_kwargs)
+        bound.arguments["recompute"] = True
+        return chunked(*bound.args, **bound.kwargs)
+
+    ways = {"default": (CHUNK, True, chunked), "checkpointed": (CHUNK, False, recomputing),
+            "unchunked": (0, False, chunked)}
+    growth, times = {way: 0 for way in ways}, {way: [] for way in ways}
+
+    def step(way: str) -> float:
+        chunk, fused, score = ways[way]
+        with PeakDelta() as m, mock.patch.object(adapter, "chunked_token_logps", score):  # score_hidden's lookup
+            ours_loss(model, batch, chunk, fused=fused)[0].backward()
+        growth[way] = max(growth[way], m.bytes)
+        model.zero_grad(set_to_none=True)
+        return m.seconds
+
+    for way in ways:
+        step(way)
+    for _ in range(args.steps):
+        for way in ways:
+            times[way].append(step(way))
+    median = {way: round(statistics.median(t), 3) for way, t in times.items()}
+    settings = {k: getattr(args, k) for k in ("tune", "vocab", "prompt", "answer", "steps")}
+    publish(args, "loss-step", {"settings": settings, "threads": torch.get_num_threads(), "median_step_s": median,
+                                "peak_growth_mib": {way: round(b / 2**20) for way, b in growth.items()},
+                                "checkpointed_over_default": round(median["checkpointed"] / median["default"], 2)},
+            indent=None)
+    return 0
+
+
+COMMANDS = {"loss-memory": (memory_arguments, memory_main), "loss-step": (step_arguments, step_main)}
