@@ -175,7 +175,7 @@ def add_ratios(group: dict[str, dict]) -> None:
             m["of_limit"] = m["tokens_per_s"] / refs[LIMIT]["tokens_per_s"]
 
 
-def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
+def fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return format(value, spec) + suffix
@@ -197,16 +197,16 @@ def group_table(group: dict[str, dict], device: str, peaks: dict[str, float]) ->
             why = f"skipped: {result['skipped']}" if "skipped" in result else f"FAILED: {result.get('error')}"
             lines.append(f"| {label} | {why} |" + " |" * (len(head) - 2))
             continue
-        cells = [label, _fmt(m["pairs_per_s"], ".3g"),
-                 f"{m['step_s_median']:.3g} [{m['step_s_min']:.3g}-{m['step_s_max']:.3g}]", _fmt(m["tokens_per_s"], ",.0f")]
+        cells = [label, fmt(m["pairs_per_s"], ".3g"),
+                 f"{m['step_s_median']:.3g} [{m['step_s_min']:.3g}-{m['step_s_max']:.3g}]", fmt(m["tokens_per_s"], ",.0f")]
         if device == "cpu":
-            cells.insert(3, _fmt(m.get("cpu_s_per_step"), ".3g"))
-        cells += [_fmt(100 * m[f"mfu_{n}"], ".1f", "%") for n in peaks]
-        cells += [_fmt(m["peak_gib"], ".2f"), _fmt(m["processed_unique_ratio"])]
-        cells += [_fmt(m.get(f"speed_vs_{b}"), ".2f", "x") for b in present]
-        cells += [_fmt(m.get(f"peak_vs_{b}"), ".2f", "x") for b in present]
+            cells.insert(3, fmt(m.get("cpu_s_per_step"), ".3g"))
+        cells += [fmt(100 * m[f"mfu_{n}"], ".1f", "%") for n in peaks]
+        cells += [fmt(m["peak_gib"], ".2f"), fmt(m["processed_unique_ratio"])]
+        cells += [fmt(m.get(f"speed_vs_{b}"), ".2f", "x") for b in present]
+        cells += [fmt(m.get(f"peak_vs_{b}"), ".2f", "x") for b in present]
         if group.get(LIMIT, {}).get("metrics"):
-            cells.append(_fmt(100 * m["of_limit"], ".0f", "%") if "of_limit" in m else "-")
+            cells.append(fmt(100 * m["of_limit"], ".0f", "%") if "of_limit" in m else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
