@@ -11,6 +11,8 @@ from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
+from .measure import StepTimer
+
 JOB_ENV = "MERLINA_BENCH_JOB"
 
 
@@ -33,8 +35,6 @@ class BenchTimingPlugin(BasePlugin):
         job = _job()
         if job is None:
             return []
-        from .measure import StepTimer
-
         self.timer = StepTimer(job["warmup"], job["steps"], job["result_path"], extra={"impl": job["impl"]})
         return [self.timer]
 

@@ -13,23 +13,29 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
+import peft
 import torch
+from transformers import LlamaForCausalLM
 
+import merlina_orpo_plugin.compute.head as head
+from merlina_orpo_plugin.batch.collator import ORPODataCollator
+from merlina_orpo_plugin.batch.packing import BatchLayout
+from merlina_orpo_plugin.compute.forward import ORPOForwardOutput
 from merlina_orpo_plugin.compute.kernels import chunked_token_logps, fused_chunk_loss, score_logits
 from merlina_orpo_plugin.compute.losses import odds_ratio_loss
+from merlina_orpo_plugin.compute.objective import LossSpec, orpo_objective
+from merlina_orpo_plugin.model.adapter import find_model_facts
 
+from .impls import spawn
 from .measure import PeakDelta
 from .report import publish, table
-from .workload import BETA, CHUNK, PAD, PROJECTIONS
+from .workload import BETA, CHUNK, PAD, PROJECTIONS, llama_config, random_pairs
 
 SIDES = ("trl", "ours", "ours-fused", "ours-full")
 SIZE = ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device", "dtype")
 
 
 def collate(features, shared: bool, packed: bool) -> dict:
-    from merlina_orpo_plugin.batch.collator import ORPODataCollator
-    from merlina_orpo_plugin.batch.packing import BatchLayout
-
     return ORPODataCollator(pad_token_id=PAD, layout=BatchLayout(shared, packed))(features)
 
 
@@ -59,10 +65,8 @@ def trl_trainer(device):
 
 def ours_loss(model, batch, chunk, fused=False):
     """(loss, chosen logps, rejected logps, nll) of `orpo_objective` (its fused mode with ``fused``)."""
-    from merlina_orpo_plugin.compute.forward import ORPOForwardOutput
-    from merlina_orpo_plugin.compute.objective import LossSpec, orpo_objective
-
-    step = orpo_objective(model, batch, LossSpec(BETA, loss_chunk_size=chunk, fused=fused))
+    facts = find_model_facts(model, chunked=chunk > 0)
+    step = orpo_objective(model, batch, LossSpec(BETA, loss_chunk_size=chunk, fused=fused), facts=facts)
     out = ORPOForwardOutput.of(step.scores)
     return step.loss, out.chosen_logps, out.rejected_logps, out.nll_loss
 
@@ -193,8 +197,6 @@ def memory_main(args) -> int:
     """Peak memory of the ORPO loss alone (hidden states -> LM head -> loss, forward + backward): TRL 1.9's
     full logits against ours, chunked, fused and unchunked, each side in a fresh process ("The loss alone"
     in README.md here)."""
-    from .impls import spawn
-
     settings, sides = {k: getattr(args, k) for k in (*SIZE, "frozen_head")}, {}
     with tempfile.TemporaryDirectory(prefix="loss-memory-") as tmp:
         for side in SIDES:
@@ -219,20 +221,13 @@ def step_main(args) -> int:
     """Step time of the ways the chunked loss runs (``default``: what the trainer runs, ``checkpointed``,
     ``unchunked``) for a frozen head (LoRA) or a trained one (full fine-tune), interleaved step by step, with
     each way's peak memory growth; one line of JSON ("The loss alone" in README.md here)."""
-    import peft
-    from transformers import LlamaForCausalLM
-
-    import merlina_orpo_plugin.model.adapter as adapter
-
-    from .workload import llama_config, random_pairs
-
     torch.manual_seed(0)
     model = LlamaForCausalLM(llama_config("cpu", args.vocab))
     if args.tune == "lora":
         model = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules=PROJECTIONS[:4]))
     lengths = [(n, n) for n in (args.prompt, args.answer, args.answer - 5)]
     batch = collate(random_pairs(4, *lengths, args.vocab, seed=0, ids_seed=0), True, True)
-    chunked = adapter.chunked_token_logps
+    chunked = head.chunked_token_logps
 
     def recomputing(*chunk_args, **chunk_kwargs):  # score_hidden passes `recompute` by position or name
         bound = inspect.signature(chunked).bind(*chunk_args, **chunk_kwargs)
@@ -245,7 +240,7 @@ def step_main(args) -> int:
 
     def step(way: str) -> float:
         chunk, fused, score = ways[way]
-        with PeakDelta() as m, mock.patch.object(adapter, "chunked_token_logps", score):  # score_hidden's lookup
+        with PeakDelta() as m, mock.patch.object(head, "chunked_token_logps", score):  # score_hidden's lookup
             ours_loss(model, batch, chunk, fused=fused)[0].backward()
         growth[way] = max(growth[way], m.bytes)
         model.zero_grad(set_to_none=True)

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .workload import matmul_params
+
 
 def rss_kb() -> int | None:
     """Resident set size now, in KiB (Linux /proc; None elsewhere)."""
@@ -225,8 +227,6 @@ def speed_plan(trainer) -> dict[str, Any] | None:
 
 def describe_trainer(trainer) -> dict[str, Any]:
     """The settings that must match across implementations, read back from the live trainer."""
-    from .workload import matmul_params
-
     args, model, collator = trainer.args, trainer.model, trainer.data_collator
     first = next(model.parameters())
     return {

@@ -25,8 +25,19 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import datasets
+import numpy as np
+from tokenizers import Tokenizer, pre_tokenizers
+
+import merlina_orpo_plugin.data.pipeline as data  # the module whose `TextEncoder` the pipeline calls
+from merlina_orpo_plugin.data import prepare_preference_dataset
+from merlina_orpo_plugin.data.encoding import TextEncoder, _plan, encode_texts
+from merlina_orpo_plugin.data.formats import Layout, render_batch
+
+from .impls import MERLINA_PLUGIN, spawn, write_config
+from .measure import max_rss_kb, rss_kb
 from .report import publish, table
-from .workload import LIMITS, MAX_LENGTH, PAIRS, REPO, TOKENIZER_DIR, load_tokenizer
+from .workload import LIMITS, MAX_LENGTH, PAIRS, REPO, TOKENIZER_DIR, build_model_dir, load_tokenizer
 
 DATASETS = {"llamafactory_en": PAIRS, "llamafactory_zh": PAIRS.with_name("sharegpt_zh.json")}
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT speakers, as LLaMA-Factory maps them
@@ -70,17 +81,11 @@ class _PlainEncoder:
         self.tokenizer = tokenizer
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
-        from merlina_orpo_plugin.data.encoding import encode_texts
-
         return encode_texts(self.tokenizer, texts)
 
 
 def _cold_and_warm(source, tokenizer) -> tuple[tuple[float, float], tuple[float, float]]:
     """(cold, warm) (wall, CPU) seconds of ``prepare_preference_dataset`` on a file-backed copy in a new directory."""
-    import datasets
-
-    from merlina_orpo_plugin.data import prepare_preference_dataset
-
     with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as tmp:
         source.save_to_disk(f"{tmp}/raw")
         raw = datasets.load_from_disk(f"{tmp}/raw")  # file-backed: `map` writes its cache file beside it
@@ -92,10 +97,6 @@ def _cold_and_warm(source, tokenizer) -> tuple[tuple[float, float], tuple[float,
 def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
     """Cold (new cache directory each time) and warm (cache file present) ``prepare_preference_dataset``,
     and cold with the plain tokenizer call instead of ``TextEncoder`` (same run, same machine load)."""
-    import datasets
-
-    import merlina_orpo_plugin.data.pipeline as data  # the module whose `TextEncoder` the pipeline calls
-
     source, cold, warm, plain = datasets.Dataset.from_list(rows), [], [], []
     for _ in range(repeats):
         seconds = _cold_and_warm(source, tokenizer)
@@ -152,12 +153,6 @@ def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
     """Tokenisation alone: one plain tokenizer call against ``TextEncoder`` on the same texts, and the floor:
     the work any exact preprocessing must do, each step best of ``repeats`` (README.md here): rendering
     (``render_s``), the word split (``split_s``) and BPE (``bpe_s``) of each distinct piece once."""
-    import datasets
-    from tokenizers import Tokenizer, pre_tokenizers
-
-    from merlina_orpo_plugin.data.encoding import TextEncoder, _plan, encode_texts
-    from merlina_orpo_plugin.data.formats import Layout, render_batch
-
     batch = datasets.Dataset.from_list(rows)[:]
     texts = [t for part in render_batch(batch, Layout.CONVERSATIONAL, tokenizer) for t in part]
     plain = _best(lambda: encode_texts(tokenizer, texts), tokenizer, repeats)
@@ -182,8 +177,6 @@ def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
 def main(args) -> int:
     """Preprocessing throughput of ours and of TRL's ``tokenize_row`` on the LLaMA-Factory pairs (conversational
     layout, the SmolLM2 ChatML template, the package's default limits, one process); JSON."""
-    import datasets
-
     datasets.disable_progress_bars()
     load_at_start, results = round(os.getloadavg()[0], 2), {}
     with contextlib.redirect_stdout(sys.stderr):  # libraries' log lines must not break the JSON on stdout
@@ -244,8 +237,6 @@ class Words:
     LETTERS = str.maketrans("01234567", "aeioklmr")  # octal digits -> letters: pronounceable new names
 
     def __init__(self, seed: int):
-        import numpy as np
-
         counts = Counter()
         for path in DATASETS.values():
             for row in json.loads(path.read_text(encoding="utf-8")):
@@ -253,13 +244,13 @@ class Words:
                     counts.update(re.findall(r"\s*\S+", turn["value"]))
         self.words = np.array(list(counts), dtype=object)
         self.cumulative = np.cumsum(np.fromiter(counts.values(), dtype=np.float64))
-        self.rng, self.np, self.buffer, self.at = np.random.default_rng(seed), np, [], 0
+        self.rng, self.buffer, self.at = np.random.default_rng(seed), [], 0
 
     def text(self, count: int) -> str:
         if self.at + count > len(self.buffer):
-            words = self.words[self.np.searchsorted(self.cumulative, self.rng.random(1 << 20) * self.cumulative[-1],
+            words = self.words[np.searchsorted(self.cumulative, self.rng.random(1 << 20) * self.cumulative[-1],
                                                     side="right")]
-            for i in self.np.flatnonzero(self.rng.random(len(words)) < NEW_WORD_SHARE):
+            for i in np.flatnonzero(self.rng.random(len(words)) < NEW_WORD_SHARE):
                 n = int(self.rng.integers(1 << 30))
                 words[i] = (f" {n % 10 ** (1 + n % 6)}" if n % 3 == 0 else f" id_{n:x}" if n % 3 == 1
                             else " " + format(n, "o").translate(self.LETTERS).title())
@@ -353,14 +344,8 @@ def _since(start: tuple[float, float]) -> dict[str, float]:
 def run_job(job: dict) -> dict:
     """One path on one file, in this (fresh) process: time and CPU time of the call, RSS before it and the
     process's peak (``ru_maxrss``, over its whole life; imports and tokenizer load happen before the call)."""
-    import datasets
-
-    from .measure import max_rss_kb, rss_kb
-
     datasets.disable_progress_bars()
     if job["path"] == "api":
-        from merlina_orpo_plugin.data import prepare_preference_dataset
-
         tokenizer = load_tokenizer()
         before, kinds, start = rss_kb(), RssKinds(), _clock()
         kinds.start()
@@ -390,8 +375,6 @@ def run_one(tmp: Path, path: str, layout: str, data: Path, model_dir: Path) -> d
     """``python -m benchmarks preprocess-scale --job JOB.json`` in a fresh process with its own caches; for
     ``axolotl`` the YAML `axolotl preprocess` would read: our plugin, one JSONL entry, the package's limits,
     one tokenising process (``dataset_num_proc: 1``: the peak RSS is this process's)."""
-    from .impls import MERLINA_PLUGIN, spawn, write_config
-
     work = Path(tempfile.mkdtemp(prefix=f"{path}-{layout}-", dir=tmp))
     job = {"subcommand": "preprocess-scale", "path": path, "layout": layout, "data": str(data), "device": "cpu",
            "work_dir": str(work), "result_path": str(work / "result.json")}
@@ -459,8 +442,6 @@ def scale_main(args) -> int:
     calls it), each size and path in a fresh process so ``ru_maxrss`` is that run's peak RSS. Rows in both
     layouts the plugin reads (``text``: `type: prompt_pairs`; ``messages``: `type: chat_template`), short
     and long, from the repository's own pair texts' words plus new ones (numbers, names). JSON."""
-    from .workload import build_model_dir
-
     results = {"limits": LIMITS, "rows": {"short": SHORT, "long": LONG, "long_share": LONG_SHARE,
                                           "new_word_share": NEW_WORD_SHARE, "seed": args.seed}, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="preprocess-scale-") as tmp:

@@ -20,6 +20,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+import torch
+
 from .impls import BASELINES, IMPLS, LIMIT
 from .workload import REPO
 
@@ -85,8 +87,6 @@ def table(head: list[str], rows: list[list]) -> list[str]:
 
 def machine_slug(device: str) -> str:
     if device == "cuda":
-        import torch
-
         return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
     return f"cpu-{os.cpu_count()}core"
 
@@ -114,8 +114,6 @@ def git_revision() -> str | None:
 
 def environment(device: str) -> dict:
     """Date, machine, versions (torch, transformers, trl, peft, liger, ..., CUDA, GPU name), git revision."""
-    import torch
-
     versions = {}
     for name in PACKAGES:
         try:
@@ -127,7 +125,8 @@ def environment(device: str) -> dict:
             "python": platform.python_version(), "versions": versions, "cuda": torch.version.cuda,
             "git": git_revision()}
     if device == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(), gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory / GiB)
+        info.update(gpu=torch.cuda.get_device_name(), gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory
+                    / GiB)
     return info
 
 
@@ -182,33 +181,28 @@ def fmt(value, spec: str = ".2f", suffix: str = "") -> str:
 
 
 def group_table(group: dict[str, dict], device: str, peaks: dict[str, float]) -> list[str]:
-    present = [b for b in BASELINES if group.get(b, {}).get("metrics")]
-    head = (["implementation", "pairs/s", "step s median [min-max]", "unique tok/s"]
-            + [f"MFU ({name})" for name in peaks] + ["peak GiB" if device == "cuda" else "peak RSS GiB",
-                                                      "processed/unique"]
+    present, limit = [b for b in BASELINES if group.get(b, {}).get("metrics")], group.get(LIMIT, {}).get("metrics")
+    head = (["implementation", "pairs/s", "step s median [min-max]"] + ["CPU s/step"] * (device == "cpu")
+            + ["unique tok/s"] + [f"MFU ({name})" for name in peaks]
+            + ["peak GiB" if device == "cuda" else "peak RSS GiB", "processed/unique"]
             + [f"speed vs {BASELINES[b]}" for b in present] + [f"peak vs {BASELINES[b]}" for b in present]
-            + (["of limit"] if group.get(LIMIT, {}).get("metrics") else []))
-    if device == "cpu":
-        head.insert(3, "CPU s/step")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            + ["of limit"] * bool(limit))
+    rows = []
     for name, entry in group.items():
-        label, result, m = IMPLS[name].label, entry["result"], entry.get("metrics")
+        result, m = entry["result"], entry.get("metrics")
         if not m:
             why = f"skipped: {result['skipped']}" if "skipped" in result else f"FAILED: {result.get('error')}"
-            lines.append(f"| {label} | {why} |" + " |" * (len(head) - 2))
+            rows.append([IMPLS[name].label, why] + [""] * (len(head) - 2))
             continue
-        cells = [label, fmt(m["pairs_per_s"], ".3g"),
-                 f"{m['step_s_median']:.3g} [{m['step_s_min']:.3g}-{m['step_s_max']:.3g}]", fmt(m["tokens_per_s"], ",.0f")]
-        if device == "cpu":
-            cells.insert(3, fmt(m.get("cpu_s_per_step"), ".3g"))
-        cells += [fmt(100 * m[f"mfu_{n}"], ".1f", "%") for n in peaks]
-        cells += [fmt(m["peak_gib"], ".2f"), fmt(m["processed_unique_ratio"])]
-        cells += [fmt(m.get(f"speed_vs_{b}"), ".2f", "x") for b in present]
-        cells += [fmt(m.get(f"peak_vs_{b}"), ".2f", "x") for b in present]
-        if group.get(LIMIT, {}).get("metrics"):
-            cells.append(fmt(100 * m["of_limit"], ".0f", "%") if "of_limit" in m else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append([IMPLS[name].label, fmt(m["pairs_per_s"], ".3g"),
+                     f"{m['step_s_median']:.3g} [{m['step_s_min']:.3g}-{m['step_s_max']:.3g}]"]
+                    + [fmt(m.get("cpu_s_per_step"), ".3g")] * (device == "cpu") + [fmt(m["tokens_per_s"], ",.0f")]
+                    + [fmt(100 * m[f"mfu_{n}"], ".1f", "%") for n in peaks]
+                    + [fmt(m["peak_gib"], ".2f"), fmt(m["processed_unique_ratio"])]
+                    + [fmt(m.get(f"speed_vs_{b}"), ".2f", "x") for b in present]
+                    + [fmt(m.get(f"peak_vs_{b}"), ".2f", "x") for b in present]
+                    + [fmt(100 * m["of_limit"], ".0f", "%") if "of_limit" in m else "-"] * bool(limit))
+    return table(head, rows)
 
 
 def markdown(report: dict) -> str:
@@ -231,18 +225,19 @@ def markdown(report: dict) -> str:
 
 
 def max_batch_table(mb: dict) -> list[str]:
-    lines = ["", f"## Largest micro-batch: {mb['shape']}, {mb['tune']}, vocab {mb['vocab']:,}, "
-                 f"max_length {mb['max_length']}", "", mb["method"], "",
-             "| implementation | pairs | trials (pairs: peak memory, or out of memory) |", "|---|---|---|"]
+    rows = []
     for name, r in mb["impls"].items():
         if "max_pairs" not in r:
-            lines.append(f"| {IMPLS[name].label} | {r.get('skipped') or 'FAILED: ' + str(r.get('error'))} | |")
+            rows.append([IMPLS[name].label, r.get("skipped") or "FAILED: " + str(r.get("error")), ""])
             continue
         pairs = (f">= {r['max_pairs']} (the limit)" if r["limit_reached"] else str(r["max_pairs"]) if r.get("complete")
                  else f">= {r['max_pairs']} (search cut short: {r.get('stopped', 'unfinished')})")
-        trials = ", ".join(f"{t['pairs']}: " + (f"{t['peak_gib']:.1f} GiB" if t["fits"] else "OOM") for t in r["trials"])
-        lines.append(f"| {IMPLS[name].label} | {pairs} | {trials} |")
-    return lines
+        trials = ", ".join(f"{t['pairs']}: {t['peak_gib']:.1f} GiB" if t["fits"] else f"{t['pairs']}: OOM"
+                           for t in r["trials"])
+        rows.append([IMPLS[name].label, pairs, trials])
+    return ["", f"## Largest micro-batch: {mb['shape']}, {mb['tune']}, vocab {mb['vocab']:,}, max_length "
+                f"{mb['max_length']}", "", mb["method"], ""] + table(
+        ["implementation", "pairs", "trials (pairs: peak memory, or out of memory)"], rows)
 
 
 def header(report: dict) -> list[str]:
@@ -255,8 +250,8 @@ def header(report: dict) -> list[str]:
         f"- machine: {env['cpu']}, {env['cpu_count']} CPUs" + (f"; GPU {env['gpu']}" if env.get("gpu") else "")
         + f"; Python {env['python']}; CUDA {env['cuda']}",
         f"- versions: {versions}",
-        f"- training: AdamW ({'fused' if cuda else 'adamw_torch'}), lr {s['learning_rate']} constant, max_grad_norm 1.0, "
-        f"grad accumulation 1, beta {s['beta']}, max_length {s['max_length']}, max_prompt_length "
+        f"- training: AdamW ({'fused' if cuda else 'adamw_torch'}), lr {s['learning_rate']} constant, "
+        f"max_grad_norm 1.0, grad accumulation 1, beta {s['beta']}, max_length {s['max_length']}, max_prompt_length "
         f"{s['max_prompt_length']}, {'bf16' if cuda else 'float32'}, models loaded with sdpa (transformers' default"
         f"{'; ours runs its shared-prompt / packed rows on flex_attention, see each plan' if cuda else ''}), "
         f"no gradient checkpointing, sequential sampling, seed {s['seed']}"

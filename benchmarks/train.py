@@ -13,6 +13,8 @@ from pathlib import Path
 
 from . import report
 from .impls import IMPLS, cpu_threads, run, skip_reason
+from .measure import matmul_peak_tflops
+from .trainers import run_job  # noqa: F401 (`--job`: one configuration in a child process)
 from .workload import BETA, DEFAULT_VOCABS, MAX_LENGTH, REPO, SHAPES, build_model_dir, load_tokenizer, \
     missing_inputs, write_workload
 
@@ -37,7 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-length", type=int,
                    help=f"default {MAX_LENGTH} (cpu, smoke: the package's), 2048 (gpu), 4096 with --max-batch")
     p.add_argument("--max-batch-limit", type=int, default=256, help="largest micro-batch tried (default 256)")
-    p.add_argument("--memory-cap-mib", type=float, help="treat more than this as out of memory (tests the search on CPU)")
+    p.add_argument("--memory-cap-mib", type=float, help="more than this is out of memory (the search on CPU)")
     p.add_argument("--search-seconds", type=float, help="stop each implementation's search after this long (partial)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="default benchmarks/results")
     p.add_argument("--tag", help="added to the output name")
@@ -61,8 +63,6 @@ def finish(a):
 
 def measured_peak(inline: bool) -> float:
     """The bf16 matmul TFLOP/s of this GPU, timed now (in a child process unless ``inline``)."""
-    from .measure import matmul_peak_tflops
-
     if inline:
         return matmul_peak_tflops()
     code = "from benchmarks.measure import matmul_peak_tflops; print(matmul_peak_tflops())"
@@ -97,9 +97,9 @@ def max_batch_summary(group: dict, args) -> dict:
     return {"shape": group["shape"]["name"], "tune": group["tune"], "vocab": group["model"]["vocab_size"],
             "max_length": args.max_length,
             "method": f"Micro-batches of the {group['shape']['name']} rows ({group['shape_text']}) at max_length "
-                      f"{args.max_length}: two training steps each (the second holds the optimizer state); 1, 2, 4, "
-                      f"... pairs up to {args.max_batch_limit}, then bisection between the largest fit and the smallest "
-                      f"out-of-memory; each out-of-memory is caught and its memory freed"
+                      f"{args.max_length}: two training steps each (the second holds the optimizer state); 1, 2, "
+                      f"4, ... pairs up to {args.max_batch_limit}, then bisection between the largest fit and the "
+                      f"smallest out-of-memory; each out-of-memory is caught and its memory freed"
                       + (f"; memory cap {args.memory_cap_mib:g} MiB (a stand-in for a smaller card)"
                          if args.memory_cap_mib else ""),
             "impls": {n: e["result"] for n, e in group["impls"].items()}}
@@ -163,12 +163,6 @@ def run_groups(args, full: dict, root: Path, peaks: dict) -> None:
                     group["impls"][impl_name] = run_one(args, impl_name, job, peaks)
                     report.add_ratios(group["impls"])
                     write(full, args, root, final=False)
-
-
-def run_job(job: dict) -> dict:
-    from .trainers import run_job
-
-    return run_job(job)
 
 
 def main(args) -> int:

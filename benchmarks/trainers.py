@@ -11,9 +11,13 @@ import json
 import time
 from pathlib import Path
 
+import peft
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+from merlina_orpo_plugin import MerlinaORPOTrainer
+from merlina_orpo_plugin import ORPOConfig as MerlinaConfig
 
 from .measure import MemoryCap, StepTimer, free
 from .workload import LORA, load_tokenizer, read_rows
@@ -109,12 +113,10 @@ def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: in
 
         cls = liger_trainer(job["liger_compiled"]) if impl == "trl_liger" else ORPOTrainer
         return cls(args=ORPOConfig(**kwargs, **orpo), **common)
-    from merlina_orpo_plugin import MerlinaORPOTrainer, ORPOConfig
-
     # TRL 1.9 cuts prompts only to fit max_length; ours also has max_prompt_length (by default half of
     # max_length): set so that no prompt of the workload is cut
     extra = dict(max_prompt_length=job["max_prompt_length"], **(SPEED_OFF if impl == "merlina_nospeed" else {}))
-    return MerlinaORPOTrainer(args=ORPOConfig(**kwargs, **orpo, **extra), **common)
+    return MerlinaORPOTrainer(args=MerlinaConfig(**kwargs, **orpo, **extra), **common)
 
 
 @functools.lru_cache(maxsize=4)
@@ -128,8 +130,6 @@ def load(job: dict):
     model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.bfloat16 if cuda else torch.float32)
     model = model.to("cuda") if cuda else model
     if job["tune"] == "lora":
-        import peft
-
         model = peft.get_peft_model(model, peft.LoraConfig(**LORA))
     return model, tokenizer_for(job["model_dir"])
 
