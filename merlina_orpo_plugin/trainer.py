@@ -159,12 +159,13 @@ class ORPOTrainerMixin(CheckpointStateMixin):
         step = orpo_objective(model, inputs, spec, facts=self._model_facts.of(model, chunked=chunk > 0),
                               scales=self._loss_scales(inputs, num_items_in_batch))
         loss, metrics = step.loss, batch_metrics(step)
+        outputs = trl_outputs(step) if return_outputs else None
         if self._beta_scheduled:
             metrics["beta"] = torch.full((), float(self.beta), device=loss.device)  # a fill, not a host copy
         self._orpo_metrics.add(self._orpo_mode, metrics)
         if self._orpo_mode == "train" and torch.is_grad_enabled():  # checked at the step's end (`nonfinite`)
             self._nonfinite.check_loss(loss, {k: metrics[k] for k in ("nll_loss", "or_loss")}, inputs)
-        return (loss, trl_outputs(step)) if return_outputs else loss
+        return (loss, outputs) if return_outputs else loss
 
     def _loss_scales(self, batch, num_items_in_batch):
         """``(nll_scale, or_scale)`` of this micro-batch (`accumulation.loss_scales`): its share of the

@@ -24,6 +24,7 @@ from merlina_orpo_plugin.batch.collator import ORPODataCollator
 from merlina_orpo_plugin.data import prepare_preference_dataset
 from merlina_orpo_plugin.compute.forward import ORPOForwardOutput
 from merlina_orpo_plugin.compute.objective import LossSpec, orpo_objective
+from merlina_orpo_plugin.model.adapter import find_model_facts
 from merlina_orpo_plugin.batch.packing import PADDED, BatchLayout
 
 VOCAB = 2048
@@ -70,7 +71,7 @@ def _run(model, features, *, layout=PADDED, loss_chunk_size=0, nll_include_promp
     model.zero_grad()
     # the trainer's loss outside an accumulation window: scales are the batch's token and pair means
     spec = LossSpec(0.1, nll_include_prompt, loss_chunk_size, fused=fused)
-    step = orpo_objective(model, batch, spec)
+    step = orpo_objective(model, batch, spec, facts=find_model_facts(model, chunked=loss_chunk_size > 0))
     step.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     scores = step.scores

@@ -1,7 +1,9 @@
 """One model forward over a collated ORPO batch, reduced per sequence: log-prob sums and token counts.
 
-No loss here: `compute.objective` turns these sums into the ORPO loss (`compute.losses`), or, in
-its fused mode, takes the model's pass (`run_model`) and scores it with the loss in the kernel.
+`run_model` runs the model (the attention inputs of the batch's layout; the decoder's final hidden
+states captured where the loss is chunked); `compute.head.score_pass` scores its pass. No loss here:
+`compute.objective` puts it together. `forward` / `concatenated_forward` are the two in one call,
+TRL's view of a forward.
 """
 
 from __future__ import annotations
@@ -10,46 +12,13 @@ from typing import NamedTuple
 
 import torch
 
-from . import losses as L
+from contextlib import contextmanager
+
 from .attention import build_attention_mask
 from ..batch.orpo_batch import ORPOBatch, as_batch
-from ..model.adapter import ModelFacts, capture_final_hidden, find_model_facts, score_hidden
-from .kernels import score_logits
-
-
-class SequenceScores(NamedTuple):
-    """What `forward` returns: the batch's model output reduced per sequence, no loss.
-
-    ``logp_sums``/``token_counts``: ``[3, B]`` summed log-probs and scored tokens of the chosen
-    completions (row 0), the rejected ones (row 1) and the prompts (row 2; 0 where the NLL leaves
-    them out), float32, on the head's device (`losses.orpo_terms` takes them as they are).
-    ``logits_mean``: ``[2, B]`` mean logit over the vocabulary and the positions that predict each
-    chosen / rejected completion, for the ``logits/*`` metrics.
-    ``aux_loss``: the MoE router load-balancing loss, or None.
-    ``processed_tokens``/``unique_tokens``: positions the model ran (padding included, an int known
-    from the shape) and the batch's distinct tokens (each prompt once + chosen + rejected, a tensor
-    on the batch's device, so reading it never waits for the GPU).
-    """
-
-    logp_sums: torch.Tensor
-    token_counts: torch.Tensor
-    logits_mean: torch.Tensor
-    aux_loss: torch.Tensor | None
-    processed_tokens: int
-    unique_tokens: torch.Tensor | int
-
-    @property
-    def nll_sum(self) -> torch.Tensor:
-        """The NLL numerator: minus the log-prob sum of the chosen completions and counted prompts."""
-        return -(self.logp_sums[0].sum() + self.logp_sums[2].sum())
-
-    @property
-    def nll_tokens(self) -> torch.Tensor:
-        return self.token_counts[0].sum() + self.token_counts[2].sum()
-
-    def detached(self) -> "SequenceScores":
-        aux = None if self.aux_loss is None else self.aux_loss.detach()
-        return self._replace(logp_sums=self.logp_sums.detach(), logits_mean=self.logits_mean.detach(), aux_loss=aux)
+from ..model.adapter import ModelFacts, find_model_facts
+from .head import score_pass
+from .losses import SequenceScores, sequence_scores
 
 
 class ORPOForwardOutput(NamedTuple):
@@ -97,7 +66,7 @@ def forward(
 
     ``batch`` is `ORPODataCollator`'s output in any of its layouts (or a dict in its shape, `as_batch`).
     ``loss_chunk_size`` > 0 computes the log-probs from the hidden states that many tokens at a time
-    (`model.adapter.score_hidden`).
+    (`compute.head.score_hidden`).
     ``facts``: ``model``'s `model.adapter.ModelFacts` (found with ``chunked`` as ``loss_chunk_size`` > 0),
     as the trainer keeps them for the run; None finds them here, for this call.
     """
@@ -106,11 +75,8 @@ def forward(
         facts = find_model_facts(model, chunked=loss_chunk_size > 0)
     run = run_model(model, batch, facts=facts, chunked=loss_chunk_size > 0, nll_include_prompt=nll_include_prompt,
                     output_router_logits=output_router_logits)
-    if loss_chunk_size > 0:
-        token_logps, logit_means = score_hidden(facts, run.output, run.index, run.targets, loss_chunk_size)
-    else:
-        token_logps, logit_means = score_logits(run.output, run.index, run.targets)
-    return sequence_scores(batch, token_logps, logit_means, run.owner, run.aux_loss)
+    tokens = score_pass(batch, run, facts, loss_chunk_size)
+    return sequence_scores(batch, tokens.token_logps, tokens.logit_means, tokens.owner, run.aux_loss)
 
 
 def concatenated_forward(model: torch.nn.Module, batch: ORPOBatch | dict, **options) -> ORPOForwardOutput:
@@ -141,23 +107,19 @@ def run_model(model, batch: ORPOBatch | dict, *, facts: ModelFacts, chunked: boo
     return ModelPass(output, index.to(device), targets.to(device), owner.to(device), aux_loss)
 
 
-def sequence_scores(batch: ORPOBatch, token_logps, logit_means, owner, aux_loss) -> SequenceScores:
-    """Per-token log-probs and mean logits of the scored tokens summed per sequence (`SequenceScores`)."""
-    # Everything here lives where the log-probs are: under a device map the head's device, which
-    # need not be the device the batch was put on.
-    num_pairs = batch["pair_lengths"].shape[0]
-    owner = owner.to(token_logps.device)
-    owners = 3 * num_pairs  # chosen i, rejected B + i, prompt 2B + i
-    sums = L.sequence_sums(token_logps, owner, owners)
-    counts = L.sequence_sums(torch.ones_like(token_logps), owner, owners)
-    logit_sums = L.sequence_sums(logit_means, owner, owners)
-    completions = slice(0, 2 * num_pairs)
-    logits_mean = logit_sums[completions] / counts[completions].clamp(min=1)
-    processed = batch["input_ids"].numel()
-    if "decoder_input_ids" in batch:
-        processed += batch["decoder_input_ids"].numel()
-    return SequenceScores(sums.view(3, num_pairs), counts.view(3, num_pairs), logits_mean.view(2, num_pairs), aux_loss,
-                          processed, batch["pair_lengths"].sum())
+@contextmanager
+def capture_final_hidden(facts: ModelFacts):
+    """Yield a dict whose ``"hidden"`` is the decoder's last hidden state after the forward."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _args, output):
+        store["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    handle = facts.decoder.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
 
 
 def scored_tokens(batch: ORPOBatch, nll_include_prompt: bool = True):

@@ -15,17 +15,21 @@ function here works on *mean* completion log-probs ``c = log P(y_w|x)``, ``r = l
 ``lambda`` is called ``beta`` (TRL's and Axolotl's name; Axolotl also reads ``orpo_alpha``).
 
 Nothing here touches trainer state, devices or ``.item()``: per-example values are returned and the
-caller reduces them. `orpo_terms` is the loss of a micro-batch (or of a chunk of whole pairs) from its
-per-sequence log-prob sums; `compute.objective` calls it in both of its modes.
+caller reduces them. `sequence_scores` sums the scored tokens' log-probs per sequence (`SequenceScores`);
+`orpo_terms` is the loss of a micro-batch (or of a chunk of whole pairs) from those sums;
+`compute.objective` calls both, in both of its modes.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..batch.orpo_batch import ORPOBatch
 
 IGNORE_INDEX = -100
 _LN_HALF = -math.log(2.0)
@@ -188,6 +192,60 @@ def orpo_terms(
     loss = orpo_loss(nll_term, or_losses, or_scale)
     return ORPOTerms(loss, nll_term, or_term, chosen, rejected, or_losses, chosen_rewards, rejected_rewards, ratio,
                      log_odds)
+
+
+class SequenceScores(NamedTuple):
+    """The batch's model output reduced per sequence, no loss (what `score_pass` returns).
+
+    ``logp_sums``/``token_counts``: ``[3, B]`` summed log-probs and scored tokens of the chosen
+    completions (row 0), the rejected ones (row 1) and the prompts (row 2; 0 where the NLL leaves
+    them out), float32, on the head's device (`losses.orpo_terms` takes them as they are).
+    ``logits_mean``: ``[2, B]`` mean logit over the vocabulary and the positions that predict each
+    chosen / rejected completion, for the ``logits/*`` metrics.
+    ``aux_loss``: the MoE router load-balancing loss, or None.
+    ``processed_tokens``/``unique_tokens``: positions the model ran (padding included, an int known
+    from the shape) and the batch's distinct tokens (each prompt once + chosen + rejected, a tensor
+    on the batch's device, so reading it never waits for the GPU).
+    """
+
+    logp_sums: torch.Tensor
+    token_counts: torch.Tensor
+    logits_mean: torch.Tensor
+    aux_loss: torch.Tensor | None
+    processed_tokens: int
+    unique_tokens: torch.Tensor | int
+
+    @property
+    def nll_sum(self) -> torch.Tensor:
+        """The NLL numerator: minus the log-prob sum of the chosen completions and counted prompts."""
+        return -(self.logp_sums[0].sum() + self.logp_sums[2].sum())
+
+    @property
+    def nll_tokens(self) -> torch.Tensor:
+        return self.token_counts[0].sum() + self.token_counts[2].sum()
+
+    def detached(self) -> "SequenceScores":
+        aux = None if self.aux_loss is None else self.aux_loss.detach()
+        return self._replace(logp_sums=self.logp_sums.detach(), logits_mean=self.logits_mean.detach(), aux_loss=aux)
+
+
+def sequence_scores(batch: ORPOBatch, token_logps, logit_means, owner, aux_loss) -> SequenceScores:
+    """Per-token log-probs and mean logits of the scored tokens summed per sequence (`SequenceScores`)."""
+    # Everything here lives where the log-probs are: under a device map the head's device, which
+    # need not be the device the batch was put on.
+    num_pairs = batch["pair_lengths"].shape[0]
+    owner = owner.to(token_logps.device)
+    owners = 3 * num_pairs  # chosen i, rejected B + i, prompt 2B + i
+    sums = sequence_sums(token_logps, owner, owners)
+    counts = sequence_sums(torch.ones_like(token_logps), owner, owners)
+    logit_sums = sequence_sums(logit_means, owner, owners)
+    completions = slice(0, 2 * num_pairs)
+    logits_mean = logit_sums[completions] / counts[completions].clamp(min=1)
+    processed = batch["input_ids"].numel()
+    if "decoder_input_ids" in batch:
+        processed += batch["decoder_input_ids"].numel()
+    return SequenceScores(sums.view(3, num_pairs), counts.view(3, num_pairs), logits_mean.view(2, num_pairs), aux_loss,
+                          processed, batch["pair_lengths"].sum())
 
 
 def sequence_sums(values: torch.Tensor, owner: torch.Tensor, num_sequences: int) -> torch.Tensor:

@@ -6,23 +6,20 @@ unwraps DDP / DeepSpeed / PEFT wrappers, finds the LM head (called as a module, 
 tied embeddings and DeepSpeed ZeRO-3's gathering on module calls apply; under FSDP2 and ZeRO-3
 `head_sharding` gathers what the module hooks do not, calls a head that is an FSDP2 unit without that
 unit's hooks and keeps every rank's head calls equal in number), reproduces the logit
-post-processing the model applies after its head, captures the decoder's final hidden states, and
-says why the chunked loss cannot run on a model. The kernels it feeds (`compute.kernels`) take tensors and
-a head module only.
+post-processing the model applies after its head, and says why the chunked loss cannot run on a
+model. Nothing here runs the model or a kernel: `compute.forward` and `compute.head` read the facts.
 """
 
 from __future__ import annotations
 
 import inspect
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from ..compute.kernels import chunked_token_logps, fused_chunk_loss
-from .head_sharding import HeadSharding, equal_chunk_count, find_head_sharding, whole_head
+from .head_sharding import HeadSharding, find_head_sharding
 
 # Config keys about logits that `logit_postprocess` reproduces, or that concern attention, not the head.
 _HANDLED_LOGIT_KEYS = {"final_logit_softcapping", "logit_scale", "logits_scaling", "attn_logit_softcapping"}
@@ -152,52 +149,3 @@ class ModelFactsCache:
 
     def clear(self) -> None:
         self._facts = []
-
-
-@contextmanager
-def capture_final_hidden(facts: ModelFacts):
-    """Yield a dict whose ``"hidden"`` is the decoder's last hidden state after the forward."""
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_module, _args, output):
-        store["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-
-    handle = facts.decoder.register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
-def score_hidden(
-    facts: ModelFacts,
-    hidden: torch.Tensor,
-    index: torch.Tensor,
-    targets: torch.Tensor,
-    chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log p(target), mean logit)`` per scored token, from ``[R, W, H]`` hidden states of the model.
-
-    ``index`` picks the predicting rows (flat into ``R * W``); the head runs ``chunk_size`` of them at a time.
-    """
-    sharding = facts.sharding
-    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
-    num_chunks = equal_chunk_count(sharding, selected.shape[0], chunk_size, selected.device)
-    recompute = facts.head_trained if sharding.gradients_in_forward_allowed else True
-    with whole_head(sharding, backward_follows=torch.is_grad_enabled() and hidden.requires_grad) as call:
-        return chunked_token_logps(call, selected, targets, chunk_size, facts.postprocess, recompute, num_chunks)
-
-
-def fused_head_applies(facts: ModelFacts, hidden: torch.Tensor) -> bool:
-    """Whether `score_hidden_fused` can take the loss's gradients in the forward: training a head whose
-    weights are whole on this process (a frozen head needs no fusing; FSDP2 / ZeRO-3 shard them)."""
-    if not (torch.is_grad_enabled() and hidden.requires_grad):
-        return False
-    return facts.head_trained and not facts.sharding.sharded
-
-
-def score_hidden_fused(facts: ModelFacts, hidden, index, targets, bounds, chunk_loss):
-    """`score_hidden` with the loss summed over chunks of whole pairs (`compute.kernels.fused_chunk_loss`):
-    ``(loss, detached log p(target), mean logit)``."""
-    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
-    return fused_chunk_loss(facts.head, selected, targets, bounds, chunk_loss, facts.postprocess, facts.head_params)

@@ -1,6 +1,6 @@
 """The chunked loss under FSDP2 and DeepSpeed ZeRO-3: whole weights for the head, the same collectives on every rank.
 
-The chunked loss calls the LM head after the model's forward has returned (`model.adapter.score_hidden`).
+The chunked loss calls the LM head after the model's forward has returned (`compute.head.score_hidden`).
 Three things then go wrong under parameter sharding, and this module fixes them:
 
 * FSDP2 (`fully_shard`, what accelerate and Axolotl apply for `fsdp_version: 2`) wraps the
