@@ -1,7 +1,5 @@
-"""The Axolotl plugin that times training inside the process ``axolotl train`` launches (its YAML:
-`impls.write_config`). Listed under ``plugins:`` (repository root on PYTHONPATH), it reads the job file
-named by ``MERLINA_BENCH_JOB`` (without it, it does nothing), adds a `measure.StepTimer` and makes the
-sampler sequential, so every implementation trains on the same rows in the same order."""
+"""Axolotl plugin: inside ``axolotl train``, the job file ``$MERLINA_BENCH_JOB`` names a `StepTimer` and a
+sequential sampler (without it, it does nothing)."""
 
 from __future__ import annotations
 
@@ -13,32 +11,24 @@ from axolotl.integrations.base import BasePlugin
 
 from .measure import StepTimer
 
-JOB_ENV = "MERLINA_BENCH_JOB"
-
-
-def _job() -> dict | None:
-    path = os.environ.get(JOB_ENV)
-    return json.loads(Path(path).read_text()) if path else None
-
 
 class BenchTimingPlugin(BasePlugin):
     def __init__(self):
         super().__init__()
-        self.timer = None
+        path = os.environ.get("MERLINA_BENCH_JOB")
+        self.job, self.timer = json.loads(Path(path).read_text()) if path else None, None
 
-    def get_training_args(self, cfg):
-        # applied last by both trainer builders: a sequential sampler for the built-in `rl: orpo` trainer
-        # (TRL's, which ignores `curriculum_sampling`) and for the plugin's trainer
-        return None if _job() is None else {"train_sampling_strategy": "sequential"}
+    def get_training_args(self, cfg):  # both trainer builders apply it last (TRL's ignores curriculum_sampling)
+        return None if self.job is None else {"train_sampling_strategy": "sequential"}
 
     def add_callbacks_pre_trainer(self, cfg, model):
-        job = _job()
-        if job is None:
+        if self.job is None:
             return []
-        self.timer = StepTimer(job["warmup"], job["steps"], job["result_path"], extra={"impl": job["impl"]})
+        self.timer = StepTimer(self.job["warmup"], self.job["steps"], self.job["result_path"],
+                               extra={"impl": self.job["impl"]})
         return [self.timer]
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         if self.timer is not None:
-            self.timer.attach(trainer, _job()["micro_batch"])
+            self.timer.attach(trainer, self.job["micro_batch"])
         return []

@@ -1,6 +1,5 @@
-"""The ORPO loss alone, ours (`merlina_orpo_plugin.compute`) against TRL 1.9's (a trainer stub, no
-``__init__``): ``loss-memory`` (peak memory of hidden states -> head -> loss, each side in a fresh process),
-``loss-step`` (step time of the ways our chunked loss runs), and the loss paths `gpu_check` compares."""
+"""The ORPO loss alone, ours against TRL 1.9's: ``loss-memory``, ``loss-step`` and the paths `gpu_check` compares
+("The loss alone" in README.md here)."""
 
 from __future__ import annotations
 
@@ -89,11 +88,9 @@ def trl_loss(trainer, model, batch):
 
 
 def memory_arguments(p) -> None:
-    p.add_argument("--vocab", type=int, default=128256)
-    p.add_argument("--tokens", type=int, default=1024, help="tokens per sequence")
-    p.add_argument("--pairs", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--chunk-size", type=int, default=CHUNK, help=f"default {CHUNK}, the package's loss_chunk_size")
+    for flag, default in (("--vocab", 128256), ("--tokens", 1024), ("--pairs", 2), ("--hidden", 1024),
+                          ("--chunk-size", CHUNK)):
+        p.add_argument(flag, type=int, default=default, help="default %(default)s")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--frozen-head", action="store_true", help="head weight without gradient (LoRA / QLoRA)")
@@ -101,27 +98,24 @@ def memory_arguments(p) -> None:
 
 
 def _trl_side(s, hidden, head, input_ids, half):
+    """TRL's `ORPOTrainer` loss path on full logits (its NLL, logps, odds ratio and ``logits/*`` means)."""
     from trl.experimental.orpo import ORPOTrainer
 
     B, V = s.pairs, s.vocab
     labels = input_ids.clone()
-    labels[:, :half] = -100  # concatenated_labels: prompt masked
+    labels[:, :half] = -100
     logits = head(hidden)
-    # TRL's cross_entropy_loss closure: chosen rows, every real token (no padding here)
     nll = torch.nn.CrossEntropyLoss()(logits[:B, :-1, :].contiguous().view(-1, V),
                                       input_ids[:B, 1:].contiguous().view(-1))
     all_logps = ORPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
     losses, *_ = trl_trainer(hidden.device).odds_ratio_loss(all_logps[:B], all_logps[B:])
-    _ = logits[:B, :-1, :].detach().mean(), logits[B:, :-1, :].detach().mean()  # logits/chosen, logits/rejected
+    _ = logits[:B, :-1, :].detach().mean(), logits[B:, :-1, :].detach().mean()
     return nll - losses.mean()
 
 
 def _ours_side(s, hidden, head, input_ids, half, chunk_size, fused):
-    """``fused``: the loss summed over chunks of whole pairs by `fused_chunk_loss` (what the trainer runs for a
-    trained head; each pair's chosen and rejected rows one chunk); else `chunked_token_logps` as `score_hidden`
-    runs it (scored positions selected, the head chunk by chunk), or the full ``[R, T, V]`` logits (chunk 0)."""
+    """Our loss: fused over whole pairs, chunked as `score_hidden` runs it, or from full logits (chunk 0)."""
     B, (rows, T, _) = s.pairs, hidden.shape
-    # every position but the last predicts the next token; fused: rows chosen 0, rejected 0, chosen 1, ...
     order = torch.arange(rows, device=hidden.device)
     order = order.view(2, B).t().reshape(-1) if fused else order
     index = (order[:, None] * T + torch.arange(T - 1, device=hidden.device)).reshape(-1)
@@ -140,14 +134,15 @@ def _ours_side(s, hidden, head, input_ids, half, chunk_size, fused):
             return fused_chunk_loss(head, selected, targets, bounds, chunk_loss)[0]
         logps = chunked_token_logps(head, selected, targets, chunk_size)[0]
     logps = logps.view(rows, T - 1)
-    sequence_logps = logps[:, half - 1 :].mean(-1)  # positions predicting the answer tokens
+    sequence_logps = logps[:, half - 1 :].mean(-1)
     losses, *_ = odds_ratio_loss(sequence_logps[:B], sequence_logps[B:], BETA)
     return -logps[:B].mean() - losses.mean()
 
 
-def measure_side(s) -> dict:
+def run_job(job: dict) -> dict:
     """One side's loss + backward on seeded inputs, its peak memory growth and time."""
-    if s.side == "trl":  # import now: a first import inside the measured region would count the module's memory
+    s = argparse.Namespace(**job)
+    if s.side == "trl":  # imported before the measured region
         import trl.experimental.orpo  # noqa: F401
     torch.manual_seed(0)
     device, dtype, rows, half = torch.device(s.device), getattr(torch, s.dtype), 2 * s.pairs, s.tokens // 2
@@ -167,10 +162,6 @@ def measure_side(s) -> dict:
     out = {"side": s.side, "loss": loss.item(), "seconds": m.seconds, "peak_delta_bytes": m.bytes,
            "grad_norm_hidden": hidden.grad.norm().item()}
     return out if s.device == "cuda" else {**out, "peak_reset": m.reset}
-
-
-def run_job(job: dict) -> dict:
-    return measure_side(argparse.Namespace(**job))
 
 
 def memory_markdown(result: dict) -> str:
@@ -194,13 +185,11 @@ def memory_markdown(result: dict) -> str:
 
 
 def memory_main(args) -> int:
-    """Peak memory of the ORPO loss alone (hidden states -> LM head -> loss, forward + backward): TRL 1.9's
-    full logits against ours, chunked, fused and unchunked, each side in a fresh process ("The loss alone"
-    in README.md here)."""
+    """Peak memory of the ORPO loss alone, TRL's full logits against ours, each side in a fresh process."""
     settings, sides = {k: getattr(args, k) for k in (*SIZE, "frozen_head")}, {}
     with tempfile.TemporaryDirectory(prefix="loss-memory-") as tmp:
         for side in SIDES:
-            if side == "ours-fused" and args.frozen_head:  # the trainer fuses the loss only for a trained head
+            if side == "ours-fused" and args.frozen_head:  # fused only for a trained head
                 continue
             sides[side] = spawn(dict(settings, subcommand="loss-memory", side=side, work_dir=f"{tmp}/{side}",
                                      result_path=f"{tmp}/{side}/result.json"), timeout=3600)
@@ -211,16 +200,12 @@ def memory_main(args) -> int:
 
 def step_arguments(p) -> None:
     p.add_argument("--tune", choices=("lora", "full"), default="lora")
-    p.add_argument("--vocab", type=int, default=49152)
-    p.add_argument("--prompt", type=int, default=320)
-    p.add_argument("--answer", type=int, default=40)
-    p.add_argument("--steps", type=int, default=5)
+    for flag, default in (("--vocab", 49152), ("--prompt", 320), ("--answer", 40), ("--steps", 5)):
+        p.add_argument(flag, type=int, default=default, help="default %(default)s")
 
 
 def step_main(args) -> int:
-    """Step time of the ways the chunked loss runs (``default``: what the trainer runs, ``checkpointed``,
-    ``unchunked``) for a frozen head (LoRA) or a trained one (full fine-tune), interleaved step by step, with
-    each way's peak memory growth; one line of JSON ("The loss alone" in README.md here)."""
+    """Step time and peak growth of the ways our chunked loss runs, interleaved step by step; one line of JSON."""
     torch.manual_seed(0)
     model = LlamaForCausalLM(llama_config("cpu", args.vocab))
     if args.tune == "lora":

@@ -1,7 +1,5 @@
-"""``python -m benchmarks train``: one ORPO workload through every implementation, shape, tuning and
-device; or, with ``--max-batch``, the largest micro-batch each fits. Writes ``<out>/<name>.{json,md}``
-(name: the machine, then ``-smoke``, ``-max-batch`` and ``--tag`` where given) after every configuration
-and prints the Markdown; exit status 1 when a configuration that could run failed."""
+"""One ORPO workload through every implementation, shape, tuning and device (or, with ``--max-batch``, the largest
+micro-batch each fits), written after every configuration; exit status 1 when a configuration failed."""
 
 from __future__ import annotations
 
@@ -31,10 +29,8 @@ def add_arguments(p) -> None:
     p.add_argument("--vocabs", nargs="+", type=int, help="default: 49,152 (smoke, cpu), 128,256 (gpu)")
     p.add_argument("--steps", type=int, help="timed steps (default 6; smoke 2; cuda 8)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default 2; smoke 1; cuda 3)")
-    p.add_argument("--isolation", choices=("process", "inline"), default="process",
-                   help="a fresh process per configuration (default), or all in this one")
-    p.add_argument("--liger-compiled", choices=("auto", "on", "off"), default="auto",
-                   help="LigerFusedLinearORPOLoss(compiled=...): auto = on for CUDA, off on CPU")
+    p.add_argument("--isolation", choices=("process", "inline"), default="process", help="a process per configuration")
+    p.add_argument("--liger-compiled", choices=("auto", "on", "off"), default="auto", help="auto: on for CUDA only")
     p.add_argument("--max-batch", action="store_true", help="find the largest micro-batch (pairs) per implementation")
     p.add_argument("--max-length", type=int,
                    help=f"default {MAX_LENGTH} (cpu, smoke: the package's), 2048 (gpu), 4096 with --max-batch")
@@ -47,34 +43,9 @@ def add_arguments(p) -> None:
     p.add_argument("--keep", action="store_true", help="keep the temporary models, data and logs")
 
 
-def finish(a):
-    """The defaults that depend on the device, the scale and the mode."""
-    cuda = a.device == "cuda"
-    a.scale = a.scale or ("smoke" if a.smoke else "gpu" if cuda else "cpu")
-    a.shapes = a.shapes or (["long-prompt"] if a.max_batch else list(SHAPES))
-    a.impls = a.impls or [n for n in IMPLS if not (a.max_batch and IMPLS[n].kind == "axolotl")]
-    a.vocabs = a.vocabs or list(DEFAULT_VOCABS[a.scale])
-    a.steps = a.steps or (2 if a.smoke else 8 if cuda else 6)
-    a.warmup = a.warmup if a.warmup is not None else (1 if a.smoke else 3 if cuda else 2)
-    a.max_length = a.max_length or (4096 if a.max_batch else 2048 if a.scale == "gpu" else MAX_LENGTH)
-    a.liger_compiled = cuda if a.liger_compiled == "auto" else a.liger_compiled == "on"
-    return a
-
-
-def measured_peak(inline: bool) -> float:
-    """The bf16 matmul TFLOP/s of this GPU, timed now (in a child process unless ``inline``)."""
-    if inline:
-        return matmul_peak_tflops()
-    code = "from benchmarks.measure import matmul_peak_tflops; print(matmul_peak_tflops())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def notes(groups: list[dict]) -> list[str]:
-    out = ["Same texts everywhere, no chat template. The Axolotl runs use the real `axolotl train config.yml` "
-           "(accelerate launcher): `rl: orpo` gets the JSONL entry with no `type` (Axolotl hands the strings to "
-           "TRL's trainer), `rl: orpo_standalone` uses `type: prompt_pairs`; the timing callback is the Axolotl "
-           "plugin `benchmarks.axolotl_timing.BenchTimingPlugin`, which also makes the sampler sequential."]
+    out = ["Same texts everywhere, no chat template; the Axolotl runs are the real `axolotl train config.yml` "
+           "(README.md here: how each recipe reads the rows and is timed)."]
     for group in groups:
         for name, entry in group["impls"].items():
             trainer = entry["result"].get("trainer") or {}
@@ -93,23 +64,17 @@ def notes(groups: list[dict]) -> list[str]:
     return out
 
 
-def max_batch_summary(group: dict, args) -> dict:
-    return {"shape": group["shape"]["name"], "tune": group["tune"], "vocab": group["model"]["vocab_size"],
-            "max_length": args.max_length,
-            "method": f"Micro-batches of the {group['shape']['name']} rows ({group['shape_text']}) at max_length "
-                      f"{args.max_length}: two training steps each (the second holds the optimizer state); 1, 2, "
-                      f"4, ... pairs up to {args.max_batch_limit}, then bisection between the largest fit and the "
-                      f"smallest out-of-memory; each out-of-memory is caught and its memory freed"
-                      + (f"; memory cap {args.memory_cap_mib:g} MiB (a stand-in for a smaller card)"
-                         if args.memory_cap_mib else ""),
-            "impls": {n: e["result"] for n, e in group["impls"].items()}}
-
-
 def write(full: dict, args, root: Path, final: bool) -> None:
     """Write the JSON and Markdown (after every configuration, so a run cut short keeps what it measured)."""
     out = dict(full, groups=[] if args.max_batch else full["groups"], notes=notes(full["groups"]), complete=final)
+    cap = f"; memory cap {args.memory_cap_mib:g} MiB (a stand-in for a smaller card)" if args.memory_cap_mib else ""
     if args.max_batch:
-        out["max_batch"] = [max_batch_summary(g, args) for g in full["groups"]]
+        out["max_batch"] = [{"shape": g["shape"]["name"], "tune": g["tune"], "vocab": g["model"]["vocab_size"],
+                             "max_length": args.max_length,
+                             "method": f"Micro-batches of the {g['shape']['name']} rows ({g['shape_text']}) at "
+                                       f"max_length {args.max_length}, two training steps each: 1, 2, 4, ... pairs up "
+                                       f"to {args.max_batch_limit}, then bisection; each out-of-memory freed{cap}",
+                             "impls": {n: e["result"] for n, e in g["impls"].items()}} for g in full["groups"]]
     out = report.scrub(out, {str(root): "<work>"})
     text = report.markdown(out)
     report.write_result(args.out / full["name"], out, text)
@@ -166,7 +131,15 @@ def run_groups(args, full: dict, root: Path, peaks: dict) -> None:
 
 
 def main(args) -> int:
-    args = finish(args)
+    cuda = args.device == "cuda"
+    args.scale = args.scale or ("smoke" if args.smoke else "gpu" if cuda else "cpu")
+    args.shapes = args.shapes or (["long-prompt"] if args.max_batch else list(SHAPES))
+    args.impls = args.impls or [n for n in IMPLS if not (args.max_batch and IMPLS[n].kind == "axolotl")]
+    args.vocabs = args.vocabs or list(DEFAULT_VOCABS[args.scale])
+    args.steps = args.steps or (2 if args.smoke else 8 if cuda else 6)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3 if cuda else 2)
+    args.max_length = args.max_length or (4096 if args.max_batch else 2048 if args.scale == "gpu" else MAX_LENGTH)
+    args.liger_compiled = cuda if args.liger_compiled == "auto" else args.liger_compiled == "on"
     missing = missing_inputs()
     if missing:
         print("benchmark inputs are absent: " + "; ".join(missing))
@@ -179,8 +152,11 @@ def main(args) -> int:
                     max_prompt_length=args.max_length * 7 // 8, seed=0, isolation=args.isolation,
                     liger_compiled=args.liger_compiled, cpu_threads=cpu_threads() if args.device == "cpu" else None)
     peaks = {}
-    if args.device == "cuda" and not args.max_batch:
-        peaks = {"measured": measured_peak(args.isolation == "inline"), "nominal": NOMINAL_TFLOPS}
+    if cuda and not args.max_batch:  # the bf16 matmul peak, timed now (in a child process unless inline)
+        code = "from benchmarks.measure import matmul_peak_tflops; print(matmul_peak_tflops())"
+        measured = matmul_peak_tflops() if args.isolation == "inline" else float(subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout.split()[-1])
+        peaks = {"measured": measured, "nominal": NOMINAL_TFLOPS}
         print(f"bf16 matmul peak: {peaks['measured']:.0f} TFLOP/s measured", flush=True)
     full = {"name": name, "settings": settings, "environment": report.environment(args.device), "peaks_tflops": peaks,
             "groups": []}

@@ -1,7 +1,4 @@
-"""One configuration of a Python-driven implementation (`impls.IMPLS`): load the model, build the trainer,
-and either time warm-up + timed steps (``job["mode"] == "time"``, `measure.StepTimer`) or find the largest
-micro-batch that trains two steps (``"max_batch"``: doubling, then bisection, each out-of-memory caught and
-freed). In the caller's process or a fresh one (``python -m benchmarks train --job JOB.json``)."""
+"""One configuration of a Python-driven implementation: timed steps, or the largest micro-batch that fits."""
 
 from __future__ import annotations
 
@@ -9,6 +6,7 @@ import functools
 import gc
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import peft
@@ -22,7 +20,6 @@ from merlina_orpo_plugin import ORPOConfig as MerlinaConfig
 from .measure import MemoryCap, StepTimer, free
 from .workload import LORA, load_tokenizer, read_rows
 
-#: ORPOConfig kwargs that turn our speed features off ("merlina_nospeed").
 SPEED_OFF = {"prefix_sharing": False, "padding_free": False, "loss_chunk_size": 0}
 
 
@@ -40,19 +37,18 @@ def training_kwargs(job: dict, micro_batch: int, max_steps: int) -> dict:
 
 
 def causal_lm_rows(tokenizer, rows: list[dict]) -> list[dict]:
-    """One row per pair: BOS + prompt + chosen + EOS + rejected + EOS, the tokens the ORPO trainers count
-    as the pair's unique tokens (they add BOS to the prompt and EOS to each answer)."""
+    """One row per pair: BOS + prompt + chosen + EOS + rejected + EOS, the pair's unique tokens."""
     bos, eos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id], [tokenizer.eos_token_id]
     ids = [[tokenizer(row[k], add_special_tokens=False)["input_ids"] for k in ("prompt", "chosen", "rejected")]
            for row in rows]
     return [{"input_ids": bos + prompt + chosen + eos + rejected + eos} for prompt, chosen, rejected in ids]
 
 
+@dataclass
 class CausalLMCollator:
-    """Right-pads ``input_ids``; labels are the ids, -100 on padding (the model's own shifted loss)."""
+    """Right-pads ``input_ids``; labels are the ids, -100 on padding."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad = pad_token_id
+    pad: int
 
     def __call__(self, rows):
         width = max(len(r["input_ids"]) for r in rows)
@@ -64,10 +60,7 @@ class CausalLMCollator:
 
 
 def liger_trainer(compiled: bool):
-    """The peer to beat: TRL 1.9's ORPO trainer with Liger-Kernel's fused linear ORPO loss. Liger's own
-    ``LigerORPOTrainer`` does not run with TRL 1.9 (it imports the removed ``trl.trainer.ORPOTrainer`` and
-    passes a removed argument), so this is Liger 0.8.1's trainer body on ``trl.experimental.orpo``'s trainer,
-    the decoder run for the last hidden states, no FSDP redirection; ``compiled``: Liger's default is True."""
+    """Liger 0.8.1's ``LigerORPOTrainer`` body on TRL 1.9's trainer (README.md here: why not Liger's own)."""
     from liger_kernel.chunked_loss import LigerFusedLinearORPOLoss
     from trl.experimental.orpo import ORPOTrainer
 
@@ -113,8 +106,6 @@ def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: in
 
         cls = liger_trainer(job["liger_compiled"]) if impl == "trl_liger" else ORPOTrainer
         return cls(args=ORPOConfig(**kwargs, **orpo), **common)
-    # TRL 1.9 cuts prompts only to fit max_length; ours also has max_prompt_length (by default half of
-    # max_length): set so that no prompt of the workload is cut
     extra = dict(max_prompt_length=job["max_prompt_length"], **(SPEED_OFF if impl == "merlina_nospeed" else {}))
     return MerlinaORPOTrainer(args=MerlinaConfig(**kwargs, **orpo, **extra), **common)
 
@@ -155,7 +146,6 @@ def fits(job: dict, model, tokenizer, rows: list[dict], pairs: int) -> dict:
         build_trainer(job, model, tokenizer, [rows[i % len(rows)] for i in range(2 * pairs)], pairs, 2, [watch]).train()
     except torch.OutOfMemoryError as error:
         trial.update(fits=False, error=str(error).splitlines()[0][:200])
-    # the trainer, its optimizer state and the failed step's tensors go before the next try
     model.zero_grad(set_to_none=True)
     gc.collect()
     free()
@@ -163,8 +153,7 @@ def fits(job: dict, model, tokenizer, rows: list[dict], pairs: int) -> dict:
 
 
 def max_batch(job: dict) -> dict:
-    """Largest micro-batch (pairs) in [1, job["max_batch_limit"]] that fits: double from 1, then bisect;
-    stopped early (``complete`` false) once ``job["search_seconds"]`` have passed."""
+    """Largest micro-batch in [1, max_batch_limit] that fits: double, then bisect, within search_seconds."""
     model, tokenizer = load(job)
     rows, limit = read_rows(job["data_path"]), job["max_batch_limit"]
     trials, fit, fail, stopped, pairs, start = [], 0, None, None, 1, time.perf_counter()

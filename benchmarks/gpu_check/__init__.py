@@ -1,7 +1,5 @@
-"""``gpu-check``: correctness on the card ("On a GPU" in README.md here): 1. the layouts' float32 equivalence
-with TRL's padded layout (`equivalence`), 2. the loss alone (`benchmarks.loss`), ``--trainer``: `trainer_check`.
-Writes ``<out>/<machine>-gpu-check[-quick].{json,md}`` (``-trainer-check`` for ``--trainer`` alone) after
-every measurement; ``<out>``: ``--out``, else ``$OUT``, else ``benchmarks/results``."""
+"""Correctness on the card: 1. layout equivalence, 2. the loss alone, ``--trainer`` ("On a GPU" in README.md here);
+results written after every measurement."""
 
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..loss import SIDES, measure_side
+from ..loss import SIDES, run_job
 from ..measure import free
 from ..report import environment, fmt, machine_slug, scrub, table, write_result
 from ..workload import CHUNK, REPO
@@ -69,11 +67,10 @@ def add_arguments(p) -> None:
 
 
 def section2(check: Check) -> None:
-    """The loss alone, each side in this process (GPU peaks per side: ``max_memory_allocated`` reset before each)."""
+    """The loss alone, each side in this process."""
     res, cuda = check.results["section2"], check.args.device == "cuda"
     size = dict(vocab=32000, tokens=256, pairs=2, hidden=256) if check.args.quick else dict(
         vocab=128256, tokens=1024, pairs=2, hidden=2048)
-    # CPU bf16 matmuls are slow, and CPU only checks the math here
     setup = dict(size, chunk_size=CHUNK, device=check.args.device, dtype="bfloat16" if cuda else "float32",
                  frozen_head=False)
     res["setup"] = dict(setup, memory="max_memory_allocated during loss+backward minus allocated before (CUDA); "
@@ -82,7 +79,7 @@ def section2(check: Check) -> None:
     for side in SIDES:
         check.log(f"section 2: {side}")
         try:
-            res["sides"][side] = measure_side(argparse.Namespace(side=side, **setup))
+            res["sides"][side] = run_job(dict(setup, side=side))
         except Exception:
             res["sides"][side] = {"error": check.error(f"section2 {side}")}
         free(collect=True)
@@ -126,40 +123,34 @@ def markdown(check: Check) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_checks(check: Check) -> None:
-    args, env = check.args, check.results["env"]
-    env.update(environment(args.device), quick=args.quick, argv=args.argv)
-    if args.device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        torch.set_float32_matmul_precision("highest")
-        env["tf32"] = False
-    check.log(f"environment: {json.dumps(env)}")
-    checks = [(f"section {n}", fn) for n, fn in (("1", section1), ("2", section2)) if n in args.sections]
-    for name, fn in checks + ([("trainer check", run_trainer_check)] if args.trainer else []):
-        check.log(f"=== {name} ===")
-        try:
-            fn(check)
-        except Exception:
-            check.error(name)
-            free(collect=True)
-        check.save()
-
-
 def main(args) -> int:
     args.sections = {s.strip() for s in (args.sections or ("" if args.trainer else "1,2")).split(",") if s.strip()}
     args.axolotl = args.device == "cuda" if args.axolotl is None else args.axolotl
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available: run with --device cpu", flush=True)
         return 2
+    check, env = Check(args), {}
     if args.device == "cuda":  # before the first cuBLAS call: what deterministic cuBLAS needs (trainer check)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    check = Check(args)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        env["tf32"] = False
+    check.results["env"].update(environment(args.device), quick=args.quick, argv=args.argv, **env)
+    check.log(f"environment: {json.dumps(check.results['env'])}")
     # section 1 changes dynamo settings for flex_attention; the trainer check, determinism: restore both
     dynamo = {k: getattr(torch._dynamo.config, k) for k in ("recompile_limit", "automatic_dynamic_shapes")}
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch._dynamo.config.recompile_limit = max(dynamo["recompile_limit"], 64)  # flex: one entry per shape
+    checks = [(f"section {n}", fn) for n, fn in (("1", section1), ("2", section2)) if n in args.sections]
     try:
-        run_checks(check)
+        for name, fn in checks + ([("trainer check", run_trainer_check)] if args.trainer else []):
+            check.log(f"=== {name} ===")
+            try:
+                fn(check)
+            except Exception:
+                check.error(name)
+                free(collect=True)
+            check.save()
     finally:
         for key, value in dynamo.items():
             setattr(torch._dynamo.config, key, value)

@@ -1,5 +1,4 @@
-"""Section 1: float32 (and bf16) equivalence of every layout / attention / chunking variant with the
-reference, TRL's padded layout with sdpa and no chunking."""
+"""Section 1: every layout / attention / chunking variant against TRL's padded layout (sdpa, no chunking)."""
 
 from __future__ import annotations
 
@@ -40,8 +39,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def tiny_model(device: str, attn: str, dtype):
-    """The smoke Llama, narrower, built on CPU (the same weights on every device); 5x the default init, whose
-    near-uniform logits (every log-prob ~ -log V) would hide a layout difference in float32."""
+    """The smoke Llama, narrower, on CPU first (same weights everywhere); 5x init so logits are not near-uniform."""
     torch.manual_seed(1234)
     config = llama_config("smoke", 49152, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=4096,
                           attn_implementation=attn, initializer_range=0.1)
@@ -139,8 +137,7 @@ def run_variant(check, entry: dict, kw: dict, dtype, features, ref: dict, bar) -
 
 
 def run_retrying(check, entry: dict, dtype, features, **kw) -> dict:
-    """`run_once`; a flex variant whose dynamic-shape compile fails (a second batch shape makes dynamo
-    recompile flex with dynamic shapes, as training's new width every batch does) is retried static."""
+    """`run_once`; a flex variant whose dynamic-shape compile fails is retried with static shapes."""
     device = check.args.device
     try:
         return run_once(tiny_model(device, entry["attn"], dtype), features, device, **kw)

@@ -1,6 +1,4 @@
-"""The trainer as a user runs it, per tuning (full, LoRA r16, QLoRA 4-bit): ``train()`` logging every step,
-``evaluate()``, ``save_model()`` (reloaded and compared), and a resume from the step-2 checkpoint whose steps
-3-4 must log the same losses (on CUDA with deterministic algorithms); then ``axolotl train`` with the plugin."""
+"""The trainer as a user runs it, per tuning: train, evaluate, save and reload, resume; then ``axolotl train``."""
 
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ from ..workload import BETA, LORA, MAX_LENGTH, Shape, build_model_dir, build_row
 
 RESUME_TOL = 1e-6  # resumed steps 3-4: the largest relative difference of a logged value
 AXOLOTL_TIMEOUT_S = 300
-#: log keys that are not a function of the model state (timings, counters)
 NOT_COMPARED = {"epoch", "step", "learning_rate", "train_runtime", "train_samples_per_second",
                 "train_steps_per_second", "train_loss", "total_flos"}
 
