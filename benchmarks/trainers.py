@@ -110,9 +110,7 @@ def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: in
     return MerlinaORPOTrainer(args=MerlinaConfig(**kwargs, **orpo, **extra), **common)
 
 
-@functools.lru_cache(maxsize=4)
-def tokenizer_for(model_dir: str):
-    return load_tokenizer(model_dir)
+tokenizer_for = functools.lru_cache(maxsize=4)(load_tokenizer)
 
 
 def load(job: dict):
