@@ -355,6 +355,7 @@ def run_job(job: dict) -> dict:
         prepared, _ = prepare_preference_dataset(raw, tokenizer, **LIMITS, source=Path(job["data"]).name)
         rows = len(prepared)
     else:
+        import axolotl.common.datasets  # noqa: F401  what `axolotl preprocess` has imported before it calls us
         from axolotl.cli.config import load_cfg
         from axolotl.loaders import load_tokenizer as axolotl_tokenizer
 
