@@ -279,20 +279,11 @@ class MerlinaORPOTrainer(ORPOTrainerMixin, Trainer):
             processing_class = default_tokenizer(model, args, revision)
         train_dataset, eval_dataset = tokenise_datasets(train_dataset, eval_dataset, processing_class, args, model)
         data_collator = default_collator(data_collator, processing_class, args)
-        super().__init__(
-            model=None if isinstance(model_init, PreparedModelInit) else model,  # Trainer calls model_init
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            model_init=model_init,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            **kwargs,
-        )
+        model = None if isinstance(model_init, PreparedModelInit) else model  # Trainer calls model_init
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, model_init=model_init,
+                         compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
+                         preprocess_logits_for_metrics=preprocess_logits_for_metrics, **kwargs)
         self._setup_orpo(settings_from(args))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
