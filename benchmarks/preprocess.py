@@ -1,14 +1,10 @@
-"""Preprocessing. ``preprocess``: throughput of ``prepare_preference_dataset`` (cold, warm, and cold with a
-plain tokenizer call) against TRL's ``ORPOTrainer.tokenize_row``, and the tokenisation alone with the floor
-any exact pipeline pays, on the English and Chinese ShareGPT pairs (conversational, the SmolLM2 ChatML
-template, the package's default limits, one process; every timed call from an empty Rust BPE cache).
-``preprocess-scale``: generated pairs (10k, 50k, 200k) through ``prepare_preference_dataset`` (``api``) and
-Axolotl's ``load_orpo_datasets`` (``axolotl``), each size and path in a fresh process: time, CPU time, peak
-RSS. Both print JSON; README.md here describes every field."""
+"""``preprocess``: throughput against TRL's ``tokenize_row``; ``preprocess-scale``: time, CPU time and memory
+at 10k-200k generated pairs. Both print JSON; README.md here describes every field."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -59,8 +55,7 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def _timed(fn, tokenizer) -> tuple[float, float]:
-    """(wall, CPU) seconds ``fn()`` takes, from an empty BPE cache (the Rust model keeps one across calls);
-    on a shared machine other jobs stretch the wall time, much less this process's CPU time."""
+    """(wall, CPU) seconds ``fn()`` takes, from an empty BPE cache (the Rust model keeps one across calls)."""
     model = tokenizer.backend_tokenizer.model
     if hasattr(model, "_clear_cache"):
         model._clear_cache()
@@ -70,22 +65,11 @@ def _timed(fn, tokenizer) -> tuple[float, float]:
 
 
 def _best(fn, tokenizer, repeats: int) -> float:
-    """Best wall seconds of ``repeats`` `_timed` calls."""
     return min(_timed(fn, tokenizer)[0] for _ in range(repeats))
 
 
-class _PlainEncoder:
-    """Stands in for ``TextEncoder``: every text through one plain tokenizer call, as before it."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, texts: list[str]) -> list[list[int]]:
-        return encode_texts(self.tokenizer, texts)
-
-
 def _cold_and_warm(source, tokenizer) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(cold, warm) (wall, CPU) seconds of ``prepare_preference_dataset`` on a file-backed copy in a new directory."""
+    """(cold, warm) `_timed` ``prepare_preference_dataset`` on a file-backed copy in a new directory."""
     with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as tmp:
         source.save_to_disk(f"{tmp}/raw")
         raw = datasets.load_from_disk(f"{tmp}/raw")  # file-backed: `map` writes its cache file beside it
@@ -95,14 +79,13 @@ def _cold_and_warm(source, tokenizer) -> tuple[tuple[float, float], tuple[float,
 
 
 def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
-    """Cold (new cache directory each time) and warm (cache file present) ``prepare_preference_dataset``,
-    and cold with the plain tokenizer call instead of ``TextEncoder`` (same run, same machine load)."""
+    """Cold and warm ``prepare_preference_dataset``, and cold with a plain tokenizer call for ``TextEncoder``."""
     source, cold, warm, plain = datasets.Dataset.from_list(rows), [], [], []
     for _ in range(repeats):
         seconds = _cold_and_warm(source, tokenizer)
         cold.append(seconds[0])
         warm.append(seconds[1])
-        data.TextEncoder, encoder = _PlainEncoder, data.TextEncoder
+        data.TextEncoder, encoder = (lambda tok: functools.partial(encode_texts, tok)), data.TextEncoder
         try:
             plain.append(_cold_and_warm(source, tokenizer)[0])
         finally:
@@ -121,8 +104,7 @@ def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
 
 
 def measure_trl(rows: list[dict], tokenizer, repeats: int) -> dict:
-    """TRL's ``tokenize_row`` on every row, best of ``repeats``, on the strings its trainer tokenises
-    (rendered by ``maybe_apply_chat_template`` before the clock starts); rows it rejects are counted."""
+    """TRL's ``tokenize_row`` on every row (rendered before the clock starts), best of ``repeats``; rejects counted."""
     from trl.data_utils import maybe_apply_chat_template
 
     with warnings.catch_warnings():  # "importing from trl.experimental" is expected here
@@ -150,9 +132,7 @@ def measure_trl(rows: list[dict], tokenizer, repeats: int) -> dict:
 
 
 def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
-    """Tokenisation alone: one plain tokenizer call against ``TextEncoder`` on the same texts, and the floor:
-    the work any exact preprocessing must do, each step best of ``repeats`` (README.md here): rendering
-    (``render_s``), the word split (``split_s``) and BPE (``bpe_s``) of each distinct piece once."""
+    """Tokenisation alone, a plain tokenizer call against ``TextEncoder``, and the floor any exact pipeline pays."""
     batch = datasets.Dataset.from_list(rows)[:]
     texts = [t for part in render_batch(batch, Layout.CONVERSATIONAL, tokenizer) for t in part]
     plain = _best(lambda: encode_texts(tokenizer, texts), tokenizer, repeats)
@@ -175,8 +155,7 @@ def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
 
 
 def main(args) -> int:
-    """Preprocessing throughput of ours and of TRL's ``tokenize_row`` on the LLaMA-Factory pairs (conversational
-    layout, the SmolLM2 ChatML template, the package's default limits, one process); JSON."""
+    """Preprocessing throughput of ours and of TRL's ``tokenize_row`` on the LLaMA-Factory pairs; JSON."""
     datasets.disable_progress_bars()
     load_at_start, results = round(os.getloadavg()[0], 2), {}
     with contextlib.redirect_stdout(sys.stderr):  # libraries' log lines must not break the JSON on stdout
@@ -198,12 +177,10 @@ def main(args) -> int:
         "load_average_1m": {"start": load_at_start, "end": round(os.getloadavg()[0], 2)},
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"), "datasets": results,
         "notes": [
-            "ours_cold*: prepare_preference_dataset, new datasets cache dir each repeat (render + validate + "
-            "tokenise + truncate + write the cache file); pairs/s of the best repeat unless named otherwise",
+            "ours_cold*: nothing cached (new datasets cache dir each repeat); best repeat unless named otherwise",
             "ours_warm_cached_pairs_per_s: the datasets cache file is reused; a cached number, not a throughput",
-            "trl_tokenize_row_pairs_per_s: only TRL's tokenize_row is timed; rendering with maybe_apply_chat_template "
-            "happens before the clock starts",
-            "*_cpu_*: the same from this process's CPU seconds, less skewed than wall time on a busy machine",
+            "trl_tokenize_row_pairs_per_s: TRL's rendering happens before the clock starts, ours is timed",
+            "*_cpu_*: from this process's CPU seconds, less skewed than wall time on a busy machine",
         ]}, indent=2)
     return 0
 
@@ -212,10 +189,8 @@ def main(args) -> int:
 
 LAYOUTS = {"text": "prompt_pairs", "messages": "chat_template"}  # layout -> the Axolotl `type:` reading it
 PATHS = ("api", "axolotl")
-#: per row: short (80%) or long; words in the prompt, words in each answer (uniform in each range)
-SHORT, LONG, LONG_SHARE = ((5, 25), (5, 40)), ((60, 250), (30, 150)), 0.2
-NEW_WORD_SHARE = 0.02  # words that are no word of the list: numbers, identifiers, names (Heaps' law)
-#: A child that runs longer is ended and reported as an error (a 200k run takes minutes, not an hour).
+SHORT, LONG, LONG_SHARE = ((5, 25), (5, 40)), ((60, 250), (30, 150)), 0.2  # (prompt, answer) words per row
+NEW_WORD_SHARE = 0.02
 CHILD_TIMEOUT_S = 3600
 
 
@@ -230,9 +205,7 @@ def scale_arguments(p) -> None:
 
 
 class Words:
-    """Text drawn word by word with the frequencies of the repository's pair texts (each word with its
-    leading white space, so punctuation and line breaks stay natural); ``NEW_WORD_SHARE`` of the words
-    are new (a number, an identifier or a name), so the vocabulary keeps growing as real text's does."""
+    """Words drawn with the frequencies of the repository's pair texts, ``NEW_WORD_SHARE`` of them new."""
 
     LETTERS = str.maketrans("01234567", "aeioklmr")  # octal digits -> letters: pronounceable new names
 
@@ -293,11 +266,7 @@ def write_files(folder: Path, layout: str, sizes: list[int], seed: int) -> dict[
 
 
 class RssKinds(threading.Thread):
-    """Peak ``Pss_Anon`` (the heap: rows held in Python or Arrow buffers) and ``Pss_File`` (file pages mapped
-    in: memory-mapped Arrow files, libraries; page cache the kernel can drop), each summed over this process
-    and its children (a ``map`` with ``num_proc`` works in a forked one), from /proc every 0.1 s. Proportional
-    (PSS): a page shared with a child, or with another process mapping the same library, is divided among
-    them, so the sum is this process tree's own memory; ``ru_maxrss`` counts anon and file pages alike."""
+    """Peak ``Pss``, ``Pss_Anon`` and ``Pss_File`` of this process and its children, sampled every 0.1 s."""
 
     KEYS = ("Pss", "Pss_Anon", "Pss_File")
 
@@ -342,8 +311,7 @@ def _since(start: tuple[float, float]) -> dict[str, float]:
 
 
 def run_job(job: dict) -> dict:
-    """One path on one file, in this (fresh) process: time and CPU time of the call, RSS before it and the
-    process's peak (``ru_maxrss``, over its whole life; imports and tokenizer load happen before the call)."""
+    """One path on one file in this fresh process: time, CPU time and memory of the call."""
     datasets.disable_progress_bars()
     if job["path"] == "api":
         tokenizer = load_tokenizer()
@@ -373,9 +341,7 @@ def run_job(job: dict) -> dict:
 
 
 def run_one(tmp: Path, path: str, layout: str, data: Path, model_dir: Path) -> dict:
-    """``python -m benchmarks preprocess-scale --job JOB.json`` in a fresh process with its own caches; for
-    ``axolotl`` the YAML `axolotl preprocess` would read: our plugin, one JSONL entry, the package's limits,
-    one tokenising process (``dataset_num_proc: 1``: the peak RSS is this process's)."""
+    """One run in a fresh process with its own caches (``axolotl``: the YAML `axolotl preprocess` would read)."""
     work = Path(tempfile.mkdtemp(prefix=f"{path}-{layout}-", dir=tmp))
     job = {"subcommand": "preprocess-scale", "path": path, "layout": layout, "data": str(data), "device": "cpu",
            "work_dir": str(work), "result_path": str(work / "result.json")}
@@ -437,12 +403,7 @@ def scale_markdown(results: dict) -> str:
 
 
 def scale_main(args) -> int:
-    """Preprocessing at scale: generated pairs tokenised through ``prepare_preference_dataset`` (``api``: the
-    JSONL loaded with ``datasets.load_dataset("json")``, then the call) and through the Axolotl path
-    (``axolotl``: ``load_orpo_datasets`` with the cfg of Axolotl's ``load_cfg``, as ``axolotl preprocess``
-    calls it), each size and path in a fresh process so ``ru_maxrss`` is that run's peak RSS. Rows in both
-    layouts the plugin reads (``text``: `type: prompt_pairs`; ``messages``: `type: chat_template`), short
-    and long, from the repository's own pair texts' words plus new ones (numbers, names). JSON."""
+    """Generated pairs through the Python API and the Axolotl path, each size and path in a fresh process; JSON."""
     results = {"limits": LIMITS, "rows": {"short": SHORT, "long": LONG, "long_share": LONG_SHARE,
                                           "new_word_share": NEW_WORD_SHARE, "seed": args.seed}, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="preprocess-scale-") as tmp:
@@ -464,18 +425,12 @@ def scale_main(args) -> int:
     results["machine_load"] = (f"1-minute load average {min(loads, default=0):.2f}-{max(loads, default=0):.2f} when "
                                f"the runs started (other jobs shared the cores: compare CPU time, not wall time)")
     results["notes"] = [
-        "each size and path ran in a fresh process; peak RSS = that process's ru_maxrss (imports and tokenizer "
-        "included) or its largest child's if larger; growth in the call = that peak minus the RSS just before the "
-        "timed call; CPU time counts any child process too",
-        "api: datasets.load_dataset('json') of the file, then prepare_preference_dataset (layout detected); "
-        "axolotl: load_orpo_datasets(load_cfg(config.yml)) with dataset_num_proc 1 and shuffle on, as "
-        "`axolotl preprocess` runs it (reads the file, strategy, check, tokenise, shuffle, save_to_disk, reload)",
-        "CPU us/pair = process CPU seconds of the call / pairs: the number to judge flatness by on a shared machine",
-        "anon / file (PSS): Pss_Anon / Pss_File peaks sampled every 0.1 s during the call, summed over the process "
-        "and its children; file holds the memory-mapped Arrow files' pages read so far (page cache the kernel "
-        "reclaims under pressure) and the libraries' share, anon the processes' own memory",
-        f"--parallel {args.parallel}: that many runs side by side" + (" (largest sizes first), so wall times include "
-                                                                      "their contention" if args.parallel > 1 else ""),
+        "peak RSS: the fresh process's ru_maxrss (imports and tokenizer included) or its largest child's; growth in "
+        "the call: that peak minus the RSS just before the call",
+        "CPU us/pair: the number to judge flatness by on a shared machine",
+        "file (PSS) is mostly page cache of the memory-mapped Arrow files, which the kernel reclaims; anon is the "
+        "processes' own memory",
+        f"--parallel {args.parallel}" + (": wall times include the runs' contention" if args.parallel > 1 else ""),
     ]
     result = publish(args, "preprocess-scale", results, markdown=scale_markdown, print_json=True)
     return 1 if any("error" in r for g in result["runs"].values() for r in g["sizes"].values()) else 0
