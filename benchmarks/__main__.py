@@ -11,9 +11,7 @@ from pathlib import Path
 
 from .impls import OFFLINE
 
-#: subcommand -> (module, what it does). The module has ``add_arguments(parser)`` and ``main(args) -> int``,
-#: or ``COMMANDS = {subcommand: (add_arguments, main)}``; with ``run_job(job) -> dict``, the hidden ``--job
-#: JOB.json`` runs one configuration in a child process (`impls.spawn`) and writes its result file.
+#: subcommand -> (module with add_arguments and main, or COMMANDS; with run_job, the hidden --job), help
 SUBCOMMANDS = {
     "train": ("train", "one ORPO workload through TRL, TRL + Liger, Axolotl `rl: orpo` / `rl: orpo_standalone`, "
                        "this trainer and the causal-LM limit; --max-batch: the largest micro-batch each fits"),
@@ -27,7 +25,6 @@ SUBCOMMANDS = {
 
 
 def command(name: str):
-    """(module, add_arguments, main) of subcommand ``name``."""
     mod = importlib.import_module(f"benchmarks.{SUBCOMMANDS[name][0]}")
     commands = getattr(mod, "COMMANDS", None)
     return (mod, *(commands[name] if commands else (mod.add_arguments, mod.main)))

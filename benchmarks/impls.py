@@ -1,6 +1,4 @@
-"""The implementations compared, whether each can run here, and how a configuration is launched: in a
-fresh process (`spawn`: peak memory per configuration), or in this one (``inline``: no start-up cost;
-GPU peaks stay per configuration, CPU RSS peaks do not)."""
+"""The implementations compared, whether each can run here, and how a configuration is launched."""
 
 from __future__ import annotations
 
@@ -37,14 +35,12 @@ IMPLS = {i.name: i for i in (
     Impl("axolotl_merlina", "Axolotl `rl: orpo_standalone` (ours)", "axolotl", ("axolotl",)),
     Impl("causal_lm", "causal-LM limit (HF loss)", "python", ()),
 )}
-#: ratio columns: speed and memory against these, and the share of the causal-LM limit
 BASELINES = {"trl": "TRL", "trl_liger": "TRL+Liger", "axolotl_orpo": "rl: orpo"}
 LIMIT = "causal_lm"
 
 
 def absent_reason(module: str) -> str | None:
-    """None when ``module`` is importable; else why not, in the words `gpu_check/fetch_wheels.sh` left in
-    ``.whl/SKIPPED.json`` when it could not carry the package to the GPU machine."""
+    """None when ``module`` is importable; else why not (`gpu_check/fetch_wheels.sh`'s ``.whl/SKIPPED.json``)."""
     if importlib.util.find_spec(module) is not None:
         return None
     note = REPO / ".whl" / "SKIPPED.json"
@@ -52,7 +48,6 @@ def absent_reason(module: str) -> str | None:
 
 
 def skip_reason(impl: Impl, device: str, tune: str) -> str | None:
-    """Why ``impl`` cannot run here, or None."""
     reason = next(filter(None, map(absent_reason, impl.requires)), None)
     if reason or impl.kind != "axolotl":
         return reason
@@ -65,12 +60,8 @@ def skip_reason(impl: Impl, device: str, tune: str) -> str | None:
     return None
 
 
-# The Axolotl recipes read the same JSONL of plain strings, no chat template: built-in `rl: orpo` gets the
-# entry with no `type` (Axolotl hands the rows to TRL's trainer as they are), ours `type: prompt_pairs`
-# (Axolotl's only ORPO type, `chat_template.argilla`, would render a template).
 TIMING_PLUGIN = "benchmarks.axolotl_timing.BenchTimingPlugin"
 MERLINA_PLUGIN = "merlina_orpo_plugin.MerlinaORPOPlugin"
-#: the YAML both recipes share, beside what `write_config` reads from the job
 FIXED = dict(gradient_accumulation_steps=1, num_epochs=1, optimizer="adamw_torch", lr_scheduler="constant",
              weight_decay=0.0, max_grad_norm=1.0, fp16=False, tf32=False, attn_implementation="sdpa",
              lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, sample_packing=False,
@@ -79,8 +70,7 @@ FIXED = dict(gradient_accumulation_steps=1, num_epochs=1, optimizer="adamw_torch
 
 
 def write_config(job: dict, **cfg) -> Path:
-    """``<work_dir>/config.yml`` for ``job["impl"]`` (``axolotl_*``, ``job["merlina_yaml"]`` over ours), or
-    with ``cfg`` for the keys beyond `FIXED`."""
+    """``<work_dir>/config.yml``: the Axolotl recipe of ``job["impl"]``, or `FIXED` and ``cfg``."""
     import yaml
 
     work = Path(job["work_dir"])
@@ -118,8 +108,6 @@ def child_env(job_path: Path | None, device: str, **extra: str) -> dict[str, str
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p), **extra)
     if job_path is not None:
         env["MERLINA_BENCH_JOB"] = str(job_path)
-    # `accelerate launch` (which `axolotl train` runs) sets OMP_NUM_THREADS=1 on CPU when it is unset,
-    # so the Axolotl runs would train on one thread and the others on all: pin one count for all.
     env.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -127,9 +115,7 @@ def child_env(job_path: Path | None, device: str, **extra: str) -> dict[str, str
 
 
 def spawn(job: dict, timeout: int, command: list[str] | None = None, **env: str) -> dict:
-    """``job`` in a fresh process: ``python -m benchmarks <job["subcommand"]> --job <work_dir>/job.json`` (or
-    ``command``), output to ``log.txt``; the ``result.json`` it wrote, else ``{"error", "log_tail"}`` (and
-    ``"partial"``: a result written before the process failed)."""
+    """``job`` in a fresh process (``--job``, or ``command``): its result, else ``error``, ``log_tail``, ``partial``."""
     work = Path(job["work_dir"])
     work.mkdir(parents=True, exist_ok=True)
     job_path, log_path, result_path = work / "job.json", work / "log.txt", Path(job["result_path"])

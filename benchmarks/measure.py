@@ -1,7 +1,4 @@
-"""What a process measures about itself: step times (`StepTimer`, also inside ``axolotl train`` through
-`benchmarks.axolotl_timing`), peak memory (of training, or of one block: `PeakDelta`), tokens per timed
-batch, the bf16 matmul peak MFU is measured against, and the memory cap that lets the micro-batch search
-run its out-of-memory path on CPU."""
+"""What a process measures about itself: step times, peak memory, tokens per timed batch, the matmul peak."""
 
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ from .workload import matmul_params
 
 
 def rss_kb() -> int | None:
-    """Resident set size now, in KiB (Linux /proc; None elsewhere)."""
+    """Resident set size now, in KiB (None without Linux /proc)."""
     try:
         lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:
@@ -42,8 +39,7 @@ def sync() -> None:
 
 
 def free(collect: bool = False) -> None:
-    """Hand the GPU's cache back after a collection (on CPU only with ``collect``: a collection of a large
-    process costs about half a second)."""
+    """Hand the GPU's cache back after a collection (on CPU only with ``collect``: it costs about half a second)."""
     if collect or _cuda() is not None:
         gc.collect()
     if _cuda() is not None:
@@ -52,8 +48,7 @@ def free(collect: bool = False) -> None:
 
 
 class MemoryWatch:
-    """Peak memory of a region: GPU ``max_memory_allocated`` when CUDA is in use, else the RSS high-water
-    mark, reset at the start (Linux >= 4.0: ``5`` to /proc/self/clear_refs; ``peak_reset`` false if refused)."""
+    """Peak memory of a region: CUDA max allocated, else the RSS high-water mark reset at the start."""
 
     def start(self) -> dict[str, Any]:
         sync()
@@ -82,8 +77,7 @@ class MemoryWatch:
 
 
 class PeakDelta:
-    """``with PeakDelta() as m:`` -> ``m.seconds`` and ``m.bytes``, the block's peak memory growth (CUDA max
-    allocated, else the RSS high-water mark, minus what was in use at entry; ``m.reset``: see `MemoryWatch`)."""
+    """``with PeakDelta() as m:`` -> ``m.seconds`` and ``m.bytes``, the block's peak memory growth."""
 
     def __enter__(self):
         self.watch = MemoryWatch()
@@ -97,21 +91,18 @@ class PeakDelta:
 
 
 class StepTimer(TrainerCallback):
-    """Wall-clock (and process CPU) time of steps ``warmup .. warmup + steps - 1`` (on_step_begin ->
-    on_step_end: forward, backward, clipping, optimizer step; fetching and collating the batch happen
-    before), memory before and during training; ``result`` at train end, written to ``result_path``."""
+    """Wall and CPU time of the steps after ``warmup``, and memory; ``result`` at train end (and to ``result_path``)."""
 
     def __init__(self, warmup: int, steps: int, result_path: str | Path | None = None, extra: dict | None = None):
         self.warmup, self.steps, self.result_path = warmup, steps, result_path
         self.extra: dict[str, Any] = dict(extra or {})
         self.step_seconds: list[float] = []
-        self.step_cpu_seconds: list[float] = []  # process CPU time (all threads): less sensitive to other load
+        self.step_cpu_seconds: list[float] = []
         self.memory: dict[str, Any] = {}
         self.watch, self._start, self._cpu_start, self._trainer, self.result = MemoryWatch(), None, 0.0, None, None
 
     def attach(self, trainer, batch_size: int) -> None:
-        """Describe ``trainer`` and count the timed batches' tokens when training begins (its collator and
-        dataloader are final by then), before the memory baseline is taken."""
+        """Describe ``trainer`` and count the timed batches' tokens at train begin, before the memory baseline."""
         self._trainer, self._batch_size = trainer, batch_size
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -144,9 +135,7 @@ class StepTimer(TrainerCallback):
 
 
 class MemoryCap(TrainerCallback):
-    """Peak memory used by training (``used``: GPU allocated, or RSS above the start on CPU), checked at
-    the end of every step; past ``cap_bytes`` it raises ``torch.OutOfMemoryError``: a stand-in for a
-    smaller card, so the micro-batch search runs its out-of-memory path on a CPU too."""
+    """Peak memory of training, checked every step; past ``cap_bytes``, ``torch.OutOfMemoryError`` (a smaller card)."""
 
     def __init__(self, cap_bytes: int | None = None):
         self.cap, self.watch, self.used = cap_bytes, MemoryWatch(), 0
@@ -176,8 +165,7 @@ def matmul_peak_tflops(size: int = 8192, repeats: int = 10, warmup: int = 3) -> 
 
 
 def processed_tokens(batch: dict) -> int:
-    """Token positions the model runs on for one collated batch: ``input_ids.numel()`` (ours, the
-    causal-LM limit); TRL pads chosen and rejected to the longer one, ``2B x max(Tc, Tr)``."""
+    """Token positions the model runs on for one collated batch (TRL: ``2B x max(Tc, Tr)``)."""
     if "input_ids" in batch:
         return int(batch["input_ids"].numel())
     chosen, rejected = batch["chosen_input_ids"], batch["rejected_input_ids"]
@@ -185,8 +173,7 @@ def processed_tokens(batch: dict) -> int:
 
 
 def unique_tokens(rows: list[dict], batch: dict) -> int:
-    """Prompt once + chosen + rejected, summed over the pairs, after each implementation's own
-    tokenisation (BOS/EOS included)."""
+    """Prompt once + chosen + rejected over the pairs, in each implementation's own tokenisation."""
     if "pair_lengths" in batch:
         return int(batch["pair_lengths"].sum())
     total = 0
@@ -202,8 +189,7 @@ def unique_tokens(rows: list[dict], batch: dict) -> int:
 
 
 def token_stats(dataset, collator, batch_size: int, first_batch: int, num_batches: int) -> dict[str, Any]:
-    """Run ``collator`` over sequential batches ``first_batch ..`` of ``dataset`` (the timed ones under
-    sequential sampling), outside any timing; per-batch unique tokens line up with the step times."""
+    """Tokens of the timed batches (sequential sampling), collated outside any timing."""
     processed, unique, pairs = [], [], []
     for b in range(first_batch, first_batch + num_batches):
         rows = [dataset[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(dataset)))]
@@ -218,8 +204,7 @@ def token_stats(dataset, collator, batch_size: int, first_batch: int, num_batche
 
 
 def speed_plan(trainer) -> dict[str, Any] | None:
-    """Our trainer's speed plan (``trainer.speed``) as plain fields (``attention``: the implementation the
-    model runs, FlexAttention on CUDA); None for a trainer without one."""
+    """Our trainer's speed plan as plain fields; None for a trainer without one."""
     speed = getattr(trainer, "speed", None)
     fields = ("prefix_sharing", "padding_free", "loss_chunk_size", "attention", "fallbacks")
     return None if speed is None else {name: getattr(speed, name, None) for name in fields}
@@ -234,14 +219,10 @@ def describe_trainer(trainer) -> dict[str, Any]:
         "collator_class": type(collator).__name__,
         "collator": {name: getattr(collator, name) for name in ("prefix_sharing", "padding_free", "pack_length")
                      if hasattr(collator, name)},
-        "speed_plan": speed_plan(trainer),  # ours: the speed plan in use
-        "train_rows": len(trainer.train_dataset),
-        "params": sum(p.numel() for p in model.parameters()),
-        "matmul_params": matmul_params(model),
+        "speed_plan": speed_plan(trainer), "train_rows": len(trainer.train_dataset),
+        "params": sum(p.numel() for p in model.parameters()), "matmul_params": matmul_params(model),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "dtype": str(first.dtype),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(first.device),
+        "dtype": str(first.dtype), "torch_threads": torch.get_num_threads(), "device": str(first.device),
         "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
         "args": {name: str(getattr(args, name)) for name in (
             "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "optim",

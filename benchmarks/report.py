@@ -1,7 +1,4 @@
-"""What every result file shares: the environment record (versions, command, git revision), `scrub`
-(the checkout, temporary folders, ``$OUT``, the home folder and the Python install become placeholders:
-no result holds a machine path) and `write_result`; and the training benchmark's derived numbers
-(medians, spreads, MFU, ratios) and Markdown."""
+"""What every result file shares (environment, `scrub`, `publish`, `table`); the training benchmark's numbers."""
 
 from __future__ import annotations
 
@@ -28,12 +25,11 @@ from .workload import REPO
 GiB = 2**30
 PACKAGES = ("torch", "transformers", "trl", "peft", "liger-kernel", "accelerate", "datasets", "axolotl",
             "bitsandbytes", "merlina-orpo-plugin")
-#: an absolute POSIX path of two or more parts that does not continue a word, number, URL or placeholder
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~>\-])/(?:[\w.\-]+/)+[\w.\-]*")
 
 
 def scrub(value, extra_roots: dict[str, str] | None = None):
-    """``value`` (str / list / dict, recursively) with machine paths replaced by placeholders."""
+    """``value`` (str / list / dict, recursively) with machine paths replaced by placeholders (checkout, temp, ...)."""
     if isinstance(value, dict):
         return {k: scrub(v, extra_roots) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -55,7 +51,6 @@ def scrub(value, extra_roots: dict[str, str] | None = None):
 
 
 def command(subcommand: str, argv) -> str:
-    """How a result records the command that made it."""
     return f"python -m benchmarks {subcommand} {shlex.join(argv)}".rstrip()
 
 
@@ -69,8 +64,7 @@ def write_result(stem: Path, data: dict, text: str | None = None) -> None:
 
 def publish(args, subcommand: str, result: dict, device: str = "cpu", markdown=None, indent: int | None = 1,
             suffix: str | None = None, print_json: bool = False) -> dict:
-    """Record the command and environment in ``result``, scrub it, print it (``markdown(result)`` when given,
-    else its JSON) and, with ``--out``, write ``<out>/<machine>-<suffix or subcommand>.json`` (and ``.md``)."""
+    """Record command and environment, scrub, print, and with ``--out`` write ``<machine>-<suffix or subcommand>``."""
     result = scrub({"command": command(subcommand, args.argv), "environment": environment(device), **result})
     text = markdown(result) if markdown else None
     print(json.dumps(result, indent=indent) if print_json or not text else text)
@@ -80,7 +74,6 @@ def publish(args, subcommand: str, result: dict, device: str = "cpu", markdown=N
 
 
 def table(head: list[str], rows: list[list]) -> list[str]:
-    """A Markdown table."""
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, r)) + " |"
                                                                           for r in rows]
 
@@ -113,7 +106,7 @@ def git_revision() -> str | None:
 
 
 def environment(device: str) -> dict:
-    """Date, machine, versions (torch, transformers, trl, peft, liger, ..., CUDA, GPU name), git revision."""
+    """Date, machine, versions, git revision."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -138,13 +131,10 @@ def metrics(result: dict, device: str, peaks: dict[str, float]) -> dict:
     unique = tokens["unique_per_batch"][: len(seconds)]
     per_step = [u / s for u, s in zip(unique, seconds)]
     median = statistics.median(seconds)
-    out = {
-        "step_s_median": median, "step_s_min": min(seconds), "step_s_max": max(seconds),
-        "pairs_per_s": tokens["pairs_per_batch"][0] / median,
-        "tokens_per_s": statistics.median(per_step),
-        "tokens_per_s_min": min(per_step), "tokens_per_s_max": max(per_step),
-        "processed_unique_ratio": tokens["processed_unique_ratio"],
-    }
+    out = {"step_s_median": median, "step_s_min": min(seconds), "step_s_max": max(seconds),
+           "pairs_per_s": tokens["pairs_per_batch"][0] / median, "tokens_per_s": statistics.median(per_step),
+           "tokens_per_s_min": min(per_step), "tokens_per_s_max": max(per_step),
+           "processed_unique_ratio": tokens["processed_unique_ratio"]}
     if device == "cuda":
         out["peak_gib"] = memory["cuda_max_allocated"] / GiB
         out["growth_gib"] = (memory["cuda_max_allocated"] - memory["cuda_allocated_before"]) / GiB
@@ -256,10 +246,8 @@ def header(report: dict) -> list[str]:
         f"{'; ours runs its shared-prompt / packed rows on flex_attention, see each plan' if cuda else ''}), "
         f"no gradient checkpointing, sequential sampling, seed {s['seed']}"
         + (f", {s['cpu_threads']} CPU threads per run" if s.get("cpu_threads") else ""),
-        f"- timing: {s['warmup']} warm-up step(s), then {s['steps']} timed steps (on_step_begin -> on_step_end: "
-        f"forward, backward, clipping, optimizer step); pairs/s = pairs per step / median step; unique tok/s = "
-        f"median over steps of the step's unique tokens (prompt once + chosen + rejected, each implementation's "
-        f"own tokenisation) / its time; isolation: {s['isolation']}",
+        f"- timing: {s['warmup']} warm-up step(s), then {s['steps']} timed steps; pairs/s = pairs per step / median "
+        f"step; unique tok/s = median of each step's unique tokens / its time; isolation: {s['isolation']}",
         "- MFU = 6 x parameters in matmuls (all but the input embedding; a tied head once) x unique tok/s / peak "
         "(" + ", ".join(f"{k}: {v:.0f} TFLOP/s" for k, v in report["peaks_tflops"].items())
         + "); attention FLOPs not counted; LoRA counted the same way (its real FLOPs are about 2/3)",
@@ -267,10 +255,8 @@ def header(report: dict) -> list[str]:
                         "peak RSS of the training process during training (high-water mark reset at train begin)"
                         + ("; inline runs share one process, so RSS peaks are not per configuration"
                            if s["isolation"] == "inline" else "")),
-        "- of limit = unique tok/s over the causal-LM limit's: a plain causal-LM step (the model's own loss, "
-        "plain `Trainer`) over rows holding one pair's unique tokens, same model and optimizer",
+        "- of limit = unique tok/s over the causal-LM limit's (a plain causal-LM step over one pair's unique tokens)",
     ]
     if s.get("liger_compiled") is False:
-        lines.append("- TRL+Liger: `LigerFusedLinearORPOLoss(compiled=False)` on CPU, where compiling its chunk "
-                     "took minutes per new shape; `compiled=True` (Liger's default) on CUDA")
+        lines.append("- TRL+Liger: `LigerFusedLinearORPOLoss(compiled=False)` here (compiling took minutes per shape)")
     return lines

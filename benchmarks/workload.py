@@ -1,6 +1,4 @@
-"""The inputs every subcommand shares: the package's defaults, the workload (repository text cut to target
-token counts, one JSONL every implementation reads), random token pairs, and the seeded Llama with its LoRA
-setting. Nothing comes from outside the repository: the tokenizer of ``make assets`` and ``tests/assets/pairs``."""
+"""The inputs every subcommand shares: the package's defaults, the workload, random pairs, the seeded Llama."""
 
 from __future__ import annotations
 
@@ -16,7 +14,6 @@ from merlina_orpo_plugin.options import BY_NAME, prompt_floor
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO / ".assets" / "tokenizers" / "smollm2"
 PAIRS = REPO / "tests" / "assets" / "pairs" / "sharegpt_en.json"
-#: the package's own defaults (`merlina_orpo_plugin.options`), never copied here
 BETA, MAX_LENGTH, CHUNK = (BY_NAME[name].default for name in ("beta", "max_length", "loss_chunk_size"))
 LIMITS = dict(max_length=MAX_LENGTH, max_prompt_length=prompt_floor(MAX_LENGTH, BY_NAME["max_prompt_length"].default))
 PAD = 2  # SmolLM2's <|im_end|>: EOS and pad
@@ -36,8 +33,6 @@ class Shape:
                 f"(~{unique} unique per pair, each length +/-{self.jitter:.0%} per row)")
 
 
-#: shape -> scale -> Shape. ``gpu``: issue 9's (UltraFeedback-like; long prompts, short answers); ``cpu``:
-#: the same kinds sized for 2 cores; ``smoke``: the smallest that still runs every code path.
 SHAPES = {
     "ultrafeedback": {"gpu": Shape("ultrafeedback", 165, 264, 8), "cpu": Shape("ultrafeedback", 128, 128, 4),
                       "smoke": Shape("ultrafeedback", 16, 16, 2)},
@@ -63,8 +58,7 @@ def load_tokenizer(path: str | Path = TOKENIZER_DIR):
 
 
 def build_rows(tokenizer, shape: Shape, num_rows: int, seed: int = 0) -> list[dict[str, str]]:
-    """Plain prompt/chosen/rejected strings cut from the ShareGPT pairs (every non-system turn joined as the
-    prompt), each length the shape's times a seeded factor in 1 +/- jitter."""
+    """Plain prompt/chosen/rejected strings cut from the ShareGPT pairs, each length jittered by a seeded factor."""
     rng, sep = random.Random(f"{seed}-{shape.name}"), tokenizer("\n\n", add_special_tokens=False)["input_ids"]
     sources = [("\n\n".join(t["value"] for t in row["conversations"] if t["from"] != "system"),
                 row["chosen"]["value"], row["rejected"]["value"]) for row in json.loads(PAIRS.read_text("utf-8"))]
@@ -102,8 +96,7 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
 
 
 def random_pairs(n, prompt, chosen, rejected, vocab, seed, ids_seed=None) -> list[dict]:
-    """``n`` tokenised pairs, lengths uniform in the (lo, hi) ranges (seeded by ``seed`` only), ids from a
-    generator seeded ``ids_seed`` (default ``seed + 1``)."""
+    """``n`` tokenised pairs, lengths uniform in the (lo, hi) ranges, ids seeded ``ids_seed`` (default ``seed + 1``)."""
     import torch
 
     lengths, ids = random.Random(seed), torch.Generator().manual_seed(seed + 1 if ids_seed is None else ids_seed)
@@ -115,9 +108,6 @@ def random_pairs(n, prompt, chosen, rejected, vocab, seed, ids_seed=None) -> lis
             for _ in range(n)]
 
 
-#: scale -> LlamaConfig sizes. ``gpu``: Llama-3.2-1B's shape (1.24B parameters, tied embeddings), bf16;
-#: ``cpu``: 28M parameters at vocab 49,152, float32; ``smoke``: smallest (every projection a multiple of
-#: 32 wide, which bitsandbytes' 4-bit CPU kernel needs for QLoRA).
 SIZES = {
     "smoke": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, tie_word_embeddings=False),
@@ -128,7 +118,6 @@ SIZES = {
 }
 DEFAULT_VOCABS = {"smoke": (49152,), "cpu": (49152,), "gpu": (128256,)}
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-#: LoRA r 16 on every projection (Axolotl's ``lora_target_linear: true``), no dropout.
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", target_modules=PROJECTIONS)
 
 
@@ -141,8 +130,7 @@ def llama_config(scale: str, vocab_size: int, **overrides):
 
 
 def build_model_dir(path: Path, scale: str, vocab_size: int, device: str, seed: int = 0) -> dict:
-    """Save a seeded Llama (bf16 on CUDA, float32 on CPU) and the SmolLM2 tokenizer files. At vocab
-    128,256 the ids still come from the 49,152-token tokenizer: only the embedding and head are wider."""
+    """Save a seeded Llama (bf16 on CUDA, float32 on CPU) and the SmolLM2 tokenizer files."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -159,8 +147,7 @@ def build_model_dir(path: Path, scale: str, vocab_size: int, device: str, seed: 
 
 
 def matmul_params(model) -> int:
-    """Parameters in matmuls: all but the input embedding, the head once whether or not it is tied
-    (the MFU numerator is 6 x this)."""
+    """Parameters in matmuls (the MFU numerator is 6 x this): all but the input embedding, a tied head once."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     embedding, head = base.get_input_embeddings().weight, base.get_output_embeddings().weight
     unique = {id(p): p.numel() for p in base.parameters()}
