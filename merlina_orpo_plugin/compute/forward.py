@@ -8,11 +8,10 @@ TRL's view of a forward.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
-
-from contextlib import contextmanager
 
 from .attention import build_attention_mask
 from ..batch.orpo_batch import ORPOBatch, as_batch

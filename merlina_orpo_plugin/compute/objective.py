@@ -19,6 +19,7 @@ import torch
 from . import losses as L
 from ..batch.orpo_batch import ORPOBatch, as_batch
 from ..model.adapter import ModelFacts
+from .accumulation import loss_scales
 from .forward import run_model
 from .head import PairLoss, score_pass
 
@@ -78,15 +79,11 @@ def orpo_objective(model, batch: ORPOBatch | dict, spec: LossSpec, *, facts: Mod
 
 def _pair_loss(batch: ORPOBatch, spec: LossSpec, scales) -> PairLoss:
     """The fused mode's loss of some of the batch's pairs: `losses.orpo_terms` under the batch's scales
-    (its own means, from the collator's host-side counts, where ``scales`` leaves them None)."""
+    (where ``scales`` leaves one None, the batch's own mean, as `accumulation.loss_scales` gives it)."""
+    if None in scales:
+        own = loss_scales(batch, spec.nll_include_prompt)
+        scales = tuple(own[i] if given is None else given for i, given in enumerate(scales))
     nll_scale, or_scale = scales
-    counts = batch.scored_counts
-    num_pairs = len(counts) // 3
-    if nll_scale is None:
-        nll_tokens = sum(counts[:num_pairs]) + (sum(counts[2 * num_pairs :]) if spec.nll_include_prompt else 0)
-        nll_scale = 1.0 / max(1, nll_tokens)
-    if or_scale is None:
-        or_scale = 1.0 / num_pairs
 
     def pair_loss(logp_sums: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
         return L.orpo_terms(logp_sums, token_counts, spec.beta, nll_scale, or_scale).loss
