@@ -36,14 +36,10 @@ def scrub(value, extra_roots: dict[str, str] | None = None):
         return [scrub(v, extra_roots) for v in value]
     if not isinstance(value, str):
         return value
-    roots = dict(extra_roots or {})
-    for path in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
-        roots.setdefault(path, "<site-packages>")
-    roots.update({str(REPO): ".", sys.prefix: "<python>", sys.base_prefix: "<python>"})
-    if os.environ.get("OUT"):
-        roots[os.environ["OUT"]] = "$OUT"
-    roots.setdefault(tempfile.gettempdir(), "<tmp>")
-    roots.setdefault(str(Path.home()), "~")
+    paths = sysconfig.get_paths()  # a later key wins: the checkout and $OUT over ``extra_roots`` over the rest
+    roots = {str(Path.home()): "~", tempfile.gettempdir(): "<tmp>", paths["purelib"]: "<site-packages>",
+             paths["platlib"]: "<site-packages>", **(extra_roots or {}), str(REPO): ".", sys.prefix: "<python>",
+             sys.base_prefix: "<python>", os.environ.get("OUT", ""): "$OUT"}
     for root, placeholder in sorted(roots.items(), key=lambda kv: -len(kv[0])):  # longest first
         if root and root != "/":
             value = value.replace(root, placeholder)
@@ -84,16 +80,6 @@ def machine_slug(device: str) -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def git_revision() -> str | None:
     try:
         run = dict(cwd=REPO, capture_output=True, text=True)
@@ -113,10 +99,14 @@ def environment(device: str) -> dict:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
+    try:
+        cpu = re.search(r"^model name\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:
+        cpu = None
     info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
-            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "versions": versions, "cuda": torch.version.cuda,
-            "git": git_revision()}
+            "cpu": cpu[1].strip() if cpu else platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
+            "cuda": torch.version.cuda, "git": git_revision()}
     if device == "cuda":
         info.update(gpu=torch.cuda.get_device_name(), gpu_memory_gib=torch.cuda.get_device_properties(0).total_memory
                     / GiB)
@@ -128,38 +118,32 @@ def metrics(result: dict, device: str, peaks: dict[str, float]) -> dict:
     if "error" in result or "skipped" in result or "step_seconds" not in result:
         return {}
     seconds, tokens, memory = result["step_seconds"], result["tokens"], result["memory"]
-    unique = tokens["unique_per_batch"][: len(seconds)]
-    per_step = [u / s for u, s in zip(unique, seconds)]
+    per_step = [u / s for u, s in zip(tokens["unique_per_batch"], seconds)]
+    if device == "cuda":
+        peak, before = memory["cuda_max_allocated"], memory["cuda_allocated_before"]
+    else:  # kB
+        peak, before = memory["peak_rss_kb"] * 2**10, (memory["rss_before_kb"] or 0) * 2**10
     median = statistics.median(seconds)
     out = {"step_s_median": median, "step_s_min": min(seconds), "step_s_max": max(seconds),
            "pairs_per_s": tokens["pairs_per_batch"][0] / median, "tokens_per_s": statistics.median(per_step),
            "tokens_per_s_min": min(per_step), "tokens_per_s_max": max(per_step),
-           "processed_unique_ratio": tokens["processed_unique_ratio"]}
-    if device == "cuda":
-        out["peak_gib"] = memory["cuda_max_allocated"] / GiB
-        out["growth_gib"] = (memory["cuda_max_allocated"] - memory["cuda_allocated_before"]) / GiB
-    else:
-        out["peak_gib"] = memory["peak_rss_kb"] / 2**20
-        out["growth_gib"] = (memory["peak_rss_kb"] - (memory["rss_before_kb"] or 0)) / 2**20
-        cpu = result.get("step_cpu_seconds") or []
+           "processed_unique_ratio": tokens["processed_unique_ratio"], "peak_gib": peak / GiB,
+           "growth_gib": (peak - before) / GiB}
+    if device != "cuda":
+        cpu = result.get("step_cpu_seconds")
         out["cpu_s_per_step"] = statistics.median(cpu) if cpu else None
     flops = 6 * result["trainer"]["matmul_params"] * out["tokens_per_s"]
-    for name, tflops in peaks.items():
-        out[f"mfu_{name}"] = flops / (tflops * 1e12)
+    out.update({f"mfu_{name}": flops / (tflops * 1e12) for name, tflops in peaks.items()})
     return out
 
 
 def add_ratios(group: dict[str, dict]) -> None:
     """Speed and peak memory of each implementation over each baseline present; share of the limit."""
     refs = {base: group.get(base, {}).get("metrics") for base in (*BASELINES, LIMIT)}
-    for entry in group.values():
-        m = entry.get("metrics")
-        if not m:
-            continue
-        for base in BASELINES:
-            if refs[base]:
-                m[f"speed_vs_{base}"] = m["pairs_per_s"] / refs[base]["pairs_per_s"]
-                m[f"peak_vs_{base}"] = m["peak_gib"] / refs[base]["peak_gib"]
+    for m in [entry["metrics"] for entry in group.values() if entry.get("metrics")]:
+        for base in [b for b in BASELINES if refs[b]]:
+            m[f"speed_vs_{base}"] = m["pairs_per_s"] / refs[base]["pairs_per_s"]
+            m[f"peak_vs_{base}"] = m["peak_gib"] / refs[base]["peak_gib"]
         if refs[LIMIT]:
             m["of_limit"] = m["tokens_per_s"] / refs[LIMIT]["tokens_per_s"]
 
@@ -171,33 +155,30 @@ def fmt(value, spec: str = ".2f", suffix: str = "") -> str:
 
 
 def group_table(group: dict[str, dict], device: str, peaks: dict[str, float]) -> list[str]:
+    """One shape and tuning: a row per implementation, a (column, cell of the metrics) pair per column."""
     present, limit = [b for b in BASELINES if group.get(b, {}).get("metrics")], group.get(LIMIT, {}).get("metrics")
-    head = (["implementation", "pairs/s", "step s median [min-max]"] + ["CPU s/step"] * (device == "cpu")
-            + ["unique tok/s"] + [f"MFU ({name})" for name in peaks]
-            + ["peak GiB" if device == "cuda" else "peak RSS GiB", "processed/unique"]
-            + [f"speed vs {BASELINES[b]}" for b in present] + [f"peak vs {BASELINES[b]}" for b in present]
-            + ["of limit"] * bool(limit))
+    columns = [("pairs/s", lambda m: fmt(m["pairs_per_s"], ".3g")),
+               ("step s median [min-max]",
+                lambda m: f"{m['step_s_median']:.3g} [{m['step_s_min']:.3g}-{m['step_s_max']:.3g}]"),
+               *[("CPU s/step", lambda m: fmt(m.get("cpu_s_per_step"), ".3g"))] * (device == "cpu"),
+               ("unique tok/s", lambda m: fmt(m["tokens_per_s"], ",.0f")),
+               *[(f"MFU ({n})", lambda m, n=n: fmt(100 * m[f"mfu_{n}"], ".1f", "%")) for n in peaks],
+               ("peak GiB" if device == "cuda" else "peak RSS GiB", lambda m: fmt(m["peak_gib"])),
+               ("processed/unique", lambda m: fmt(m["processed_unique_ratio"])),
+               *[(f"{what} vs {BASELINES[b]}", lambda m, key=f"{what}_vs_{b}": fmt(m.get(key), ".2f", "x"))
+                 for what in ("speed", "peak") for b in present],
+               *[("of limit", lambda m: fmt(100 * m.get("of_limit", math.nan), ".0f", "%"))] * bool(limit)]
     rows = []
     for name, entry in group.items():
         result, m = entry["result"], entry.get("metrics")
-        if not m:
-            why = f"skipped: {result['skipped']}" if "skipped" in result else f"FAILED: {result.get('error')}"
-            rows.append([IMPLS[name].label, why] + [""] * (len(head) - 2))
-            continue
-        rows.append([IMPLS[name].label, fmt(m["pairs_per_s"], ".3g"),
-                     f"{m['step_s_median']:.3g} [{m['step_s_min']:.3g}-{m['step_s_max']:.3g}]"]
-                    + [fmt(m.get("cpu_s_per_step"), ".3g")] * (device == "cpu") + [fmt(m["tokens_per_s"], ",.0f")]
-                    + [fmt(100 * m[f"mfu_{n}"], ".1f", "%") for n in peaks]
-                    + [fmt(m["peak_gib"], ".2f"), fmt(m["processed_unique_ratio"])]
-                    + [fmt(m.get(f"speed_vs_{b}"), ".2f", "x") for b in present]
-                    + [fmt(m.get(f"peak_vs_{b}"), ".2f", "x") for b in present]
-                    + [fmt(100 * m["of_limit"], ".0f", "%") if "of_limit" in m else "-"] * bool(limit))
-    return table(head, rows)
+        why = f"skipped: {result['skipped']}" if "skipped" in result else f"FAILED: {result.get('error')}"
+        cells = [cell(m) for _, cell in columns] if m else [why] + [""] * (len(columns) - 1)
+        rows.append([IMPLS[name].label] + cells)
+    return table(["implementation"] + [head for head, _ in columns], rows)
 
 
 def markdown(report: dict) -> str:
     """The training benchmark's Markdown: its settings, a table per group, the micro-batch searches, notes."""
-    s = report["settings"]
     lines = header(report)
     for group in report["groups"]:
         model, w = group["model"], group["workload"]
@@ -207,7 +188,7 @@ def markdown(report: dict) -> str:
                   f"{w['mean_rejected_tokens']:.0f} tokens. Model: Llama, hidden {model['hidden_size']}, "
                   f"{model['num_hidden_layers']} layers, {model['params'] / 1e6:,.0f}M parameters"
                   f"{', tied embeddings' if model['tie_word_embeddings'] else ''}.", ""]
-        lines += group_table(group["impls"], s["device"], report["peaks_tflops"])
+        lines += group_table(group["impls"], report["settings"]["device"], report["peaks_tflops"])
     for mb in report.get("max_batch") or ():
         lines += max_batch_table(mb)
     lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
@@ -231,32 +212,31 @@ def max_batch_table(mb: dict) -> list[str]:
 
 
 def header(report: dict) -> list[str]:
+    """The settings every table shares: command, machine, versions, training, timing, MFU, memory, limit."""
     env, s = report["environment"], report["settings"]
-    cuda = s["device"] == "cuda"
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    cuda, inline = s["device"] == "cuda", s["isolation"] == "inline"
+    gpu = f"; GPU {env['gpu']}" if env.get("gpu") else ""
+    flex = "; ours runs its shared-prompt / packed rows on flex_attention, see each plan" if cuda else ""
+    threads = f", {s['cpu_threads']} CPU threads per run" if s.get("cpu_threads") else ""
+    shared = "; inline runs share one process, so RSS peaks are not per configuration" if inline else ""
+    memory = ("`torch.cuda.max_memory_allocated` during training" if cuda else
+              f"peak RSS of the training process during training (high-water mark reset at train begin){shared}")
     lines = [
         f"# ORPO benchmark: {report['name']}", "",
         f"- command: `{s['command']}`; date {env['date']}; git {env['git']}",
-        f"- machine: {env['cpu']}, {env['cpu_count']} CPUs" + (f"; GPU {env['gpu']}" if env.get("gpu") else "")
-        + f"; Python {env['python']}; CUDA {env['cuda']}",
-        f"- versions: {versions}",
-        f"- training: AdamW ({'fused' if cuda else 'adamw_torch'}), lr {s['learning_rate']} constant, "
-        f"max_grad_norm 1.0, grad accumulation 1, beta {s['beta']}, max_length {s['max_length']}, max_prompt_length "
+        f"- machine: {env['cpu']}, {env['cpu_count']} CPUs{gpu}; Python {env['python']}; CUDA {env['cuda']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        f"- training: AdamW ({'fused' if cuda else 'adamw_torch'}), lr {s['learning_rate']} constant, max_grad_norm "
+        f"1.0, grad accumulation 1, beta {s['beta']}, max_length {s['max_length']}, max_prompt_length "
         f"{s['max_prompt_length']}, {'bf16' if cuda else 'float32'}, models loaded with sdpa (transformers' default"
-        f"{'; ours runs its shared-prompt / packed rows on flex_attention, see each plan' if cuda else ''}), "
-        f"no gradient checkpointing, sequential sampling, seed {s['seed']}"
-        + (f", {s['cpu_threads']} CPU threads per run" if s.get("cpu_threads") else ""),
+        f"{flex}), no gradient checkpointing, sequential sampling, seed {s['seed']}{threads}",
         f"- timing: {s['warmup']} warm-up step(s), then {s['steps']} timed steps; pairs/s = pairs per step / median "
         f"step; unique tok/s = median of each step's unique tokens / its time; isolation: {s['isolation']}",
-        "- MFU = 6 x parameters in matmuls (all but the input embedding; a tied head once) x unique tok/s / peak "
-        "(" + ", ".join(f"{k}: {v:.0f} TFLOP/s" for k, v in report["peaks_tflops"].items())
+        "- MFU = 6 x parameters in matmuls (all but the input embedding; a tied head once) x unique tok/s / peak ("
+        + ", ".join(f"{k}: {v:.0f} TFLOP/s" for k, v in report["peaks_tflops"].items())
         + "); attention FLOPs not counted; LoRA counted the same way (its real FLOPs are about 2/3)",
-        "- memory: " + ("`torch.cuda.max_memory_allocated` during training" if cuda else
-                        "peak RSS of the training process during training (high-water mark reset at train begin)"
-                        + ("; inline runs share one process, so RSS peaks are not per configuration"
-                           if s["isolation"] == "inline" else "")),
-        "- of limit = unique tok/s over the causal-LM limit's (a plain causal-LM step over one pair's unique tokens)",
-    ]
+        f"- memory: {memory}",
+        "- of limit = unique tok/s over the causal-LM limit's (a plain causal-LM step over one pair's unique tokens)"]
     if s.get("liger_compiled") is False:
         lines.append("- TRL+Liger: `LigerFusedLinearORPOLoss(compiled=False)` here (compiling took minutes per shape)")
     return lines

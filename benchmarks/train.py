@@ -79,30 +79,28 @@ def write(full: dict, args, root: Path, final: bool) -> None:
     text = report.markdown(out)
     report.write_result(args.out / full["name"], out, text)
     if final:
-        print("\n" + text)
-        print(f"written: {report.scrub(str(args.out / full['name']))}.md and .json", flush=True)
+        print(f"\n{text}\nwritten: {report.scrub(str(args.out / full['name']))}.md and .json", flush=True)
 
 
 def run_one(args, impl_name: str, job: dict, peaks: dict) -> dict:
+    """One configuration (or why it is skipped) and its metrics, with a line of progress before and after."""
     impl, label = IMPLS[impl_name], f"[{job['shape']} / {job['tune']}] {IMPLS[impl_name].label}"
     reason = skip_reason(impl, args.device, job["tune"]) or (
         "the search drives Python trainers only" if args.max_batch and impl.kind != "python" else None)
+    print(f"{label}: skipped, {reason}" if reason else f"{label}: running ...", flush=True)
     if reason:
-        print(f"{label}: skipped, {reason}", flush=True)
         return {"result": {"skipped": reason}}
-    print(f"{label}: running ...", flush=True)
     result = run(impl, job, args.timeout, args.isolation == "inline")
-    entry = {"result": result, "metrics": report.metrics(result, args.device, peaks)}
+    m = report.metrics(result, args.device, peaks)
     if "error" in result:
-        print(f"{label}: FAILED ({result['error']})\n{result['log_tail'][-3000:]}", flush=True)
+        done = f"FAILED ({result['error']})\n{result['log_tail'][-3000:]}"
     elif args.max_batch:
-        print(f"{label}: largest micro-batch {result['max_pairs']} pairs", flush=True)
+        done = f"largest micro-batch {result['max_pairs']} pairs"
     else:
-        m = entry["metrics"]
-        print(f"{label}: {m['pairs_per_s']:.3g} pairs/s, {m['tokens_per_s']:.0f} unique tok/s, peak "
-              f"{m['peak_gib']:.2f} GiB, processed/unique {m['processed_unique_ratio']:.2f} "
-              f"({result['process_seconds']:.0f} s)", flush=True)
-    return entry
+        done = (f"{m['pairs_per_s']:.3g} pairs/s, {m['tokens_per_s']:.0f} unique tok/s, peak {m['peak_gib']:.2f} GiB, "
+                f"processed/unique {m['processed_unique_ratio']:.2f} ({result['process_seconds']:.0f} s)")
+    print(f"{label}: {done}", flush=True)
+    return {"result": result, "metrics": m}
 
 
 def run_groups(args, full: dict, root: Path, peaks: dict) -> None:
