@@ -16,10 +16,10 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import datasets
 import numpy as np
@@ -54,101 +54,93 @@ def load_rows(path: Path) -> list[dict]:
              "rejected": messages([r["rejected"]])} for r in json.loads(path.read_text())]
 
 
-def _timed(fn, tokenizer) -> tuple[float, float]:
-    """(wall, CPU) seconds ``fn()`` takes, from an empty BPE cache (the Rust model keeps one across calls)."""
-    model = tokenizer.backend_tokenizer.model
-    if hasattr(model, "_clear_cache"):
-        model._clear_cache()
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
+def _times(fn, tokenizer, repeats: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of ``repeats`` calls of ``fn()``, each from an empty BPE cache (the Rust model keeps one)."""
+    model, times = tokenizer.backend_tokenizer.model, []
+    for _ in range(repeats):
+        if hasattr(model, "_clear_cache"):
+            model._clear_cache()
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
 
 
-def _best(fn, tokenizer, repeats: int) -> float:
-    return min(_timed(fn, tokenizer)[0] for _ in range(repeats))
+def _rates(name: str, pairs: int, times: list[tuple[float, float]]) -> dict[str, float]:
+    """``<name>_pairs_per_s`` of the best wall time and ``<name>_cpu_pairs_per_s`` of the best CPU time."""
+    return {f"{name}_pairs_per_s": round(pairs / min(wall for wall, _ in times), 1),
+            f"{name}_cpu_pairs_per_s": round(pairs / min(cpu for _, cpu in times), 1)}
 
 
-def _cold_and_warm(source, tokenizer) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(cold, warm) `_timed` ``prepare_preference_dataset`` on a file-backed copy in a new directory."""
+def _cold_and_warm(source, tokenizer) -> list[tuple[float, float]]:
+    """(cold, warm) `_times` of ``prepare_preference_dataset`` on a file-backed copy in a new directory."""
     with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as tmp:
         source.save_to_disk(f"{tmp}/raw")
         raw = datasets.load_from_disk(f"{tmp}/raw")  # file-backed: `map` writes its cache file beside it
-        cold, warm = (_timed(lambda: prepare_preference_dataset(raw, tokenizer, **LIMITS), tokenizer) for _ in "cw")
+        times = _times(lambda: prepare_preference_dataset(raw, tokenizer, **LIMITS), tokenizer, repeats=2)
         assert len(list(Path(tmp, "raw").glob("cache-*.arrow"))) == 1  # the cold call wrote it, the warm one read it
-    return cold, warm
+    return times
 
 
 def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
     """Cold and warm ``prepare_preference_dataset``, and cold with a plain tokenizer call for ``TextEncoder``."""
-    source, cold, warm, plain = datasets.Dataset.from_list(rows), [], [], []
+    source, pairs, runs = datasets.Dataset.from_list(rows), len(rows), []
     for _ in range(repeats):
-        seconds = _cold_and_warm(source, tokenizer)
-        cold.append(seconds[0])
-        warm.append(seconds[1])
-        data.TextEncoder, encoder = (lambda tok: functools.partial(encode_texts, tok)), data.TextEncoder
-        try:
-            plain.append(_cold_and_warm(source, tokenizer)[0])
-        finally:
-            data.TextEncoder = encoder
-    pairs, walls = len(rows), [wall for wall, _ in cold]
-    return {
-        "ours_cold_pairs_per_s": round(pairs / min(walls), 1),
-        "ours_cold_median_pairs_per_s": round(pairs / statistics.median(walls), 1),
-        "ours_cold_first_call_pairs_per_s": round(pairs / walls[0], 1),
-        "ours_cold_seconds": [round(t, 4) for t in walls],
-        "ours_cold_cpu_pairs_per_s": round(pairs / min(cpu for _, cpu in cold), 1),
-        "ours_with_plain_tokenizer_call_cold_pairs_per_s": round(pairs / min(wall for wall, _ in plain), 1),
-        "ours_with_plain_tokenizer_call_cold_cpu_pairs_per_s": round(pairs / min(cpu for _, cpu in plain), 1),
-        "ours_warm_cached_pairs_per_s": round(pairs / min(wall for wall, _ in warm), 1),
-    }
+        cold_warm = _cold_and_warm(source, tokenizer)
+        with mock.patch.object(data, "TextEncoder", lambda tok: functools.partial(encode_texts, tok)):
+            runs.append((*cold_warm, _cold_and_warm(source, tokenizer)[0]))
+    cold, warm, plain = zip(*runs)
+    walls = [wall for wall, _ in cold]
+    return {**_rates("ours_cold", pairs, cold), "ours_cold_seconds": [round(t, 4) for t in walls],
+            "ours_cold_median_pairs_per_s": round(pairs / statistics.median(walls), 1),
+            "ours_cold_first_call_pairs_per_s": round(pairs / walls[0], 1),
+            **_rates("ours_with_plain_tokenizer_call_cold", pairs, plain),
+            "ours_warm_cached_pairs_per_s": round(pairs / min(warm)[0], 1)}
 
 
 def measure_trl(rows: list[dict], tokenizer, repeats: int) -> dict:
     """TRL's ``tokenize_row`` on every row (rendered before the clock starts), best of ``repeats``; rejects counted."""
     from trl.data_utils import maybe_apply_chat_template
-
-    with warnings.catch_warnings():  # "importing from trl.experimental" is expected here
-        warnings.simplefilter("ignore")
-        from trl.experimental.orpo import ORPOTrainer
+    from trl.experimental.orpo import ORPOTrainer  # its notice silenced by TRL_EXPERIMENTAL_SILENCE (`impls.OFFLINE`)
 
     features = [maybe_apply_chat_template(row, tokenizer) for row in rows]
     trainer = object.__new__(ORPOTrainer)  # tokenize_row reads only these attributes
     trainer.processing_class, trainer.is_encoder_decoder, trainer.max_length = tokenizer, False, LIMITS["max_length"]
-    rejected = 0
+    rejected = set()
 
     def run() -> None:
-        nonlocal rejected
-        rejected = 0
-        for feature in features:
+        for i, feature in enumerate(features):
             try:
                 trainer.tokenize_row(feature)
             except ValueError:  # "Chosen and rejected prompt_input_ids might only differ on the last token"
-                rejected += 1
+                rejected.add(i)
 
-    times = [_timed(run, tokenizer) for _ in range(repeats)]
-    return {"trl_tokenize_row_pairs_per_s": round(len(features) / min(wall for wall, _ in times), 1),
-            "trl_tokenize_row_cpu_pairs_per_s": round(len(features) / min(cpu for _, cpu in times), 1),
-            "trl_rows_rejected": rejected}
+    rates = _rates("trl_tokenize_row", len(rows), _times(run, tokenizer, repeats))
+    return {**rates, "trl_rows_rejected": len(rejected)}
 
 
 def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
     """Tokenisation alone, a plain tokenizer call against ``TextEncoder``, and the floor any exact pipeline pays."""
     batch = datasets.Dataset.from_list(rows)[:]
     texts = [t for part in render_batch(batch, Layout.CONVERSATIONAL, tokenizer) for t in part]
-    plain = _best(lambda: encode_texts(tokenizer, texts), tokenizer, repeats)
-    pieces = _best(lambda: TextEncoder(tokenizer)(texts), tokenizer, repeats)  # a new encoder: no word cache
+
+    def best(fn) -> float:
+        return min(_times(fn, tokenizer, repeats))[0]
+
+    plain = best(lambda: encode_texts(tokenizer, texts))
+    pieces = best(lambda: TextEncoder(tokenizer)(texts))  # a new encoder: no word cache
     out = {"texts": len(texts), "chars": sum(map(len, texts)), "plain_tokenizer_call_s": round(plain, 4),
            "text_encoder_s": round(pieces, 4), "speedup": round(plain / pieces, 2)}
     plan = _plan(tokenizer)
     if plan is None or plan.words is None:
         return {**out, "floor": {"skipped": "the tokenizer is not plain byte-level BPE"}}
-    render = _best(lambda: render_batch(batch, Layout.CONVERSATIONAL, tokenizer), tokenizer, repeats)
+    render = best(lambda: render_batch(batch, Layout.CONVERSATIONAL, tokenizer))
     distinct = list({p for text in texts for p in plan.pieces(text)}.difference(plan.known))
-    split = _best(lambda: [plan.words.split(p) for p in distinct], tokenizer, repeats)
+    split = best(lambda: [plan.words.split(p) for p in distinct])
     words = list({w for p in distinct for w in plan.words.split(p) or ()})
     bpe_only = Tokenizer(tokenizer.backend_tokenizer.model)  # the same model; bytes mapped, no split
     bpe_only.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    bpe = _best(lambda: bpe_only.encode(words, is_pretokenized=True, add_special_tokens=False), tokenizer, repeats)
+    bpe = best(lambda: bpe_only.encode(words, is_pretokenized=True, add_special_tokens=False))
     return {**out, "floor": {"distinct_piece_chars": sum(map(len, distinct)), "distinct_words": len(words),
                              "render_s": round(render, 4), "split_s": round(split, 4), "bpe_s": round(bpe, 4),
                              "ceiling_pairs_per_s": round(len(texts) / 3 / (render + split + bpe), 1)}}
@@ -161,8 +153,6 @@ def main(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # libraries' log lines must not break the JSON on stdout
         tokenizer = load_tokenizer()
         for name, path in DATASETS.items():
-            if not path.exists():
-                continue
             rows = load_rows(path)
             entry = {"pairs": len(rows), **measure_ours(rows, tokenizer, args.repeats),
                      **measure_trl(rows, tokenizer, args.repeats)}
@@ -188,65 +178,59 @@ def main(args) -> int:
 # preprocess-scale
 
 LAYOUTS = {"text": "prompt_pairs", "messages": "chat_template"}  # layout -> the Axolotl `type:` reading it
-PATHS = ("api", "axolotl")
 SHORT, LONG, LONG_SHARE = ((5, 25), (5, 40)), ((60, 250), (30, 150)), 0.2  # (prompt, answer) words per row
 NEW_WORD_SHARE = 0.02
-CHILD_TIMEOUT_S = 3600
+LETTERS = str.maketrans("01234567", "aeioklmr")  # octal digits -> letters: pronounceable new names
+PSS = re.compile(r"^(Pss|Pss_Anon|Pss_File):\s+(\d+) kB$", re.M)  # the smaps_rollup lines `CallProbe` samples
+COLUMNS = {"seconds": "seconds", "pairs_per_s": "pairs/s", "cpu_us_per_pair": "CPU us/pair",  # of the Markdown
+           "peak_rss_mib": "peak RSS MiB", "growth_mib": "growth in the call MiB",  # table: field -> heading
+           "anon_peak_mib": "peak anon MiB (PSS)", "file_peak_mib": "peak file MiB (PSS)"}
 
 
 def scale_arguments(p) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
     p.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
-    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    p.add_argument("--paths", nargs="+", choices=("api", "axolotl"), default=["api", "axolotl"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parallel", type=int, default=1, help="runs side by side (largest sizes first): CPU time "
-                   "and RSS stay per process, wall time then includes the contention")
+    p.add_argument("--parallel", type=int, default=1, help="runs side by side, the largest sizes first")
     p.add_argument("--out", type=Path, help="also write <machine>-preprocess-scale.{json,md} here")
 
 
-class Words:
-    """Words drawn with the frequencies of the repository's pair texts, ``NEW_WORD_SHARE`` of them new."""
-
-    LETTERS = str.maketrans("01234567", "aeioklmr")  # octal digits -> letters: pronounceable new names
-
-    def __init__(self, seed: int):
-        counts = Counter()
-        for path in DATASETS.values():
-            for row in json.loads(path.read_text(encoding="utf-8")):
-                for turn in [*row["conversations"], row["chosen"], row["rejected"]]:
-                    counts.update(re.findall(r"\s*\S+", turn["value"]))
-        self.words = np.array(list(counts), dtype=object)
-        self.cumulative = np.cumsum(np.fromiter(counts.values(), dtype=np.float64))
-        self.rng, self.buffer, self.at = np.random.default_rng(seed), [], 0
-
-    def text(self, count: int) -> str:
-        if self.at + count > len(self.buffer):
-            words = self.words[np.searchsorted(self.cumulative, self.rng.random(1 << 20) * self.cumulative[-1],
-                                                    side="right")]
-            for i in np.flatnonzero(self.rng.random(len(words)) < NEW_WORD_SHARE):
-                n = int(self.rng.integers(1 << 30))
-                words[i] = (f" {n % 10 ** (1 + n % 6)}" if n % 3 == 0 else f" id_{n:x}" if n % 3 == 1
-                            else " " + format(n, "o").translate(self.LETTERS).title())
-            self.buffer, self.at = words.tolist(), 0
-        words, self.at = self.buffer[self.at : self.at + count], self.at + count
-        return "".join(words).strip()
-
-
 def generate_rows(layout: str, seed: int):
-    """Endless rows of ``layout``, the same for a seed whatever the size (a smaller file is a prefix)."""
-    words, rng = Words(seed), random.Random(seed)
+    """Endless rows of ``layout``, the same for a seed whatever the size (a smaller file is a prefix). Words are drawn
+    with the frequencies of the repository's pair texts, ``NEW_WORD_SHARE`` of them new (numbers, ids, names)."""
+    counts = Counter()
+    for path in DATASETS.values():
+        for row in json.loads(path.read_text(encoding="utf-8")):
+            for turn in [*row["conversations"], row["chosen"], row["rejected"]]:
+                counts.update(re.findall(r"\s*\S+", turn["value"]))
+    vocab, cumulative = np.array(list(counts), dtype=object), np.cumsum(np.fromiter(counts.values(), dtype=np.float64))
+    draws, rng, words, at = np.random.default_rng(seed), random.Random(seed), [], 0
+
+    def text(count: int) -> str:
+        nonlocal words, at
+        if at + count > len(words):  # a new batch of 2**20 draws; the rest of the last one is dropped
+            batch = vocab[np.searchsorted(cumulative, draws.random(1 << 20) * cumulative[-1], side="right")]
+            for i in np.flatnonzero(draws.random(len(batch)) < NEW_WORD_SHARE):
+                n = int(draws.integers(1 << 30))
+                batch[i] = (f" {n % 10 ** (1 + n % 6)}" if n % 3 == 0 else f" id_{n:x}" if n % 3 == 1
+                            else " " + format(n, "o").translate(LETTERS).title())
+            words, at = batch.tolist(), 0
+        at += count
+        return "".join(words[at - count : at]).strip()
+
     while True:
         prompt_words, answer_words = LONG if rng.random() < LONG_SHARE else SHORT
-        prompt, chosen, rejected = (words.text(rng.randint(*r)) for r in (prompt_words, answer_words, answer_words))
+        prompt, chosen, rejected = (text(rng.randint(*r)) for r in (prompt_words, answer_words, answer_words))
         if layout == "text":  # the prompt ends with its separator (`prompt_pairs`' contract)
             yield {"prompt": prompt + "\n", "chosen": chosen, "rejected": rejected}
             continue
         turns = [{"role": "user", "content": prompt}]
         if rng.random() < 0.2:  # a multi-turn history
-            turns[:0] = [{"role": "user", "content": words.text(rng.randint(10, 60))},
-                         {"role": "assistant", "content": words.text(rng.randint(10, 80))}]
+            turns[:0] = [{"role": "user", "content": text(rng.randint(10, 60))},
+                         {"role": "assistant", "content": text(rng.randint(10, 80))}]
         if rng.random() < 0.3:
-            turns.insert(0, {"role": "system", "content": words.text(rng.randint(5, 30))})
+            turns.insert(0, {"role": "system", "content": text(rng.randint(5, 30))})
         yield {"prompt": turns, "chosen": [{"role": "assistant", "content": chosen}],
                "rejected": [{"role": "assistant", "content": rejected}]}
 
@@ -254,49 +238,14 @@ def generate_rows(layout: str, seed: int):
 def write_files(folder: Path, layout: str, sizes: list[int], seed: int) -> dict[int, Path]:
     """One JSONL per size, written in one pass (each a prefix of the next), rows streamed to disk."""
     paths = {n: folder / f"{layout}-{n}.jsonl" for n in sizes}
-    files = {n: path.open("w", encoding="utf-8") for n, path in paths.items()}
-    for i, row in zip(range(max(sizes)), generate_rows(layout, seed)):
-        line = json.dumps(row, ensure_ascii=False) + "\n"
-        for n, file in files.items():
-            if i < n:
-                file.write(line)
-    for file in files.values():
-        file.close()
+    with contextlib.ExitStack() as stack:
+        files = {n: stack.enter_context(path.open("w", encoding="utf-8")) for n, path in paths.items()}
+        for i, row in zip(range(max(sizes)), generate_rows(layout, seed)):
+            line = json.dumps(row, ensure_ascii=False) + "\n"
+            for n, file in files.items():
+                if i < n:
+                    file.write(line)
     return paths
-
-
-class RssKinds(threading.Thread):
-    """Peak ``Pss``, ``Pss_Anon`` and ``Pss_File`` of this process and its children, sampled every 0.1 s."""
-
-    KEYS = ("Pss", "Pss_Anon", "Pss_File")
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.done, self.before = threading.Event(), self.read()
-        self.peak = dict(self.before)
-
-    @classmethod
-    def read(cls) -> dict[str, int]:
-        pids = ["self"] + [c for t in Path("/proc/self/task").iterdir() for c in (t / "children").read_text().split()]
-        total = dict.fromkeys(cls.KEYS, 0)
-        for pid in pids:
-            try:
-                lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-            except OSError:  # a child that just ended
-                continue
-            for key, value in (line.split(":", 1) for line in lines if line.split(":", 1)[0] in total):
-                total[key] += int(value.split()[0])
-        return total
-
-    def run(self) -> None:
-        while not self.done.wait(0.1):
-            self.peak = {key: max(value, self.peak[key]) for key, value in self.read().items()}
-
-    def stop(self) -> dict[str, int]:
-        self.done.set()
-        self.join()
-        return {**{f"{k}_before_call_kb": v for k, v in self.before.items()},
-                **{f"{k}_peak_kb": v for k, v in self.peak.items()}}
 
 
 def _clock() -> tuple[float, float]:
@@ -305,9 +254,42 @@ def _clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time() + children.ru_utime + children.ru_stime
 
 
-def _since(start: tuple[float, float]) -> dict[str, float]:
-    wall, cpu = _clock()
-    return {"seconds": round(wall - start[0], 3), "cpu_seconds": round(cpu - start[1], 3)}
+class CallProbe(threading.Thread):
+    """From its creation to ``stop``: wall and CPU seconds, RSS, and the peak ``Pss``, ``Pss_Anon`` and ``Pss_File`` of
+    this process and its children, sampled every 0.1 s."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.rss_before, self.before = rss_kb(), self.read()
+        self.peak, self.done, self.clock = dict(self.before), threading.Event(), _clock()
+        self.start()
+
+    @staticmethod
+    def read() -> dict[str, int]:
+        pids = ["self"] + [c for t in Path("/proc/self/task").iterdir() for c in (t / "children").read_text().split()]
+        total = dict.fromkeys(("Pss", "Pss_Anon", "Pss_File"), 0)
+        for pid in pids:
+            with contextlib.suppress(OSError):  # a child that just ended
+                for key, kb in PSS.findall(Path(f"/proc/{pid}/smaps_rollup").read_text()):
+                    total[key] += int(kb)
+        return total
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.peak = {key: max(value, self.peak[key]) for key, value in self.read().items()}
+
+    def since(self) -> dict[str, float]:
+        wall, cpu = _clock()
+        return {"seconds": round(wall - self.clock[0], 3), "cpu_seconds": round(cpu - self.clock[1], 3)}
+
+    def stop(self) -> dict:
+        """The figures so far; peak RSS as this process's ``ru_maxrss`` and its largest child's, if any."""
+        figures = {**self.since(), "rss_before_call_kb": self.rss_before, "peak_rss_kb": max_rss_kb(),
+                   "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
+        self.done.set()
+        self.join()
+        return {**figures, **{f"{k}_before_call_kb": v for k, v in self.before.items()},
+                **{f"{k}_peak_kb": v for k, v in self.peak.items()}}
 
 
 def run_job(job: dict) -> dict:
@@ -315,13 +297,11 @@ def run_job(job: dict) -> dict:
     datasets.disable_progress_bars()
     if job["path"] == "api":
         tokenizer = load_tokenizer()
-        before, kinds, start = rss_kb(), RssKinds(), _clock()
-        kinds.start()
+        probe = CallProbe()
         raw = datasets.load_dataset("json", data_files=job["data"], split="train",
                                     cache_dir=str(Path(job["work_dir"]) / "hf"))
-        loaded = _since(start)
+        loaded = probe.since()
         prepared, _ = prepare_preference_dataset(raw, tokenizer, **LIMITS, source=Path(job["data"]).name)
-        rows = len(prepared)
     else:
         import axolotl.common.datasets  # noqa: F401  what `axolotl preprocess` has imported before it calls us
         from axolotl.cli.config import load_cfg
@@ -331,54 +311,44 @@ def run_job(job: dict) -> dict:
 
         cfg = load_cfg(job["config"], is_preprocess=True)
         tokenizer = axolotl_tokenizer(cfg)
-        before, kinds, start = rss_kb(), RssKinds(), _clock()
-        kinds.start()
-        train, _, _ = load_orpo_datasets(cfg, tokenizer)
-        rows, loaded = len(train), None
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child's, if any
-    return {**_since(start), "load_json": loaded, "rows": rows, "rss_before_call_kb": before,
-            "peak_rss_kb": max_rss_kb(), "children_peak_rss_kb": children, **kinds.stop()}
+        probe = CallProbe()
+        (prepared, _, _), loaded = load_orpo_datasets(cfg, tokenizer), None
+    return {**probe.stop(), "load_json": loaded, "rows": len(prepared)}
 
 
-def run_one(tmp: Path, path: str, layout: str, data: Path, model_dir: Path) -> dict:
+def run_one(tmp: Path, model_dir: Path, layout: str, path: str, data: Path) -> dict:
     """One run in a fresh process with its own caches (``axolotl``: the YAML `axolotl preprocess` would read)."""
     work = Path(tempfile.mkdtemp(prefix=f"{path}-{layout}-", dir=tmp))
     job = {"subcommand": "preprocess-scale", "path": path, "layout": layout, "data": str(data), "device": "cpu",
            "work_dir": str(work), "result_path": str(work / "result.json")}
     if path == "axolotl":
+        dataset = {"path": str(data), "ds_type": "json", "type": LAYOUTS[layout], "split": "train"}
         job["config"] = str(write_config(job, plugins=[MERLINA_PLUGIN], rl="orpo_standalone", base_model=str(model_dir),
                                          sequence_len=MAX_LENGTH, micro_batch_size=1, learning_rate=1e-5, bf16=False,
-                                         shuffle_merged_datasets=True, dataset_num_proc=1, datasets=[
-                                             {"path": str(data), "ds_type": "json", "type": LAYOUTS[layout],
-                                              "split": "train"}]))
+                                         shuffle_merged_datasets=True, dataset_num_proc=1, datasets=[dataset]))
     load = os.getloadavg()[0]
-    result = spawn(job, CHILD_TIMEOUT_S, HF_DATASETS_CACHE=str(work / "hf"), AXOLOTL_IS_PREPROCESS="1")
+    result = spawn(job, timeout=3600, HF_DATASETS_CACHE=str(work / "hf"), AXOLOTL_IS_PREPROCESS="1")
     if "error" in result:
         return {"error": f"{result['error']}: {result['log_tail'][-3000:]}"}
     shutil.rmtree(work, ignore_errors=True)  # the caches of a 200k run are gigabytes
     return {**result, "load_average_1m": {"start": round(load, 2), "end": round(os.getloadavg()[0], 2)}}
 
 
-def _peak_kb(run: dict) -> int:
-    """The run's peak RSS: its own ``ru_maxrss``, or its largest child's (the ``map`` worker) if larger."""
-    return max(run["peak_rss_kb"], run["children_peak_rss_kb"])
-
-
 def summarise(runs: dict[int, dict]) -> dict:
     """pairs/s, CPU microseconds per pair, peak RSS per size; the largest size against the smallest."""
     sizes = sorted(n for n, r in runs.items() if "error" not in r)
+    peak = {n: max(runs[n]["peak_rss_kb"], runs[n]["children_peak_rss_kb"]) for n in sizes}  # own or largest child's
     for n in sizes:
         r = runs[n]
+        mib = {"peak_rss": peak[n], "growth": peak[n] - r["rss_before_call_kb"], "anon_peak": r["Pss_Anon_peak_kb"],
+               "file_peak": r["Pss_File_peak_kb"]}
         r.update(pairs_per_s=round(n / r["seconds"], 1), cpu_us_per_pair=round(1e6 * r["cpu_seconds"] / n, 1),
-                 peak_rss_mib=round(_peak_kb(r) / 1024, 1),
-                 growth_mib=round((_peak_kb(r) - r["rss_before_call_kb"]) / 1024, 1),
-                 anon_peak_mib=round(r["Pss_Anon_peak_kb"] / 1024, 1),
-                 file_peak_mib=round(r["Pss_File_peak_kb"] / 1024, 1))
+                 **{f"{key}_mib": round(kb / 1024, 1) for key, kb in mib.items()})
     if len(sizes) < 2:
         return {}
     per_pair, wall = [runs[n]["cpu_us_per_pair"] for n in sizes], [runs[n]["seconds"] / n for n in sizes]
     first, last = runs[sizes[0]], runs[sizes[-1]]
-    return {"peak_rss_ratio_largest_to_smallest": round(_peak_kb(last) / _peak_kb(first), 3),
+    return {"peak_rss_ratio_largest_to_smallest": round(peak[sizes[-1]] / peak[sizes[0]], 3),
             "anon_peak_ratio_largest_to_smallest": round(last["Pss_Anon_peak_kb"] / first["Pss_Anon_peak_kb"], 3),
             "growth_largest_minus_smallest_mib": round(last["growth_mib"] - first["growth_mib"], 1),
             "cpu_per_pair_spread": round(max(per_pair) / min(per_pair) - 1, 3),
@@ -387,53 +357,44 @@ def summarise(runs: dict[int, dict]) -> dict:
 
 def scale_markdown(results: dict) -> str:
     env, runs = results["environment"], results["runs"]
-    fields = ("seconds", "pairs_per_s", "cpu_us_per_pair", "peak_rss_mib", "growth_mib", "anon_peak_mib",
-              "file_peak_mib")
-    keys = ("peak_rss_ratio_largest_to_smallest", "anon_peak_ratio_largest_to_smallest",
-            "growth_largest_minus_smallest_mib", "cpu_per_pair_spread", "wall_per_pair_spread")
+    checks = list(dict.fromkeys(key for group in runs.values() for key in group["check"]))
     lines = ["# Preprocessing at scale", "", f"- command: `{results['command']}`; date {env['date']}; git {env['git']}",
              f"- machine: {env['cpu']}, {env['cpu_count']} cores; {results['machine_load']}", ""]
-    lines += table(["layout", "path", "pairs", "seconds", "pairs/s", "CPU us/pair", "peak RSS MiB",
-                    "growth in the call MiB", "peak anon MiB (PSS)", "peak file MiB (PSS)"],
-                   [[*key.split("/"), f"{int(n):,}", *([r[k] for k in fields] if "error" not in r else ["FAILED"])]
+    lines += table(["layout", "path", "pairs", *COLUMNS.values()],
+                   [[*key.split("/"), f"{int(n):,}", *([r[k] for k in COLUMNS] if "error" not in r else ["FAILED"])]
                     for key, group in runs.items() for n, r in group["sizes"].items()])
-    lines += [""] + table(["layout / path", *(k.replace("_", " ") for k in keys)],
-                          [[k, *(g["check"].get(c) for c in keys)] for k, g in runs.items()])
+    lines += [""] + table(["layout / path", *(k.replace("_", " ") for k in checks)],
+                          [[k, *(g["check"].get(c) for c in checks)] for k, g in runs.items()])
     return "\n".join(lines + ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]) + "\n"
 
 
 def scale_main(args) -> int:
     """Generated pairs through the Python API and the Axolotl path, each size and path in a fresh process; JSON."""
-    results = {"limits": LIMITS, "rows": {"short": SHORT, "long": LONG, "long_share": LONG_SHARE,
-                                          "new_word_share": NEW_WORD_SHARE, "seed": args.seed}, "runs": {}}
+    sizes, groups = sorted(args.sizes), [(layout, path) for layout in args.layouts for path in args.paths]
     with tempfile.TemporaryDirectory(prefix="preprocess-scale-") as tmp:
         model_dir = Path(tmp, "model")
         if "axolotl" in args.paths:  # `load_cfg` reads a model's config; the SmolLM2 tokenizer is saved beside it
             build_model_dir(model_dir, "smoke", 49152, "cpu")
-        files = {layout: write_files(Path(tmp), layout, sorted(args.sizes), args.seed) for layout in args.layouts}
-        jobs = [(layout, path, n) for n in sorted(args.sizes, reverse=True) for layout in args.layouts
-                for path in args.paths]
+        files = {layout: write_files(Path(tmp), layout, sizes, args.seed) for layout in args.layouts}
+        jobs = [(layout, path, n) for n in reversed(sizes) for layout, path in groups]  # the largest first
         with ThreadPoolExecutor(args.parallel) as pool:
-            done = dict(zip(jobs, pool.map(lambda j: run_one(Path(tmp), j[1], j[0], files[j[0]][j[2]], model_dir),
-                                           jobs)))
-    for layout in args.layouts:
-        for path in args.paths:
-            runs = {n: done[layout, path, n] for n in sorted(args.sizes)}
-            results["runs"][f"{layout}/{path}"] = {"sizes": runs, "check": summarise(runs)}
-    loads = [r["load_average_1m"]["start"] for g in results["runs"].values() for r in g["sizes"].values()
-             if "error" not in r]
-    results["machine_load"] = (f"1-minute load average {min(loads, default=0):.2f}-{max(loads, default=0):.2f} when "
-                               f"the runs started (other jobs shared the cores: compare CPU time, not wall time)")
-    results["notes"] = [
-        "peak RSS: the fresh process's ru_maxrss (imports and tokenizer included) or its largest child's; growth in "
-        "the call: that peak minus the RSS just before the call",
-        "CPU us/pair: the number to judge flatness by on a shared machine",
-        "file (PSS) is mostly page cache of the memory-mapped Arrow files, which the kernel reclaims; anon is the "
-        "processes' own memory",
-        f"--parallel {args.parallel}" + (": wall times include the runs' contention" if args.parallel > 1 else ""),
-    ]
-    result = publish(args, "preprocess-scale", results, markdown=scale_markdown, print_json=True)
-    return 1 if any("error" in r for g in result["runs"].values() for r in g["sizes"].values()) else 0
+            done = dict(zip(jobs, pool.map(lambda j: run_one(Path(tmp), model_dir, *j[:2], files[j[0]][j[2]]), jobs)))
+    runs = {f"{layout}/{path}": {n: done[layout, path, n] for n in sizes} for layout, path in groups}
+    loads = [r["load_average_1m"]["start"] for group in runs.values() for r in group.values() if "error" not in r]
+    result = publish(args, "preprocess-scale", {
+        "limits": LIMITS, "rows": {"short": SHORT, "long": LONG, "long_share": LONG_SHARE,
+                                   "new_word_share": NEW_WORD_SHARE, "seed": args.seed},
+        "runs": {key: {"sizes": group, "check": summarise(group)} for key, group in runs.items()},
+        "machine_load": f"1-minute load average {min(loads, default=0):.2f}-{max(loads, default=0):.2f} when the runs "
+                        "started (other jobs shared the cores: compare CPU time, not wall time)",
+        "notes": [
+            "peak RSS: the fresh process's ru_maxrss (imports included) or its largest child's; growth in the call: "
+            "that peak minus the RSS just before the call; CPU us/pair: the number to judge flatness by",
+            "file (PSS): mostly page cache of the memory-mapped Arrow files, which the kernel reclaims; anon (PSS): "
+            "the processes' own memory",
+            f"--parallel {args.parallel}" + (": wall times include the runs' contention" if args.parallel > 1 else ""),
+        ]}, markdown=scale_markdown, print_json=True)
+    return 1 if any("error" in r for group in result["runs"].values() for r in group["sizes"].values()) else 0
 
 
 COMMANDS = {"preprocess": (add_arguments, main), "preprocess-scale": (scale_arguments, scale_main)}
