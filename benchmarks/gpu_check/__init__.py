@@ -3,21 +3,24 @@ results written after every measurement."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from ..loss import SIDES, run_job
+from ..loss import SIDES, memory_markdown, run_job
 from ..measure import free
-from ..report import environment, fmt, machine_slug, scrub, table, write_result
+from ..report import environment, fmt, machine_slug, scrub, write_result
 from ..workload import CHUNK, REPO
 from .equivalence import section1, section1_lines
 from .trainer_check import run_trainer_check, trainer_lines
+
+MEMORY = "max_memory_allocated during loss+backward minus allocated before (CUDA); RSS high-water mark on CPU, " \
+         "not per side in one process"
 
 
 class Check:
@@ -54,37 +57,42 @@ class Check:
         self.save()
         return tb.strip().splitlines()[-1][:300]
 
+    def attempt(self, where: str, fn, **failed) -> dict:
+        """``fn()``; if it raises, the error recorded, memory freed and ``{"error": its last line, **failed}``."""
+        try:
+            return fn()
+        except Exception:
+            error = self.error(where)
+            free(collect=True)
+            return {"error": error, **failed}
+
 
 def add_arguments(p) -> None:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--quick", action="store_true", help="small sizes (CPU validation of the code paths)")
     p.add_argument("--sections", help="comma-separated subset of 1,2 (default 1,2; none with --trainer)")
-    p.add_argument("--trainer", action="store_true", help="the trainer-level check (train, evaluate, save, resume)")
-    p.add_argument("--axolotl", action=argparse.BooleanOptionalAction, default=None,
-                   help="trainer check: also the real `axolotl train` with the plugin (default: on CUDA only)")
+    p.add_argument("--trainer", action="store_true",
+                   help="the trainer-level check (train, evaluate, save, resume; on CUDA also `axolotl train`)")
     p.add_argument("--budget-s", type=float, default=330.0, help="wall-clock budget; section 1 skips what won't fit")
     p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results)")
 
 
 def section2(check: Check) -> None:
-    """The loss alone, each side in this process."""
-    res, cuda = check.results["section2"], check.args.device == "cuda"
-    size = dict(vocab=32000, tokens=256, pairs=2, hidden=256) if check.args.quick else dict(
-        vocab=128256, tokens=1024, pairs=2, hidden=2048)
-    setup = dict(size, chunk_size=CHUNK, device=check.args.device, dtype="bfloat16" if cuda else "float32",
-                 frozen_head=False)
-    res["setup"] = dict(setup, memory="max_memory_allocated during loss+backward minus allocated before (CUDA); "
-                                      "RSS high-water mark on CPU, not per side in one process")
-    res["sides"] = {}
+    """The sides of ``loss-memory``, each run in this process (there: each in a fresh one)."""
+    res, args, cuda = check.results["section2"], check.args, check.args.device == "cuda"
+    vocab, tokens, hidden = (32000, 256, 256) if args.quick else (128256, 1024, 2048)
+    settings = dict(vocab=vocab, tokens=tokens, pairs=2, hidden=hidden, chunk_size=CHUNK, device=args.device,
+                    dtype="bfloat16" if cuda else "float32", frozen_head=False)
+    res.update(setup=dict(settings, memory=MEMORY), sides={})
     for side in SIDES:
         check.log(f"section 2: {side}")
         try:
-            res["sides"][side] = run_job(dict(setup, side=side))
-        except Exception:
-            res["sides"][side] = {"error": check.error(f"section2 {side}")}
+            res["sides"][side] = run_job(dict(settings, side=side))
+        except Exception:  # as `impls.spawn` reports a side that failed
+            res["sides"][side] = {"error": "exception", "log_tail": check.error(f"section2 {side}")}
         free(collect=True)
         check.save()
-    trl, ours = res["sides"].get("trl", {}), res["sides"].get("ours", {})
+    trl, ours = res["sides"]["trl"], res["sides"]["ours"]
     if "loss" in trl and "loss" in ours:
         res["loss_rel_diff"] = abs(ours["loss"] - trl["loss"]) / abs(trl["loss"])
         if cuda:
@@ -92,20 +100,16 @@ def section2(check: Check) -> None:
 
 
 def section2_lines(s2: dict) -> list[str]:
+    """``loss-memory``'s table of the sides, then how far our loss is from TRL's."""
     if not s2.get("sides"):
         return []
-    st, cuda = s2["setup"], s2["setup"]["device"] == "cuda"
-    rows = [[name, f"ERROR: {r['error']}", "", ""] if "error" in r else
-            [name, fmt(r["peak_delta_bytes"] / 2**30, ".3f") if cuda else "(CPU: not per side)",
-             f"{r['seconds'] * 1e3:.0f}", f"{r['loss']:.6f}"] for name, r in s2["sides"].items()]
-    lines = [f"## 2. Loss alone: {2 * st['pairs']} rows x {st['tokens']} tokens, hidden {st['hidden']}, "
-             f"vocab {st['vocab']:,}, {st['dtype']}, chunk {st['chunk_size']}", ""]
-    lines += table(["side", "peak above baseline GiB", "ms", "loss"], rows) + [""]
-    if "memory_ratio_trl_over_ours" in s2:
-        lines.append(f"TRL / ours (chunked) peak memory: {s2['memory_ratio_trl_over_ours']:.2f}x")
-    if "loss_rel_diff" in s2:
-        lines.append(f"loss relative difference, ours chunked vs TRL ({st['dtype']}): {s2['loss_rel_diff']:.2e}")
-    return lines + [""]
+    settings = {k: v for k, v in s2["setup"].items() if k != "memory"}
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k != "frozen_head")
+    sides = memory_markdown({"command": f"python -m benchmarks loss-memory {flags}", "settings": settings,
+                             "sides": s2["sides"]})
+    return ["## 2. The loss alone: the sides of `loss-memory`, in one process", "", sides,
+            f"Memory: {MEMORY}. Loss relative difference, ours chunked vs TRL: {fmt(s2.get('loss_rel_diff'), '.2e')}",
+            ""]
 
 
 def markdown(check: Check) -> str:
@@ -125,35 +129,28 @@ def markdown(check: Check) -> str:
 
 def main(args) -> int:
     args.sections = {s.strip() for s in (args.sections or ("" if args.trainer else "1,2")).split(",") if s.strip()}
-    args.axolotl = args.device == "cuda" if args.axolotl is None else args.axolotl
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available: run with --device cpu", flush=True)
         return 2
-    check, env = Check(args), {}
     if args.device == "cuda":  # before the first cuBLAS call: what deterministic cuBLAS needs (trainer check)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
-        env["tf32"] = False
-    check.results["env"].update(environment(args.device), quick=args.quick, argv=args.argv, **env)
+    check = Check(args)
+    check.results["env"].update(environment(args.device), quick=args.quick, argv=args.argv,
+                                tf32=torch.backends.cuda.matmul.allow_tf32)
     check.log(f"environment: {json.dumps(check.results['env'])}")
-    # section 1 changes dynamo settings for flex_attention; the trainer check, determinism: restore both
-    dynamo = {k: getattr(torch._dynamo.config, k) for k in ("recompile_limit", "automatic_dynamic_shapes")}
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch._dynamo.config.recompile_limit = max(dynamo["recompile_limit"], 64)  # flex: one entry per shape
-    checks = [(f"section {n}", fn) for n, fn in (("1", section1), ("2", section2)) if n in args.sections]
-    try:
-        for name, fn in checks + ([("trainer check", run_trainer_check)] if args.trainer else []):
-            check.log(f"=== {name} ===")
-            try:
-                fn(check)
-            except Exception:
-                check.error(name)
-                free(collect=True)
-            check.save()
+    parts = [(f"section {n}", fn) for n, fn in (("1", section1), ("2", section2)) if n in args.sections]
+    parts += [("trainer check", run_trainer_check)] if args.trainer else []
+    deterministic, dynamo = torch.are_deterministic_algorithms_enabled(), torch._dynamo.config
+    try:  # section 1 changes dynamo's settings for flex_attention, the trainer check determinism: both restored
+        with dynamo.patch(recompile_limit=max(dynamo.recompile_limit, 64),  # flex: one entry per shape
+                          automatic_dynamic_shapes=dynamo.automatic_dynamic_shapes):
+            for name, fn in parts:
+                check.log(f"=== {name} ===")
+                check.attempt(name, partial(fn, check))
+                check.save()
     finally:
-        for key, value in dynamo.items():
-            setattr(torch._dynamo.config, key, value)
         torch.use_deterministic_algorithms(deterministic)
     text = markdown(check)
     print("\n" + text, flush=True)

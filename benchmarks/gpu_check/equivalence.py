@@ -8,12 +8,13 @@ import torch
 from transformers import LlamaForCausalLM
 
 from ..loss import collate, ours_loss, trl_features, trl_loss, trl_trainer
-from ..measure import free, processed_tokens, sync, unique_tokens
+from ..measure import processed_tokens, sync, unique_tokens
 from ..report import fmt, table
 from ..workload import llama_config, random_pairs
 
 E = ".2e"  # how differences print
 TOL = 1e-5  # the float32 pass bar, max |diff| / max |reference|
+OUTPUTS = ("loss", "chosen_logps", "rejected_logps", "nll")  # what ours_loss and trl_loss return, in order
 VARIANTS = {  # dtype -> (name, attention, run_once options)
     "float32": [
         ("sdpa shared+packed chunk64", "sdpa", dict(shared=True, packed=True, chunk=64)),
@@ -47,6 +48,7 @@ def tiny_model(device: str, attn: str, dtype):
 
 
 def run_once(model, features, device, *, shared=False, packed=False, chunk=0, trl=False, grad=True, leak=False):
+    """One loss (and backward): the OUTPUTS, the gradients, the tokens processed and unique, the seconds."""
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
     with torch.set_grad_enabled(grad):
@@ -54,20 +56,19 @@ def run_once(model, features, device, *, shared=False, packed=False, chunk=0, tr
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         if leak:  # negative control: no branch ids, so rejected tokens see the chosen ones
             batch["branch_ids"] = torch.zeros_like(batch["branch_ids"])
-        loss, chosen, rejected, nll = trl_loss(trl_trainer(device), model, batch) if trl else ours_loss(
-            model, batch, chunk)
+        outputs = trl_loss(trl_trainer(device), model, batch) if trl else ours_loss(model, batch, chunk)
         if grad:
-            loss.backward()
+            outputs[0].backward()
     sync()
     grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
-    out = dict(loss=loss, chosen_logps=chosen, rejected_logps=rejected, nll=nll)
-    return {**{k: v.detach().float() for k, v in out.items()}, "grads": grads, "processed": processed_tokens(batch),
-            "unique": unique_tokens(features, {}), "seconds": time.perf_counter() - start}
+    return {**{k: v.detach().float() for k, v in zip(OUTPUTS, outputs)}, "grads": grads,
+            "processed": processed_tokens(batch), "unique": unique_tokens(features, {}),
+            "seconds": time.perf_counter() - start}
 
 
 def compare(got: dict, ref: dict) -> dict:
     """Each output's `rel` to the reference; grads: the worst parameter's."""
-    out = {k: rel(got[k], ref[k]) for k in ("loss", "chosen_logps", "rejected_logps", "nll")}
+    out = {k: rel(got[k], ref[k]) for k in OUTPUTS}
     if got["grads"]:
         if set(got["grads"]) != set(ref["grads"]):
             out["grad_keys_mismatch"] = sorted(set(got["grads"]) ^ set(ref["grads"]))[:10]
@@ -88,91 +89,74 @@ def section1(check) -> None:
     if cpu_quick:  # CPU: one static flex compile per shape (its dynamic-shape compile fails, then retries)
         torch._dynamo.config.automatic_dynamic_shapes = False
     for dtype, bar in ((torch.float32, TOL), (torch.bfloat16, None)):
-        dname = str(dtype).replace("torch.", "")
-        skip = None if dtype is torch.float32 else "CPU --quick: bf16 has no pass bar" if cpu_quick else (
+        dname = str(dtype).removeprefix("torch.")
+        skip = None if bar else "CPU --quick: bf16 has no pass bar" if cpu_quick else (
             f"budget: {check.elapsed():.0f}s elapsed" if check.elapsed() > 0.45 * args.budget_s else None)
         if skip:
             res["variants"].append(dict(name=f"{dname} variants", skipped=skip))
             check.log(f"section 1: {dname} variants skipped ({skip})")
             continue
-        try:
-            check.log(f"section 1 [{dname}]: reference (sdpa, TRL's padded layout, no chunking)")
-            ref = run_once(tiny_model(args.device, "sdpa", dtype), features, args.device)
-            res[f"reference_{dname}"] = dict(loss=ref["loss"].item(), nll=ref["nll"].item(), processed=ref["processed"],
-                                             unique=ref["unique"], seconds=ref["seconds"])
-        except Exception:
-            res[f"reference_{dname}"] = dict(error=check.error(f"section1 reference {dname}"))
-            continue
-        for name, attn, kw in VARIANTS[dname]:
-            entry = dict(name=name, dtype=dname, attn=attn, **kw)
-            res["variants"].append(entry)
-            run_variant(check, entry, kw, dtype, features, ref, bar)
-            check.save()
-    summarise(check, features)
+        check.log(f"section 1 [{dname}]: reference (sdpa, TRL's padded layout, no chunking)")
+        ref = check.attempt(f"section1 reference {dname}",
+                            lambda: run_once(tiny_model(args.device, "sdpa", dtype), features, args.device))
+        res[f"reference_{dname}"] = ref if "error" in ref else dict(
+            loss=ref["loss"].item(), nll=ref["nll"].item(), processed=ref["processed"], unique=ref["unique"],
+            seconds=ref["seconds"])
+        for name, attn, kw in [] if "error" in ref else VARIANTS[dname]:
+            run_variant(check, dict(name=name, dtype=dname, attn=attn, **kw), kw, dtype, features, ref, bar)
+        if bar:
+            summarise(check, features, ref)
 
 
 def run_variant(check, entry: dict, kw: dict, dtype, features, ref: dict, bar) -> None:
-    """One variant against the reference: its differences and verdict written into ``entry``."""
-    flex, cpu = entry["attn"] == "flex_attention", check.args.device == "cpu"
+    """One variant against the reference, its differences and verdict written into ``entry`` (saved); a flex
+    variant whose dynamic-shape compile fails is retried with static shapes."""
+    flex, device = entry["attn"] == "flex_attention", check.args.device
+    check.results["section1"]["variants"].append(entry)
     if flex and check.remaining() < 60:
         entry["skipped"] = f"budget: {check.remaining():.0f}s left"
         check.log(f"section 1: skip {entry['name']} ({entry['skipped']})")
         return
-    if flex and cpu:
+    if flex and device == "cpu":
         entry["note"] = "forward only: FlexAttention has no backward on CPU"
-    try:
-        check.log(f"section 1 [{entry['dtype']}]: {entry['name']}" + (" (flex compiles per new shape)" if flex else ""))
-        got = run_retrying(check, entry, dtype, features, grad=not (flex and cpu), **kw)
+
+    def run():  # a fresh model each try
+        return run_once(tiny_model(device, entry["attn"], dtype), features, device, grad=not (flex and device == "cpu"),
+                        **kw)
+
+    check.log(f"section 1 [{entry['dtype']}]: {entry['name']}" + (" (flex compiles per new shape)" if flex else ""))
+    dynamic, where = flex and torch._dynamo.config.automatic_dynamic_shapes, f"section1 {entry['name']}"
+    got = check.attempt(where + (" (dynamic-shape flex compile)" if dynamic else ""), run)
+    if "error" in got and dynamic:
+        entry.update(dynamic_shapes_error=got["error"], retried_static_shapes=True)
+        check.log("    retrying with static shapes (torch._dynamo.reset(), automatic_dynamic_shapes=False)")
+        torch._dynamo.config.automatic_dynamic_shapes = False
+        torch._dynamo.reset()
+        got = check.attempt(where, run)
+    if "error" in got:
+        entry["error"] = got["error"]
+    else:
         diffs = compare(got, ref)
         worst = max(v for v in diffs.values() if isinstance(v, float))
         entry.update(diffs, processed=got["processed"], unique=got["unique"], seconds=round(got["seconds"], 2),
                      max_rel=worst, **{"pass": None if bar is None else bool(worst <= bar)})
         if kw.get("leak") and bar is not None:
             entry["as_expected"] = not entry["pass"]
-        check.log(f"    max rel {worst:.2e} (loss {diffs['loss']:.1e}, nll {diffs['nll']:.1e}, grads "
-                  f"{fmt(diffs.get('grads'), '.1e')}) {'' if bar is None else 'PASS' if entry['pass'] else 'FAIL'}")
-    except Exception:
-        entry["error"] = check.error(f"section1 {entry['name']}")
-        free(collect=True)
+        check.log(f"    max rel {worst:.2e}: {'(no bar)' if bar is None else 'PASS' if entry['pass'] else 'FAIL'}")
+    check.save()
 
 
-def run_retrying(check, entry: dict, dtype, features, **kw) -> dict:
-    """`run_once`; a flex variant whose dynamic-shape compile fails is retried with static shapes."""
-    device = check.args.device
-    try:
-        return run_once(tiny_model(device, entry["attn"], dtype), features, device, **kw)
-    except Exception:
-        if entry["attn"] != "flex_attention" or not torch._dynamo.config.automatic_dynamic_shapes:
-            raise
-    entry["dynamic_shapes_error"] = check.error(f"section1 {entry['name']} (dynamic-shape flex compile)")
-    check.log("    retrying with static shapes (torch._dynamo.reset(), automatic_dynamic_shapes=False)")
-    free(collect=True)
-    torch._dynamo.config.automatic_dynamic_shapes = False
-    torch._dynamo.reset()
-    entry["retried_static_shapes"] = True
-    return run_once(tiny_model(device, entry["attn"], dtype), features, device, **kw)
-
-
-def summarise(check, features) -> None:
-    """The float32 verdict; if a flex variant failed, whether transformers' own flex mask fails too."""
-    res, device = check.results["section1"], check.args.device
-    bars = [v for v in res["variants"] if v.get("dtype") == "float32" and "pass" in v]
+def summarise(check, features, ref: dict) -> None:
+    """The float32 verdict; if a flex variant failed, whether transformers' own flex mask fails too (no bar)."""
+    res = check.results["section1"]
+    float32 = [v for v in res["variants"] if v.get("dtype") == "float32"]
+    bars = [v for v in float32 if "pass" in v]
     res["all_float32_pass"] = bool(bars) and all(v["as_expected"] if v.get("leak") else v["pass"] for v in bars)
-    res["float32_not_run"] = [v["name"] for v in res["variants"] if v.get("dtype") == "float32" and "pass" not in v]
-    if any(v.get("attn") == "flex_attention" and v.get("pass") is False for v in res["variants"]) and \
-            check.remaining() > 60:  # flex's numerics or our mask?
+    res["float32_not_run"] = [v["name"] for v in float32 if "pass" not in v]
+    if any(v["attn"] == "flex_attention" and v.get("pass") is False for v in float32):  # flex's numerics or our mask?
         entry = dict(name="diagnostic: flex plain padded (transformers' own BlockMask)", dtype="float32",
                      attn="flex_attention")
-        res["variants"].append(entry)
-        try:
-            ref = run_once(tiny_model(device, "sdpa", torch.float32), features, device)
-            diffs = compare(run_once(tiny_model(device, "flex_attention", torch.float32), features, device,
-                                     grad=device != "cpu"), ref)
-            entry.update(diffs, max_rel=max(v for v in diffs.values() if isinstance(v, float)))
-            check.log(f"    flex padded diagnostic: max rel {entry['max_rel']:.2e}")
-        except Exception:
-            entry["error"] = check.error("section1 flex diagnostic")
-    check.save()
+        run_variant(check, entry, {}, torch.float32, features, ref, None)
 
 
 def section1_lines(check) -> list[str]:
@@ -187,9 +171,8 @@ def section1_lines(check) -> list[str]:
                  v.get("retried_static_shapes") and "dynamic-shape flex compile failed, static-shape retry"]
         result = {True: "PASS", False: "FAIL", None: "(no bar)"}[v.get("pass")] + "".join(f" ({n})" for n in notes if n)
         grads = f"{fmt(v['grads'], E)} ({v['grads_worst_param']})" if "grads" in v else "not computed"
-        diffs = [fmt(v[k], E) for k in ("loss", "chosen_logps", "rejected_logps", "nll")]
         ratio = f"{v['processed'] / v['unique']:.2f}" if v.get("unique") else "-"
-        rows.append([v["name"], v.get("dtype"), *diffs, grads, ratio, result])
+        rows.append([v["name"], v.get("dtype"), *(fmt(v[k], E) for k in OUTPUTS), grads, ratio, result])
     not_run = f" (not run: {', '.join(s1['float32_not_run'])})" if s1.get("float32_not_run") else ""
     tf32, reference = "on" if check.results["env"].get("tf32") else "off", s1.get("reference_float32", {})
     return (["## 1. Equivalence vs sdpa padded unchunked (max |diff| / max |ref|)", "",

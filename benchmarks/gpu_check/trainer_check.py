@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import peft
@@ -25,6 +26,7 @@ from ..workload import BETA, LORA, MAX_LENGTH, Shape, build_model_dir, build_row
 
 RESUME_TOL = 1e-6  # resumed steps 3-4: the largest relative difference of a logged value
 AXOLOTL_TIMEOUT_S = 300
+STEPS = [1, 2, 3, 4]  # every run: 4 optimizer steps, each logged, checkpoints at 2 and 4
 NOT_COMPARED = {"epoch", "step", "learning_rate", "train_runtime", "train_samples_per_second",
                 "train_steps_per_second", "train_loss", "total_flos"}
 
@@ -65,6 +67,20 @@ def step_logs(history: list[dict]) -> dict[int, dict]:
     return {entry["step"]: entry for entry in history if "loss" in entry}
 
 
+def logged_run(logs: dict[int, dict]) -> tuple[dict, list[str]]:
+    """A run's losses and logged steps, and what is wrong with them."""
+    run = dict(losses={step: logs[step]["loss"] for step in sorted(logs)}, logged_steps=sorted(logs))
+    checks = [(run["logged_steps"] == STEPS, f"logged steps {run['logged_steps']}, expected {STEPS}"),
+              (all(map(math.isfinite, run["losses"].values())), f"non-finite training loss {run['losses']}")]
+    return run, [text for ok, text in checks if not ok]
+
+
+def rel_diffs(a: dict, b: dict) -> dict[str, float]:
+    """|a - b| / |a| for each number both logged, bookkeeping values (step, time, ...) left out."""
+    keys = sorted((set(a) & set(b)) - NOT_COMPARED)
+    return {k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in keys if isinstance(a[k], (int, float))}
+
+
 def saved_diff(trained, saved_dir: Path, tune: str, model_dir: Path, device: str) -> float:
     """Largest |trained - reloaded| over the saved tensors (0.0: saved and reloaded exactly)."""
     if tune == "full":
@@ -81,54 +97,46 @@ def saved_diff(trained, saved_dir: Path, tune: str, model_dir: Path, device: str
                 if n in ours), default=0.0)
 
 
-def check_tune(check, tune: str, model_dir: Path, work: Path, train_rows, eval_rows) -> dict:
+def check_tune(check, tune: str, work: Path, model_dir: Path, train_rows, eval_rows) -> dict:
     device, start, out = check.args.device, time.perf_counter(), work / tune
-    first = trainer_for(model_dir, tune, device, out, train_rows, eval_rows)
+    make = partial(trainer_for, model_dir, tune, device, out, train_rows, eval_rows)  # same seed, same model
+    first = make()
     entry: dict = {"tune": tune, "speed_plan": speed_plan(first)}
     first.train()
     logs = step_logs(first.state.log_history)
-    entry.update(losses={step: logs[step]["loss"] for step in sorted(logs)}, logged_steps=sorted(logs),
-                 log_keys=sorted(logs[max(logs)]) if logs else [],
+    run, problems = logged_run(logs)
+    entry.update(run, log_keys=sorted(logs[max(logs)]) if logs else [],
                  eval={k: v for k, v in first.evaluate().items() if isinstance(v, (int, float))})
     first.save_model(str(out / "final"))
     entry["saved_max_abs_diff"] = saved_diff(first.model, out / "final", tune, model_dir, device)
     del first
     free(collect=True)
-    second = trainer_for(model_dir, tune, device, out, train_rows, eval_rows)
+    second = make()
     second.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     resumed = step_logs(second.state.log_history)
     del second
     free(collect=True)
-    problems, diffs = [], {}
-    for step, a, b in ((s, logs.get(s), resumed.get(s)) for s in (3, 4)):
-        if a is None or b is None:
-            diffs[step] = {"missing": f"step {step} logged: first run {a is not None}, resumed run {b is not None}"}
-            problems.append(diffs[step]["missing"])
-        else:
-            diffs[step] = {k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in sorted((set(a) & set(b)) - NOT_COMPARED)
-                           if isinstance(a[k], (int, float))}
-    worst = max((max(d.values(), default=0.0) for d in diffs.values() if "missing" not in d), default=None)
+    diffs = {step: rel_diffs(logs[step], resumed[step]) for step in (3, 4) if step in logs and step in resumed}
+    worst = max((max(d.values(), default=0.0) for d in diffs.values()), default=None)
     entry.update(resume_rel_diffs=diffs, resume_max_rel_diff=worst)
-    checks = [(entry["logged_steps"] == [1, 2, 3, 4], f"logged steps {entry['logged_steps']}, expected [1, 2, 3, 4]"),
-              (all(map(math.isfinite, entry["losses"].values())), f"non-finite training loss {entry['losses']}"),
+    checks = [({3, 4} <= set(resumed), f"resumed run logged steps {sorted(resumed)}, not 3 and 4"),
               (math.isfinite(entry["eval"].get("eval_loss", math.nan)), f"no finite eval_loss: {entry['eval']}"),
               (entry["saved_max_abs_diff"] == 0.0, f"saved weights differ by {entry['saved_max_abs_diff']:.3g}"),
-              (problems or worst <= RESUME_TOL, f"resumed steps 3-4 differ by {fmt(worst, '.3g')} (bar {RESUME_TOL})")]
+              (worst is None or worst <= RESUME_TOL, f"resumed steps 3-4 differ by {fmt(worst, '.3g')} > {RESUME_TOL}")]
     problems += [text for ok, text in checks if not ok]
     return dict(entry, problems=problems, passed=not problems, seconds=round(time.perf_counter() - start, 1))
 
 
-def check_axolotl(check, model_dir: Path, train_rows, work: Path) -> dict:
+def check_axolotl(check, work: Path, model_dir: Path, train_rows) -> dict:
     """``axolotl train`` with the plugin, bf16 (float32 on CPU), logging every step, saving at steps 2 and 4."""
     work, device = work / "axolotl", check.args.device
-    data = work / "pairs.jsonl"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    data.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
     overrides = dict(gradient_accumulation_steps=2, logging_steps=1, save_strategy="steps", save_steps=2,
                      bf16=device == "cuda", max_steps=4, micro_batch_size=2, learning_rate=1e-4)  # CPU: no bf16
-    config = write_config(dict(impl="axolotl_merlina", device=device, model_dir=str(model_dir), data_path=str(data),
-                               beta=BETA, max_length=MAX_LENGTH, micro_batch=2, warmup=0, steps=4, learning_rate=1e-4,
-                               seed=0, work_dir=str(work), merlina_yaml=overrides))
+    config = write_config(dict(impl="axolotl_merlina", device=device, model_dir=str(model_dir), seed=0, beta=BETA,
+                               data_path=str(work / "pairs.jsonl"), max_length=MAX_LENGTH, micro_batch=2, warmup=0,
+                               steps=4, learning_rate=1e-4, work_dir=str(work), merlina_yaml=overrides))
     start = time.perf_counter()
     # `python -m axolotl.cli.main`: wheels installed with `pip --target` bring no console script
     proc = subprocess.run([sys.executable, "-m", "axolotl.cli.main", "train", str(config)], cwd=work,
@@ -138,10 +146,24 @@ def check_axolotl(check, model_dir: Path, train_rows, work: Path) -> dict:
     if proc.returncode != 0 or not state.exists():
         return dict(entry, passed=False, problems=[f"exit {proc.returncode}; {state.name} present: {state.exists()}"],
                     output_tail=(proc.stdout + proc.stderr)[-3000:])
-    logs = step_logs(json.loads(state.read_text())["log_history"])
-    entry.update(losses={s: logs[s]["loss"] for s in sorted(logs)}, logged_steps=sorted(logs))
-    ok = entry["logged_steps"] == [1, 2, 3, 4] and all(map(math.isfinite, entry["losses"].values()))
-    return dict(entry, problems=[] if ok else [f"logged {entry['losses']}"], passed=ok)
+    run, problems = logged_run(step_logs(json.loads(state.read_text())["log_history"]))
+    return dict(entry, **run, problems=problems, passed=not problems)
+
+
+def verdict(r: dict) -> str:
+    """One check's outcome: PASS, FAIL and its problems, skipped and why, or ERROR and the exception."""
+    if "skipped" in r or "error" in r:
+        return "skipped: " + r["skipped"] if "skipped" in r else "ERROR: " + r["error"]
+    return "PASS" if r["passed"] else "FAIL: " + "; ".join(r["problems"])
+
+
+def run_part(check, name: str, skipped: str | None, fn) -> dict:
+    """``fn()``'s record (failed if it raises), or ``{"skipped": skipped}``; logged and saved."""
+    check.log(f"trainer check {name}")
+    r = {"skipped": skipped} if skipped else check.attempt(f"trainer check {name}", fn, passed=False)
+    check.log(f"    {verdict(r)}; losses {r.get('losses')} ({r.get('seconds')} s)")
+    check.save()
+    return r
 
 
 def run_trainer_check(check) -> None:
@@ -150,41 +172,19 @@ def run_trainer_check(check) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         res["deterministic"] = "torch.use_deterministic_algorithms(True, warn_only=True), CUBLAS_WORKSPACE_CONFIG=" + \
             os.environ.get("CUBLAS_WORKSPACE_CONFIG", "(unset)")
-    reasons = {"qlora": absent_reason("bitsandbytes")}
     with tempfile.TemporaryDirectory(prefix="merlina-trainer-check-") as tmp:
-        try:
-            model_dir, train_rows, eval_rows = build_inputs(check, Path(tmp))
-        except Exception:
-            check.error("trainer check inputs")
-            return
+        inputs = build_inputs(check, Path(tmp))
         res["tunes"] = {}
         for tune in ("full", "lora", "qlora") if device == "cuda" else ("full", "lora"):
-            if reasons.get(tune):
-                res["tunes"][tune] = {"tune": tune, "skipped": reasons[tune]}
-                check.log(f"trainer check {tune}: skipped ({reasons[tune]})")
-                continue
-            check.log(f"trainer check {tune}: train 4 steps (save at 2, 4), evaluate, save_model, resume from 2")
-            try:
-                r = res["tunes"][tune] = check_tune(check, tune, model_dir, Path(tmp), train_rows, eval_rows)
-                check.log(f"    {'PASS' if r['passed'] else 'FAIL'} losses {r['losses']} resume max rel diff "
-                          f"{r['resume_max_rel_diff']} ({r['seconds']} s) {r['problems']}")
-            except Exception:
-                res["tunes"][tune] = {"tune": tune, "error": check.error(f"trainer check {tune}"), "passed": False}
-                free(collect=True)
-            check.save()
-        reason = absent_reason("axolotl") if check.args.axolotl else None
-        if reason:
-            res["axolotl"] = {"skipped": reason}
-        elif check.args.axolotl:
-            check.log("trainer check: axolotl train with the plugin")
-            try:
-                res["axolotl"] = check_axolotl(check, model_dir, train_rows, Path(tmp))
-                check.log(f"    {'PASS' if res['axolotl']['passed'] else 'FAIL'} {res['axolotl'].get('losses')}")
-            except Exception:
-                res["axolotl"] = {"error": check.error("trainer check axolotl"), "passed": False}
+            res["tunes"][tune] = {"tune": tune, **run_part(
+                check, f"{tune}: train 4 steps (save at 2, 4), evaluate, save_model, resume from 2",
+                absent_reason("bitsandbytes") if tune == "qlora" else None,
+                partial(check_tune, check, tune, Path(tmp), *inputs))}
+        if device == "cuda":
+            res["axolotl"] = run_part(check, "axolotl: axolotl train with the plugin", absent_reason("axolotl"),
+                                      partial(check_axolotl, check, Path(tmp), *inputs[:2]))
     ran = [r for r in [*res["tunes"].values(), res.get("axolotl") or {}] if "passed" in r]
     res["all_passed"] = bool(ran) and all(r["passed"] for r in ran)
-    check.save()
 
 
 def trainer_lines(tr: dict) -> list[str]:
@@ -192,24 +192,20 @@ def trainer_lines(tr: dict) -> list[str]:
         return []
     rows = []
     for tune, r in tr["tunes"].items():
-        if "skipped" in r or "error" in r:
-            rows.append([tune, "skipped: " + r["skipped"] if "skipped" in r else "ERROR: " + r["error"]] + [""] * 6)
-            continue
-        plan = ", ".join(f"{k}={v}" for k, v in r["speed_plan"].items() if v not in (None, [], ()))
-        rows.append([tune, "PASS" if r["passed"] else "FAIL: " + "; ".join(r["problems"]),
-                     ", ".join(f"{v:.4f}" for v in r["losses"].values()), fmt(r["eval"].get("eval_loss"), ".4f"),
-                     r["saved_max_abs_diff"] == 0.0, fmt(r["resume_max_rel_diff"], ".2e"), plan, r["seconds"]])
-    model, lines = tr["setup"]["model"], ["## Trainer check: train (logging every step), evaluate, save_model, "
-                                          "resume from step 2", ""]
-    lines += [f"Model: {model['params'] / 1e6:.1f}M-parameter Llama, vocab {model['vocab_size']:,}; bf16; micro-batch "
-              f"2, gradient accumulation 2, 4 steps, checkpoints at 2 and 4; rows: {tr['setup']['rows']}; resume bar "
-              f"{RESUME_TOL:g} relative" + (f"; {tr['deterministic']}" if tr.get("deterministic") else ""), ""]
+        cells = [] if "skipped" in r or "error" in r else [
+            ", ".join(f"{v:.4f}" for v in r["losses"].values()), fmt(r["eval"].get("eval_loss"), ".4f"),
+            r["saved_max_abs_diff"] == 0.0, fmt(r["resume_max_rel_diff"], ".2e"),
+            ", ".join(f"{k}={v}" for k, v in r["speed_plan"].items() if v not in (None, [], ())), r["seconds"]]
+        rows.append([tune, verdict(r), *(cells or [""] * 6)])
+    model, setup = tr["setup"]["model"], tr["setup"]
+    lines = ["## Trainer check: train (logging every step), evaluate, save_model, resume from step 2", "",
+             f"Model: {model['params'] / 1e6:.1f}M-parameter Llama, vocab {model['vocab_size']:,}; bf16; micro-batch "
+             f"2, gradient accumulation 2, 4 steps, checkpoints at 2 and 4; rows: {setup['rows']}; resume bar "
+             f"{RESUME_TOL:g} relative" + (f"; {tr['deterministic']}" if tr.get("deterministic") else ""), ""]
     lines += table(["tuning", "result", "losses, steps 1-4", "eval_loss", "saved = trained",
                     "resumed steps 3-4, max rel diff", "speed plan", "s"], rows)
     ax = tr.get("axolotl")
     if ax:
-        text = ("skipped: " + ax["skipped"] if "skipped" in ax else "ERROR: " + ax["error"] if "error" in ax else
-                ("PASS" if ax["passed"] else "FAIL: " + "; ".join(ax["problems"]))
-                + f", losses {ax.get('losses')}, {ax['seconds']} s")
+        text = verdict(ax) + (f", losses {ax.get('losses')}, {ax['seconds']} s" if "seconds" in ax else "")
         lines.append(f"\n`axolotl train` with the plugin (bf16 on CUDA, accumulation 2, logging every step): {text}")
     return lines + [f"\nAll trainer checks passed: {tr.get('all_passed')}", ""]
