@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .workload import REPO
 
-VENV_BIN = Path(sys.executable).parent
+PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # this venv's commands first
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,7 @@ def skip_reason(impl: Impl, device: str, tune: str) -> str | None:
         return "the Axolotl CLI runs are CPU-only in this harness (Axolotl is not carried to the GPU machine)"
     if tune != "full":
         return "the Axolotl recipes here are full fine-tunes"
-    if shutil.which("axolotl", path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}") is None:
-        return "the `axolotl` command is not on PATH"
-    return None
+    return None if shutil.which("axolotl", path=PATH) else "the `axolotl` command is not on PATH"
 
 
 TIMING_PLUGIN = "benchmarks.axolotl_timing.BenchTimingPlugin"
@@ -92,11 +90,9 @@ def write_config(job: dict, **cfg) -> Path:
 
 def cpu_threads() -> int:
     """Threads every child trains with: ``OMP_NUM_THREADS`` if set, else PyTorch's default here."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return int(os.environ["OMP_NUM_THREADS"])
     import torch
 
-    return torch.get_num_threads()
+    return int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
 
 
 OFFLINE = dict(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled",
@@ -104,7 +100,7 @@ OFFLINE = dict(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE
 
 
 def child_env(job_path: Path | None, device: str, **extra: str) -> dict[str, str]:
-    env = dict(os.environ, **OFFLINE, PYTHONUNBUFFERED="1", PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    env = dict(os.environ, **OFFLINE, PYTHONUNBUFFERED="1", PATH=PATH,
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p), **extra)
     if job_path is not None:
         env["MERLINA_BENCH_JOB"] = str(job_path)
@@ -144,15 +140,13 @@ def run(impl: Impl, job: dict, timeout: int, inline: bool = False) -> dict:
 
         Path(job["work_dir"]).mkdir(parents=True, exist_ok=True)
         try:
-            result = run_job(job)
+            result = {**run_job(job), "isolation": "inline"}
         except Exception:
-            return {"error": "exception", "log_tail": traceback.format_exc()[-4000:], **loads}
-        return {**result, "process_seconds": time.perf_counter() - start, "isolation": "inline", **loads}
-    exe = VENV_BIN / "axolotl"
-    axolotl = [str(exe) if exe.exists() else "axolotl", "train"]
-    result = spawn(job, timeout, axolotl + [str(write_config(job))] if impl.kind == "axolotl" else None)
-    loads["process_seconds"] = time.perf_counter() - start
-    if "partial" in result and job.get("mode") == "max_batch":  # the trials before the cut
-        return {**result["partial"], "stopped": result["error"], "isolation": "process", **loads}
-    result.pop("partial", None)
-    return {**result, **loads} if "error" in result else {**result, "isolation": "process", **loads}
+            result = {"error": "exception", "log_tail": traceback.format_exc()[-4000:]}
+    else:  # `axolotl` resolves on the child's PATH, this venv's first
+        result = spawn(job, timeout, ["axolotl", "train", str(write_config(job))] if impl.kind == "axolotl" else None)
+        partial = result.pop("partial", None)
+        if partial is not None and job.get("mode") == "max_batch":  # the trials before the cut
+            result = {**partial, "stopped": result["error"]}
+        result = result if "error" in result else {**result, "isolation": "process"}
+    return {**result, "process_seconds": time.perf_counter() - start, **loads}

@@ -17,11 +17,8 @@ from .workload import matmul_params
 
 def rss_kb() -> int | None:
     """Resident set size now, in KiB (None without Linux /proc)."""
-    try:
-        lines = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return None
-    return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), None)
+    status = Path("/proc/self/status")
+    return int(status.read_text().split("VmRSS:")[1].split()[0]) if status.exists() else None
 
 
 def max_rss_kb() -> int:
@@ -47,22 +44,24 @@ def free(collect: bool = False) -> None:
         torch.cuda.empty_cache()
 
 
-class MemoryWatch:
-    """Peak memory of a region: CUDA max allocated, else the RSS high-water mark reset at the start."""
+class PeakDelta:
+    """Peak memory from ``start``: CUDA max allocated, else the RSS high-water mark reset there.
+
+    ``with PeakDelta() as m:`` -> ``m.seconds``, ``m.bytes`` (the block's peak growth), ``m.reset``."""
 
     def start(self) -> dict[str, Any]:
         sync()
-        self.cuda = _cuda() is not None
-        info = {"rss_before_kb": rss_kb(), "peak_rss_before_kb": max_rss_kb(), "peak_reset": True}
+        self.cuda, self.reset = _cuda() is not None, True
+        info = {"rss_before_kb": rss_kb(), "peak_rss_before_kb": max_rss_kb()}
         try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
-            info["peak_reset"] = False
+            self.reset = False
         if self.cuda:
             info["cuda_allocated_before"] = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         self.before = info["cuda_allocated_before"] if self.cuda else (info["rss_before_kb"] or 0) * 1024
-        return info
+        return {**info, "peak_reset": self.reset}
 
     def peak_bytes(self) -> int:
         sync()
@@ -75,31 +74,24 @@ class MemoryWatch:
                         cuda_max_reserved=torch.cuda.max_memory_reserved())
         return info
 
-
-class PeakDelta:
-    """``with PeakDelta() as m:`` -> ``m.seconds`` and ``m.bytes``, the block's peak memory growth."""
-
     def __enter__(self):
-        self.watch = MemoryWatch()
-        self.reset, self.start = self.watch.start()["peak_reset"], time.perf_counter()
+        self.start()
+        self.began = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         sync()
-        self.seconds = time.perf_counter() - self.start
-        self.bytes = self.watch.peak_bytes() - self.watch.before
+        self.seconds = time.perf_counter() - self.began
+        self.bytes = self.peak_bytes() - self.before
 
 
 class StepTimer(TrainerCallback):
     """Wall and CPU time of the steps after ``warmup``, and memory; ``result`` at train end (and to ``result_path``)."""
 
     def __init__(self, warmup: int, steps: int, result_path: str | Path | None = None, extra: dict | None = None):
-        self.warmup, self.steps, self.result_path = warmup, steps, result_path
-        self.extra: dict[str, Any] = dict(extra or {})
-        self.step_seconds: list[float] = []
-        self.step_cpu_seconds: list[float] = []
-        self.memory: dict[str, Any] = {}
-        self.watch, self._start, self._cpu_start, self._trainer, self.result = MemoryWatch(), None, 0.0, None, None
+        self.warmup, self.steps, self.result_path, self.extra = warmup, steps, result_path, dict(extra or {})
+        self.step_seconds, self.step_cpu_seconds, self.memory = [], [], {}
+        self.watch, self._start, self._trainer, self.result = PeakDelta(), None, None, None
 
     def attach(self, trainer, batch_size: int) -> None:
         """Describe ``trainer`` and count the timed batches' tokens at train begin, before the memory baseline."""
@@ -108,21 +100,20 @@ class StepTimer(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self._trainer is not None:
             trainer, self._trainer = self._trainer, None  # no reference cycle kept through training
-            self.extra["trainer"] = describe_trainer(trainer)
-            self.extra["tokens"] = token_stats(trainer.train_dataset, trainer.data_collator, self._batch_size,
-                                               self.warmup, self.steps)
+            self.extra.update(trainer=describe_trainer(trainer), tokens=token_stats(
+                trainer.train_dataset, trainer.data_collator, self._batch_size, self.warmup, self.steps))
         self.memory.update(self.watch.start())
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step >= self.warmup and len(self.step_seconds) < self.steps:
             sync()
-            self._start, self._cpu_start = time.perf_counter(), time.process_time()
+            self._start = (time.perf_counter(), time.process_time())
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._start is not None:
             sync()
-            self.step_seconds.append(time.perf_counter() - self._start)
-            self.step_cpu_seconds.append(time.process_time() - self._cpu_start)
+            self.step_seconds.append(time.perf_counter() - self._start[0])
+            self.step_cpu_seconds.append(time.process_time() - self._start[1])
             self._start = None
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -134,18 +125,18 @@ class StepTimer(TrainerCallback):
             Path(self.result_path).write_text(json.dumps(self.result, indent=1, default=str))
 
 
-class MemoryCap(TrainerCallback):
-    """Peak memory of training, checked every step; past ``cap_bytes``, ``torch.OutOfMemoryError`` (a smaller card)."""
+class MemoryCap(PeakDelta, TrainerCallback):
+    """Training's peak memory (``used``), checked every step; past ``cap_bytes`` (a smaller card), an OOM error."""
 
     def __init__(self, cap_bytes: int | None = None):
-        self.cap, self.watch, self.used = cap_bytes, MemoryWatch(), 0
+        self.cap, self.used = cap_bytes, 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.watch.start()
-        self.base_bytes = 0 if self.watch.cuda else self.watch.before
+        self.start()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.used = max(self.used, self.watch.peak_bytes() - self.base_bytes)
+        base = 0 if self.cuda else self.before  # CUDA: all allocated, weights too; CPU: growth over train begin
+        self.used = max(self.used, self.peak_bytes() - base)
         if self.cap is not None and self.used > self.cap:
             raise torch.OutOfMemoryError(f"memory cap: {self.used / 2**20:.0f} MiB used, "
                                          f"cap {self.cap / 2**20:.0f} MiB")

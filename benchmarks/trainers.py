@@ -12,6 +12,7 @@ from pathlib import Path
 import peft
 import torch
 from datasets import Dataset
+from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from merlina_orpo_plugin import MerlinaORPOTrainer
@@ -21,6 +22,8 @@ from .measure import MemoryCap, StepTimer, free
 from .workload import LORA, load_tokenizer, read_rows
 
 SPEED_OFF = {"prefix_sharing": False, "padding_free": False, "loss_chunk_size": 0}
+LIGER_METRICS = ("logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss", "rewards/chosen",
+                 "rewards/rejected", "log_odds_ratio", "log_odds_chosen")
 
 
 def training_kwargs(job: dict, micro_batch: int, max_steps: int) -> dict:
@@ -51,11 +54,8 @@ class CausalLMCollator:
     pad: int
 
     def __call__(self, rows):
-        width = max(len(r["input_ids"]) for r in rows)
-        ids, mask = torch.full((len(rows), width), self.pad), torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[i, : len(r["input_ids"])] = 1
+        ids = pad_sequence([torch.tensor(r["input_ids"]) for r in rows], batch_first=True, padding_value=self.pad)
+        mask = pad_sequence([torch.ones(len(r["input_ids"]), dtype=torch.long) for r in rows], batch_first=True)
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
@@ -76,19 +76,12 @@ def liger_trainer(compiled: bool):
                            nll_target=torch.where(mask == 1, ids, -100)[:, 1:])
 
         def get_batch_loss_metrics(self, model, batch, train_eval="train"):
-            loss, aux = self.concatenated_forward(model, batch)
-            chosen_logps, rejected_logps, chosen_logits, rejected_logits, nll_loss = aux[:5]
-            chosen_rewards, rejected_rewards, log_odds_ratio, log_odds_chosen = aux[5:]
-            metrics = {
-                "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
-                "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-                "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-                "logps/rejected": rejected_logps.detach().mean(), "logps/chosen": chosen_logps.detach().mean(),
-                "logits/rejected": rejected_logits.detach().mean(), "logits/chosen": chosen_logits.detach().mean(),
-                "nll_loss": nll_loss.detach().mean(), "log_odds_ratio": log_odds_ratio,
-                "log_odds_chosen": log_odds_chosen,
-            }
-            return loss, {("eval_" if train_eval == "eval" else "") + k: v.item() for k, v in metrics.items()}
+            loss, aux = self.concatenated_forward(model, batch)  # aux: Liger's nine outputs, named in LIGER_METRICS
+            chosen, rejected = aux[5:7]
+            metrics = {**dict(zip(LIGER_METRICS, aux)), "rewards/accuracies": (chosen > rejected).float(),
+                       "rewards/margins": chosen - rejected}
+            prefix = "eval_" if train_eval == "eval" else ""
+            return loss, {prefix + k: v.detach().mean().item() for k, v in metrics.items()}
 
     return LigerORPOTrainer
 
@@ -117,7 +110,7 @@ def load(job: dict):
     torch.manual_seed(job["seed"])
     cuda = job["device"] == "cuda"
     model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.bfloat16 if cuda else torch.float32)
-    model = model.to("cuda") if cuda else model
+    model = model.to("cuda" if cuda else "cpu")
     if job["tune"] == "lora":
         model = peft.get_peft_model(model, peft.LoraConfig(**LORA))
     return model, tokenizer_for(job["model_dir"])
@@ -152,14 +145,13 @@ def fits(job: dict, model, tokenizer, rows: list[dict], pairs: int) -> dict:
 
 def max_batch(job: dict) -> dict:
     """Largest micro-batch in [1, max_batch_limit] that fits: double, then bisect, within search_seconds."""
-    model, tokenizer = load(job)
-    rows, limit = read_rows(job["data_path"]), job["max_batch_limit"]
-    trials, fit, fail, stopped, pairs, start = [], 0, None, None, 1, time.perf_counter()
-    result = {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": False, "limit": limit,
-              "trials": trials, "complete": False}
-    while pairs:
-        if job.get("search_seconds") and time.perf_counter() - start > job["search_seconds"]:
-            stopped = f"{job['search_seconds']:.0f} s search budget spent before trying {pairs} pairs"
+    (model, tokenizer), rows, start = load(job), read_rows(job["data_path"]), time.perf_counter()
+    trials, fit, fail, pairs, budget = [], 0, None, 1, job.get("search_seconds")
+    result = {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": False,
+              "limit": job["max_batch_limit"], "trials": trials, "complete": False}
+    while pairs and pairs not in [t["pairs"] for t in trials]:  # a size tried: the bracket is closed
+        if budget and time.perf_counter() - start > budget:
+            result["stopped"] = f"{budget:.0f} s search budget spent before trying {pairs} pairs"
             break
         trials.append(fits(job, model, tokenizer, rows, pairs))
         ok = trials[-1]["fits"]
@@ -168,14 +160,11 @@ def max_batch(job: dict) -> dict:
         fit, fail = (pairs, fail) if ok else (fit, pairs)
         result["max_pairs"] = fit
         Path(job["result_path"]).write_text(json.dumps(result, indent=1))  # what a timeout leaves behind
-        if fail is None:
-            pairs = min(2 * pairs, limit) if pairs < limit else 0
-        else:
-            pairs = (fit + fail) // 2 if fail - fit > 1 else 0
+        pairs = min(2 * pairs, job["max_batch_limit"]) if fail is None else (fit + fail) // 2
     model = None
     free()
-    return {**result, "limit_reached": fail is None and not stopped, "complete": not stopped,
-            **({"stopped": stopped} if stopped else {})}
+    complete = "stopped" not in result
+    return {**result, "limit_reached": fail is None and complete, "complete": complete}
 
 
 def run_job(job: dict) -> dict:
