@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
 
-from .compute.objective import ORPOStep
+if TYPE_CHECKING:
+    from .compute.objective import ORPOStep
 
 #: Logged names, TRL's (`rl: orpo` dashboards are built on them) plus `or_loss` and
 #: `tokens/processed_per_unique` (positions the model ran per distinct token: TRL's layout computes

@@ -16,12 +16,12 @@ path); where it cannot apply it is switched off and the reason is logged, never 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .compute.attention import CUSTOM_MASK_IMPLEMENTATIONS
-from .model.adapter import unsupported_reason, unwrap_model
+from .model.adapter import ModelFacts, ModelFactsCache, unsupported_reason, unwrap_model
 from .batch.packing import BatchLayout
 
 logger = logging.getLogger("merlina_orpo_plugin.speed")
@@ -30,16 +30,20 @@ logger = logging.getLogger("merlina_orpo_plugin.speed")
 @dataclass(frozen=True)
 class SpeedPlan:
     """Decided once per trainer: the batch layout its collators build, the attention implementation
-    the model runs it with, the loss chunk size and the loss's mode (``fused_loss``: the chunked loss of
-    a trained head takes its gradients in the forward, `compute.objective`); ``notes`` are the logged
-    decisions."""
+    the model runs it with and the loss chunk size; ``notes`` are the logged decisions. ``facts`` keeps
+    the model's `model.adapter.ModelFacts` (`model_facts`), found at the first step on the model as
+    wrapped then (DDP, FSDP, DeepSpeed, PEFT), so no later step walks the model's modules."""
 
     layout: BatchLayout
     loss_chunk_size: int
     attention: str | None = None
     fallbacks: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-    fused_loss: bool = False
+    facts: ModelFactsCache = field(default_factory=ModelFactsCache, compare=False, repr=False)
+
+    def model_facts(self, model: torch.nn.Module) -> ModelFacts:
+        """``model``'s facts for this plan (the head's too where the loss is chunked), found once per model."""
+        return self.facts.of(model, chunked=self.loss_chunk_size > 0)
 
     @property
     def prefix_sharing(self) -> bool:
@@ -85,19 +89,9 @@ def plan_speed(
             loss_chunk_size = 0
     else:
         loss_chunk_size = 0
-    fused = loss_chunk_size > 0 and _head_trained(model)
-    if fused:
-        notes.append("loss: fused (the trained head's chunked loss takes its gradients in the forward)")
     attention = getattr(config, "_attn_implementation", None)
     return _logged(SpeedPlan(BatchLayout(prefix_sharing, padding_free), loss_chunk_size, attention,
-                             tuple(fallbacks), tuple(notes), fused))
-
-
-def _head_trained(model: torch.nn.Module) -> bool:
-    """Whether the LM head has trainable weights (full fine-tuning, LoRA on the head): the fused loss
-    is for them; a frozen head's chunks already take their gradients in the forward."""
-    head = unwrap_model(model).get_output_embeddings()
-    return head is not None and any(p.requires_grad for p in head.parameters())
+                             tuple(fallbacks), tuple(notes)))
 
 
 def _logged(plan: SpeedPlan) -> SpeedPlan:

@@ -25,7 +25,6 @@ from .compute.forward import ORPOForwardOutput, concatenated_forward
 from .compute.objective import LossSpec, orpo_objective
 from .generation import log_generations
 from .metrics import MetricStore, batch_metrics, trl_outputs
-from .model.adapter import ModelFactsCache
 from .model.setup import check_4bit_cpu_layers
 from .nonfinite import NonFiniteGuard, with_row_index
 from .options import ORPOSettings, settings_from
@@ -59,7 +58,6 @@ class ORPOTrainerMixin(CheckpointStateMixin):
         self._beta_scheduled = is_scheduled(settings.beta_schedule, settings.beta_warmup_steps)
         self.nll_include_prompt = settings.nll_include_prompt
         check_4bit_cpu_layers(self.model, will_evaluate=self.eval_dataset is not None)
-        self._model_facts = ModelFactsCache()  # found at the first step, on the model as wrapped then
         self._plan_speed(self.model)
         config = getattr(self.model, "config", None)
         self.aux_loss_enabled = bool(getattr(config, "output_router_logits", False))
@@ -87,12 +85,11 @@ class ORPOTrainerMixin(CheckpointStateMixin):
         model = super().call_model_init(trial)
         if hasattr(self, "speed"):
             self._plan_speed(model)
-            self._model_facts.clear()
         return model
 
     def train(self, *args, **kwargs):
         """`Trainer.train`; the model's facts (`model.adapter.ModelFacts`) are found anew in each run."""
-        self._model_facts.clear()
+        self.speed.facts.clear()
         return super().train(*args, **kwargs)
 
     def _planned(self, collator):
@@ -130,7 +127,7 @@ class ORPOTrainerMixin(CheckpointStateMixin):
             nll_include_prompt=self.nll_include_prompt,
             output_router_logits=self.aux_loss_enabled,
             loss_chunk_size=self.speed.loss_chunk_size,
-            facts=self._model_facts.of(model, chunked=self.speed.loss_chunk_size > 0),
+            facts=self.speed.model_facts(model),
         )
 
     # --- Trainer hooks ------------------------------------------------------------------------
@@ -154,9 +151,9 @@ class ORPOTrainerMixin(CheckpointStateMixin):
         """
         chunk = self.speed.loss_chunk_size
         spec = LossSpec(self.beta, self.nll_include_prompt, chunk,
-                        fused=self.speed.fused_loss and self._orpo_mode == "train",
+                        fused=self._orpo_mode == "train",
                         router_loss_coef=self.aux_loss_coef if self.aux_loss_enabled else None)
-        step = orpo_objective(model, inputs, spec, facts=self._model_facts.of(model, chunked=chunk > 0),
+        step = orpo_objective(model, inputs, spec, facts=self.speed.model_facts(model),
                               scales=self._loss_scales(inputs, num_items_in_batch))
         loss, metrics = step.loss, batch_metrics(step)
         outputs = trl_outputs(step) if return_outputs else None

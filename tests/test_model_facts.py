@@ -98,7 +98,7 @@ def test_steps_after_the_first_walk_no_modules(tmp_path, tokenizer, monkeypatch,
     assert counter.ours(after_setup=False), "the counter saw no walk of ours while the facts were found"
     assert counter.ours(after_setup=True) == []
     assert len(found) == 1 and found[0] is trainer.model_wrapped
-    facts = trainer._model_facts.of(trainer.model_wrapped, chunked=chunk > 0)
+    facts = trainer.speed.model_facts(trainer.model_wrapped)
     base = trainer.model.get_base_model() if tune == "lora" else trainer.model
     assert facts.base is base and facts.attention == base.config._attn_implementation
     if chunk:
@@ -119,7 +119,7 @@ def test_facts_are_found_again_for_each_run_with_model_init(tmp_path, tokenizer,
     trainer.train()
     assert trainer.model is not first
     assert [model is first for model in found] == [True, False] and found[1] is trainer.model_wrapped
-    facts = trainer._model_facts.of(trainer.model, chunked=True)
+    facts = trainer.speed.model_facts(trainer.model)
     assert facts.head is trainer.model.lm_head and facts.head is not first.lm_head
 
 
@@ -137,3 +137,30 @@ def test_the_cache_finds_facts_anew_for_another_or_rewrapped_model():
 
     model.__class__ = Rewrapped
     assert cache.of(model, chunked=True) is not facts
+
+
+@pytest.mark.parametrize("tune", ["full", "lora"])
+def test_the_loss_is_fused_in_training_where_the_facts_say_the_head_is_trained_and_whole(tmp_path, tokenizer,
+                                                                                         monkeypatch, tune):
+    """The mode is the facts' (`ModelFacts.fuses`), not decided a second time: a fully trained head fuses
+    its chunked loss in training; LoRA's frozen head and every evaluation step take the chunked path. Chunks
+    of 64 tokens: each pair fits one fused chunk (a longer pair takes the chunked path, `compute.head`)."""
+    from merlina_orpo_plugin import trainer as trainer_module
+
+    modes, original = [], trainer_module.orpo_objective
+
+    def spy(*args, **kwargs):
+        step = original(*args, **kwargs)
+        modes.append((torch.is_grad_enabled(), step.fused))
+        return step
+
+    monkeypatch.setattr(trainer_module, "orpo_objective", spy)
+    pairs = Dataset.from_list(single_turn_pairs(4))
+    trainer = MerlinaORPOTrainer(model=tiny_llama(), args=orpo_args(tmp_path, loss_chunk_size=64),
+                                 train_dataset=pairs, eval_dataset=pairs, processing_class=tokenizer,
+                                 peft_config=_lora() if tune == "lora" else None)
+    trainer.train()
+    trainer.evaluate()
+    assert trainer.speed.model_facts(trainer.model_wrapped).fuses == (tune == "full")
+    assert {fused for grad, fused in modes if grad} == {tune == "full"}
+    assert {fused for grad, fused in modes if not grad} == {False}

@@ -10,9 +10,9 @@ rank, then evaluates; the 1-process reference runs here meanwhile. Losses, gradi
 ORPO metrics and evaluation must agree within 1e-5 relative, with chunking still on; the
 evaluation's generations are sampled on both ranks in step (no hang) and written once, for the
 same eval prompts as in one process. Without
-`model.head_sharding.whole_head` FSDP2 fails at the first head call, or, where the head is a unit, both ranks
+`compute.head.whole_head` FSDP2 fails at the first head call, or, where the head is a unit, both ranks
 die of a SIGSEGV in backward (the unit's hooks reshard it before the norm's backward); without
-`model.head_sharding.equal_chunk_count` ZeRO-3 fails on mismatched collectives.
+`compute.head.equal_chunk_count` ZeRO-3 fails on mismatched collectives.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 `score_pass` takes what `forward.run_model` returned and scores it in the way the run chose:
 - the model's own logits (`kernels.score_logits`), where the loss is not chunked;
 - chunked from the decoder's final hidden states (`kernels.chunked_token_logps`), the head called
-  as `model.head_sharding` says (whole, the same number of calls on every rank);
+  whole and the same number of times on every rank, as `model.head_sharding` found it sharded
+  (`whole_head`, `equal_chunk_count`);
 - fused with the loss (`kernels.fused_chunk_loss`): chunks of whole pairs, each chunk's loss given
   by the caller (``pair_loss``) and its gradients taken in the forward. Only for a trained head whole
   on this process; a frozen or sharded head, or a pair too long, takes the chunked path.
@@ -12,13 +13,14 @@ The model's facts (`model.adapter.ModelFacts`) come in found once per run: nothi
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 
 from ..batch.orpo_batch import ORPOBatch
 from ..model.adapter import ModelFacts
-from ..model.head_sharding import equal_chunk_count, whole_head
+from ..model.head_sharding import HeadSharding
 from .kernels import chunked_token_logps, fused_chunk_loss, score_logits
 from .losses import sequence_sums
 
@@ -79,11 +81,9 @@ def score_hidden(facts: ModelFacts, hidden: torch.Tensor, index: torch.Tensor, t
 
 
 def _fused_applies(facts: ModelFacts, hidden: torch.Tensor) -> bool:
-    """Whether the loss's gradients can be taken in the forward: training a head whose weights are
-    whole on this process (a frozen head needs no fusing; FSDP2 / ZeRO-3 shard them)."""
-    if not (torch.is_grad_enabled() and hidden.requires_grad):
-        return False
-    return facts.head_trained and not facts.sharding.sharded
+    """Whether the loss's gradients can be taken in the forward: a pass a backward will follow, through
+    a head the run's facts say is trained and whole on this process (`model.adapter.ModelFacts.fuses`)."""
+    return torch.is_grad_enabled() and hidden.requires_grad and facts.fuses
 
 
 def _pair_chunks(batch: ORPOBatch, run: ModelPass, chunk_size: int, pair_loss: PairLoss, nll_include_prompt: bool):
@@ -119,3 +119,47 @@ def _pair_chunks(batch: ORPOBatch, run: ModelPass, chunk_size: int, pair_loss: P
         return pair_loss(sums[:, pairs], counts[:, pairs])
 
     return index, targets, owner, bounds, chunk_loss
+
+
+@contextmanager
+def whole_head(sharding: HeadSharding, backward_follows: bool):
+    """Yield what to call as the head (``sharding.call``), with the FSDP2 units around it unsharded.
+
+    A head that is an FSDP2 unit is yielded wrapped (`model.head_sharding._WithoutUnitHooks`) and its unit unsharded
+    too; without FSDP2 the head itself is yielded. ``backward_follows``: a backward through the
+    head will run (training); FSDP reshards the units after it. Otherwise the units this call
+    unsharded are resharded when the body ends.
+    """
+    gathered = [unit for unit, own in sharding.units if _is_sharded(own)]
+    for unit in gathered:
+        unit.unshard()
+    try:
+        yield sharding.call
+    finally:
+        if not backward_follows:
+            for unit in gathered:
+                unit.reshard()
+
+
+def equal_chunk_count(sharding: HeadSharding, rows: int, chunk_size: int, device: torch.device) -> int | None:
+    """The most ``chunk_size`` chunks any rank needs, where each head call is a collective; else None.
+
+    One all-reduce of one number per forward; every rank then calls the head that many times,
+    its rows split into near-equal chunks (none larger than ``chunk_size``, some maybe empty).
+    """
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
+        return None
+    if not sharding.per_call:
+        return None
+    count = torch.tensor([max(1, -(-rows // chunk_size))], device=device)
+    distributed.all_reduce(count, op=distributed.ReduceOp.MAX)
+    return int(count.item())
+
+
+def _is_sharded(own_modules: tuple[torch.nn.Module, ...]) -> bool:
+    """Whether a unit's own parameters (those of ``own_modules``: `model.head_sharding._own_modules`) are
+    DTensor shards now."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for module in own_modules for p in module.parameters(recurse=False))

@@ -50,7 +50,7 @@ def chunked_token_logps(
     once per run); True forces the checkpointed path (benchmarks compare them).
     ``num_chunks``: make exactly this many head calls (near-equal chunks of at most ``chunk_size``
     rows, some maybe empty): where each head call is a collective (ZeRO-3), every rank makes the
-    same calls (`model.head_sharding.equal_chunk_count`).
+    same calls (`compute.head.equal_chunk_count`).
     """
     if hidden.shape[0] == 0 and num_chunks is None:
         empty = hidden.new_zeros(0, dtype=torch.float32)

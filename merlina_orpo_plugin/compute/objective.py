@@ -2,11 +2,11 @@
 
 The model runs once (`forward.run_model`); the LM head scores its pass (`head.score_pass`); the
 scores summed per sequence (`losses.sequence_scores`) make the terms of the loss (`losses.orpo_terms`).
-``plain``: the scores carry the gradient and the loss is the terms'. ``fused`` (`LossSpec.fused`, from
-`speed.SpeedPlan.fused_loss`, decided once per run): the head scores chunks of whole pairs with the
-same `losses.orpo_terms` inside the kernel (`_pair_loss`), each chunk's gradients taken in the forward,
-nothing recomputed; the terms are then computed again on the detached sums, for the metrics. Both
-modes return the same `ORPOStep`; each room is entered once, from here.
+``plain``: the scores carry the gradient and the loss is the terms'. ``fused`` (`LossSpec.fused` in
+training, where the run's facts say the head is trained and whole here, `model.adapter.ModelFacts.fuses`):
+the head scores chunks of whole pairs with the same `losses.orpo_terms` inside the kernel (`_pair_loss`),
+each chunk's gradients taken in the forward, nothing recomputed; the terms are then computed again on the
+detached sums, for the metrics. Both modes return the same `ORPOStep`; each room is entered once, from here.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def orpo_objective(model, batch: ORPOBatch | dict, spec: LossSpec, *, facts: Mod
     """The ORPO loss ``nll_term + or_term`` (`losses.orpo_terms`) of ``batch``, plus the router loss.
 
     ``scales``: ``(nll_scale, or_scale)`` (`accumulation.loss_scales`); None each is the batch's own mean.
-    ``facts``: ``model``'s `model.adapter.ModelFacts` as kept for the run (`find_model_facts`, found with
-    ``chunked`` as ``spec.loss_chunk_size`` > 0).
+    ``facts``: ``model``'s `model.adapter.ModelFacts` as the run keeps them (`speed.SpeedPlan.model_facts`;
+    `find_model_facts` with ``chunked`` as ``spec.loss_chunk_size`` > 0).
     """
     batch, chunked = as_batch(batch), spec.loss_chunk_size > 0
     pair_loss = None

@@ -1,13 +1,13 @@
 """The model adapter: what the ORPO forward needs to know about a transformers model, and nothing else.
 
-`find_model_facts` finds it once per wrapped model (`ModelFacts`; the trainer keeps them in a
+`find_model_facts` finds it once per wrapped model (`ModelFacts`; the speed plan keeps them in a
 `ModelFactsCache`, found again when the model passed in changes), so a step walks no modules. It
 unwraps DDP / DeepSpeed / PEFT wrappers, finds the LM head (called as a module, so LoRA on it,
 tied embeddings and DeepSpeed ZeRO-3's gathering on module calls apply; under FSDP2 and ZeRO-3
-`head_sharding` gathers what the module hooks do not, calls a head that is an FSDP2 unit without that
-unit's hooks and keeps every rank's head calls equal in number), reproduces the logit
-post-processing the model applies after its head, and says why the chunked loss cannot run on a
-model. Nothing here runs the model or a kernel: `compute.forward` and `compute.head` read the facts.
+`head_sharding` finds what `compute.head` must gather that the module hooks do not, how it calls a
+head that is an FSDP2 unit without that unit's hooks and whether every rank's head calls must be
+equal in number), reproduces the logit post-processing the model applies after its head, and says
+why the chunked loss cannot run on a model. Nothing here runs the model or a kernel: `compute.forward` and `compute.head` read the facts.
 """
 
 from __future__ import annotations
@@ -104,6 +104,12 @@ class ModelFacts:
     head_trained: bool = False
     head_params: tuple[torch.Tensor, ...] = ()
     sharding: HeadSharding | None = None
+
+    @property
+    def fuses(self) -> bool:
+        """Whether the chunked loss can take the head's gradients in the forward (the fused mode): a trained
+        head whole on this process (a frozen head needs no fusing; FSDP2 / ZeRO-3 shard the weights)."""
+        return self.head_trained and self.sharding is not None and not self.sharding.sharded
 
     def describes(self, model: torch.nn.Module, chunked: bool) -> bool:
         """Whether these are the facts of ``model`` as it is now (same object, same class), for ``chunked``."""

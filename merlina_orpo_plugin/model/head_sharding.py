@@ -1,4 +1,4 @@
-"""The chunked loss under FSDP2 and DeepSpeed ZeRO-3: whole weights for the head, the same collectives on every rank.
+"""The chunked loss under FSDP2 and DeepSpeed ZeRO-3: how the head is sharded, found once per wrapped model.
 
 The chunked loss calls the LM head after the model's forward has returned (`compute.head.score_hidden`).
 Three things then go wrong under parameter sharding, and this module fixes them:
@@ -9,9 +9,9 @@ Three things then go wrong under parameter sharding, and this module fixes them:
   `reshard_after_forward` explicitly), the root's weights are DTensor shards by the time the head
   is called ("aten.mm.default got mixed torch.Tensor and DTensor"), and since the loss reaches the
   model through the captured hidden states rather than through an output of the root, FSDP's
-  pre-backward hook never gathers them again for backward. `whole_head` all-gathers the head's
-  enclosing FSDP units (`FSDPModule.unshard`) before the chunks; FSDP's end-of-backward callback
-  then reduce-scatters their gradients and reshards them as usual. Without a backward
+  pre-backward hook never gathers them again for backward. `compute.head.whole_head` all-gathers
+  the head's enclosing FSDP units (`FSDPModule.unshard`) before the chunks; FSDP's end-of-backward
+  callback then reduce-scatters their gradients and reshards them as usual. Without a backward
   (evaluation) they are resharded on exit.
 * In accelerate 1.15 and 1.16 (`fsdp2_prepare_model`) the head is an FSDP2 unit itself: grouped with
   the final norm where accelerate finds it (`fully_shard([norm, lm_head])`; tied: the input
@@ -30,18 +30,17 @@ Three things then go wrong under parameter sharding, and this module fixes them:
   inside the head, e.g. its LoRA adapters), each chunk is a collective. Ranks score different
   numbers of tokens, so with fixed-size chunks they would make different numbers of calls and the
   collectives would pair up wrongly (gloo: "Received data size doesn't match expected size";
-  NCCL: a hang). `equal_chunk_count` makes every rank use the same count. FSDP2 units inside the
+  NCCL: a hang). `compute.head.equal_chunk_count` makes every rank use the same count. FSDP2 units inside the
   head also register backward hooks on each call, so `gradients_in_forward_allowed` says no: the
   chunks are checkpointed instead.
 
-What this needs to know about the model is found once per wrapped model (`find_head_sharding`, one
-walk of its modules when `model.adapter.ModelFacts` are built); a step only asks each unit whether
-its parameters are shards right now.
+This module finds what that needs to know about the model once per wrapped model (`find_head_sharding`,
+one walk of its modules when `model.adapter.ModelFacts` are built). `compute.head` runs the head with it;
+a step only asks each unit whether its parameters are shards right now.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -80,13 +79,6 @@ def _own_modules(unit: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
         found.append(module)
         stack.extend(child for child in module.children() if not isinstance(child, fsdp_module))
     return tuple(found)
-
-
-def _is_sharded(own_modules: tuple[torch.nn.Module, ...]) -> bool:
-    """Whether a unit's own parameters (those of ``own_modules``, `_own_modules`) are DTensor shards now."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for module in own_modules for p in module.parameters(recurse=False))
 
 
 def _is_unit(module: torch.nn.Module) -> bool:
@@ -147,39 +139,3 @@ def find_head_sharding(model: torch.nn.Module, head: torch.nn.Module) -> HeadSha
         units_inside=inside,
         sharded=per_call or head_unit or bool(enclosing),
     )
-
-
-@contextmanager
-def whole_head(sharding: HeadSharding, backward_follows: bool):
-    """Yield what to call as the head (``sharding.call``), with the FSDP2 units around it unsharded.
-
-    A head that is an FSDP2 unit is yielded wrapped (`_WithoutUnitHooks`) and its unit unsharded
-    too; without FSDP2 the head itself is yielded. ``backward_follows``: a backward through the
-    head will run (training); FSDP reshards the units after it. Otherwise the units this call
-    unsharded are resharded when the body ends.
-    """
-    gathered = [unit for unit, own in sharding.units if _is_sharded(own)]
-    for unit in gathered:
-        unit.unshard()
-    try:
-        yield sharding.call
-    finally:
-        if not backward_follows:
-            for unit in gathered:
-                unit.reshard()
-
-
-def equal_chunk_count(sharding: HeadSharding, rows: int, chunk_size: int, device: torch.device) -> int | None:
-    """The most ``chunk_size`` chunks any rank needs, where each head call is a collective; else None.
-
-    One all-reduce of one number per forward; every rank then calls the head that many times,
-    its rows split into near-equal chunks (none larger than ``chunk_size``, some maybe empty).
-    """
-    distributed = torch.distributed
-    if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
-        return None
-    if not sharding.per_call:
-        return None
-    count = torch.tensor([max(1, -(-rows // chunk_size))], device=device)
-    distributed.all_reduce(count, op=distributed.ReduceOp.MAX)
-    return int(count.item())
