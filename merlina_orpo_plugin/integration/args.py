@@ -69,11 +69,6 @@ def _yaml_fields() -> dict[str, Any]:
 MerlinaORPOArgs = create_model("MerlinaORPOArgs", __base__=_ORPOArgsBase, __module__=__name__, **_yaml_fields())
 
 
-def orpo_enabled(cfg: Any) -> bool:
-    """Whether `register` turned this config into an `rl: orpo_standalone` one (the plugin's state)."""
-    return bool(cfg.get("merlina_enabled"))
-
-
 def training_args(cfg: Any) -> dict[str, Any]:
     """The trainer-time options as `merlina_<name>` training arguments (`MerlinaTrainingArgsMixin`)."""
     values = yaml_settings(cfg)

@@ -123,7 +123,7 @@ def _load_orpo_config(config: str):
     """The validated config through Axolotl's `load_cfg` (which runs our `register()`), ORPO only."""
     from axolotl.cli.config import load_cfg
 
-    from .args import orpo_enabled
+    from .data_options import orpo_enabled
 
     try:
         cfg = load_cfg(config)

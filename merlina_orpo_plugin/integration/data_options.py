@@ -4,7 +4,9 @@
 their entry point and hand it down (`prepare_entry`, `tokenise_pairs`, `dataset_hash`); nothing below
 them reads a config key. The table's options come through `options.yaml_settings` (their `merlina_`
 keys, `sequence_len`); the entries are those `register` kept (`merlina_datasets`,
-`merlina_test_datasets`); the rest are Axolotl's own data keys; the model's config is read here, once.
+`merlina_test_datasets`), and `orpo_enabled` reads the mark it left (`merlina_enabled`): no other module
+reads a `merlina_` key of a config. The rest are Axolotl's own data keys; the model's config is read
+here, once.
 Importing this module imports neither Axolotl nor `datasets`.
 """
 
@@ -71,6 +73,12 @@ class DataOptions:
         """Processes to tokenise ``rows`` rows with: the config's, above `MULTIPROCESS_ROWS` rows only. One is
         None: `Dataset.map(num_proc=1)` forks a worker (pickling, ~300 MiB more) for no parallelism."""
         return self.num_proc if rows > MULTIPROCESS_ROWS and (self.num_proc or 0) > 1 else None
+
+
+def orpo_enabled(cfg: Any) -> bool:
+    """Whether `register` turned this config into an `rl: orpo_standalone` one (the mark it leaves beside
+    the entries it keeps, read here with them)."""
+    return bool(cfg.get("merlina_enabled"))
 
 
 def is_encoder_decoder(cfg: Any) -> bool:

@@ -23,7 +23,8 @@ import os
 from axolotl.integrations.base import BasePlugin
 
 from ..trl_contract import set_init_seed
-from .args import orpo_enabled, training_args
+from .args import training_args
+from .data_options import orpo_enabled
 
 RL_NAME = "orpo_standalone"
 #: Axolotl's sample-generation keys (the newer and the deprecated spelling) -> ours. Axolotl's own
