@@ -24,22 +24,18 @@ SUBCOMMANDS = {
 }
 
 
-def command(name: str):
-    mod = importlib.import_module(f"benchmarks.{SUBCOMMANDS[name][0]}")
-    commands = getattr(mod, "COMMANDS", None)
-    return (mod, *(commands[name] if commands else (mod.add_arguments, mod.main)))
-
-
 def parser(subcommand: str | None = None) -> argparse.ArgumentParser:
-    """Every subcommand listed; only ``subcommand``'s module imported (and its options added)."""
+    """Every subcommand listed; only ``subcommand``'s module imported, its options added, ``module`` and ``run`` set."""
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
-    for name, (_, text) in SUBCOMMANDS.items():
+    for name, (module, text) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == subcommand:
-            mod, add_arguments, main = command(name)
-            sp.description = main.__doc__ or mod.__doc__
+            mod = importlib.import_module(f"benchmarks.{module}")
+            add_arguments, run = mod.COMMANDS[name] if hasattr(mod, "COMMANDS") else (mod.add_arguments, mod.main)
+            sp.description = run.__doc__ or mod.__doc__
             add_arguments(sp)
+            sp.set_defaults(module=mod, run=run)
             if hasattr(mod, "run_job"):
                 sp.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     return p
@@ -51,12 +47,11 @@ def main(argv=None) -> int:
         os.environ.setdefault(key, value)
     args = parser(argv[0] if argv else None).parse_args(argv)
     args.argv = argv[1:]  # the subcommand's own options, as results record them
-    mod, _, run = command(args.subcommand)
     if getattr(args, "job", None):
         job = json.loads(args.job.read_text())
-        Path(job["result_path"]).write_text(json.dumps(mod.run_job(job), indent=1, default=str))
+        Path(job["result_path"]).write_text(json.dumps(args.module.run_job(job), indent=1, default=str))
         return 0
-    return run(args)
+    return args.run(args)
 
 
 if __name__ == "__main__":

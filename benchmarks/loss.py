@@ -1,11 +1,8 @@
-"""The ORPO loss alone, ours against TRL 1.9's: ``loss-memory``, ``loss-step`` and the paths `gpu_check` compares
-("The loss alone" in README.md here)."""
+"""The ORPO loss alone, ours against TRL 1.9's: ``loss-memory``, ``loss-step`` and the paths `gpu_check` compares."""
 
 from __future__ import annotations
 
-import argparse
 import gc
-import inspect
 import statistics
 import tempfile
 from pathlib import Path
@@ -31,7 +28,6 @@ from .report import publish, table
 from .workload import BETA, CHUNK, PAD, PROJECTIONS, llama_config, random_pairs
 
 SIDES = ("trl", "ours", "ours-fused", "ours-full")
-SIZE = ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device", "dtype")
 
 
 def collate(features, shared: bool, packed: bool) -> dict:
@@ -72,18 +68,15 @@ def ours_loss(model, batch, chunk, fused=False):
 
 def trl_loss(trainer, model, batch):
     """TRL's ``get_batch_loss_metrics`` (metrics' ``.item()`` syncs included); its forward outputs captured."""
-    captured, original = {}, type(trainer).concatenated_forward
+    captured, original = [], type(trainer).concatenated_forward
 
     def capture(model_, batch_):
-        captured["out"] = original(trainer, model_, batch_)
-        return captured["out"]
+        captured.append(original(trainer, model_, batch_))
+        return captured[-1]
 
-    trainer.concatenated_forward = capture
-    try:
+    with mock.patch.object(trainer, "concatenated_forward", capture):
         loss, _metrics = trainer.get_batch_loss_metrics(model, batch)
-    finally:
-        del trainer.concatenated_forward
-    chosen, rejected, _, _, nll = captured["out"][:5]
+    chosen, rejected, _, _, nll = captured[-1][:5]
     return loss, chosen, rejected, nll
 
 
@@ -99,40 +92,37 @@ def memory_arguments(p) -> None:
 
 def _trl_side(s, hidden, head, input_ids, half):
     """TRL's `ORPOTrainer` loss path on full logits (its NLL, logps, odds ratio and ``logits/*`` means)."""
-    from trl.experimental.orpo import ORPOTrainer
-
-    B, V = s.pairs, s.vocab
+    B, V, trainer = s.pairs, s.vocab, trl_trainer(hidden.device)
     labels = input_ids.clone()
     labels[:, :half] = -100
     logits = head(hidden)
     nll = torch.nn.CrossEntropyLoss()(logits[:B, :-1, :].contiguous().view(-1, V),
                                       input_ids[:B, 1:].contiguous().view(-1))
-    all_logps = ORPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
-    losses, *_ = trl_trainer(hidden.device).odds_ratio_loss(all_logps[:B], all_logps[B:])
+    all_logps = trainer.get_batch_logps(logits, labels, average_log_prob=True)
+    losses, *_ = trainer.odds_ratio_loss(all_logps[:B], all_logps[B:])
     _ = logits[:B, :-1, :].detach().mean(), logits[B:, :-1, :].detach().mean()
     return nll - losses.mean()
 
 
-def _ours_side(s, hidden, head, input_ids, half, chunk_size, fused):
-    """Our loss: fused over whole pairs, chunked as `score_hidden` runs it, or from full logits (chunk 0)."""
-    B, (rows, T, _) = s.pairs, hidden.shape
+def _ours_side(s, hidden, head, input_ids, half):
+    """Our loss: chunked as `score_hidden` runs it, fused over whole pairs, or from the full logits (``ours-full``)."""
+    B, (rows, T, H), fused = s.pairs, hidden.shape, s.side == "ours-fused"
     order = torch.arange(rows, device=hidden.device)
-    order = order.view(2, B).t().reshape(-1) if fused else order
+    order = order.view(2, B).t().reshape(-1) if fused else order  # fused: each pair's rows side by side
     index = (order[:, None] * T + torch.arange(T - 1, device=hidden.device)).reshape(-1)
-    targets = input_ids[order if fused else slice(None), 1:].reshape(-1)
-    if chunk_size == 0 and not fused:
+    targets = input_ids[order, 1:].reshape(-1)
+    if fused:
+        def chunk_loss(logps, start, end):  # one pair: -its share of the chosen token mean - its OR term / B
+            chosen, rejected = logps.view(2, T - 1)
+            or_loss = odds_ratio_loss(chosen[half - 1 :].mean()[None], rejected[half - 1 :].mean()[None], BETA)[0]
+            return -chosen.sum() / (B * (T - 1)) - or_loss.sum() / B
+
+        pairs = [(2 * (T - 1) * i, 2 * (T - 1) * (i + 1)) for i in range(B)]
+        return fused_chunk_loss(head, hidden.reshape(-1, H).index_select(0, index), targets, pairs, chunk_loss)[0]
+    if s.side == "ours-full":
         logps = score_logits(head(hidden), index, targets)[0]
     else:
-        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
-        if fused:
-            def chunk_loss(logps, start, end):  # one pair: -its share of the chosen token mean - its OR term / B
-                chosen, rejected = logps.view(2, T - 1)
-                or_loss = odds_ratio_loss(chosen[half - 1 :].mean()[None], rejected[half - 1 :].mean()[None], BETA)[0]
-                return -chosen.sum() / (B * (T - 1)) - or_loss.sum() / B
-
-            bounds = [(start, start + 2 * (T - 1)) for start in range(0, B * 2 * (T - 1), 2 * (T - 1))]
-            return fused_chunk_loss(head, selected, targets, bounds, chunk_loss)[0]
-        logps = chunked_token_logps(head, selected, targets, chunk_size)[0]
+        logps = chunked_token_logps(head, hidden.reshape(-1, H).index_select(0, index), targets, s.chunk_size)[0]
     logps = logps.view(rows, T - 1)
     sequence_logps = logps[:, half - 1 :].mean(-1)
     losses, *_ = odds_ratio_loss(sequence_logps[:B], sequence_logps[B:], BETA)
@@ -141,23 +131,18 @@ def _ours_side(s, hidden, head, input_ids, half, chunk_size, fused):
 
 def run_job(job: dict) -> dict:
     """One side's loss + backward on seeded inputs, its peak memory growth and time."""
-    s = argparse.Namespace(**job)
+    s = SimpleNamespace(**job)
     if s.side == "trl":  # imported before the measured region
         import trl.experimental.orpo  # noqa: F401
     torch.manual_seed(0)
     device, dtype, rows, half = torch.device(s.device), getattr(torch, s.dtype), 2 * s.pairs, s.tokens // 2
     hidden = torch.randn(rows, s.tokens, s.hidden, device=device, dtype=dtype, requires_grad=True)
-    head = torch.nn.Linear(s.hidden, s.vocab, bias=False, device=device, dtype=dtype)
-    head.requires_grad_(not s.frozen_head)
+    head = torch.nn.Linear(s.hidden, s.vocab, bias=False, device=device, dtype=dtype).requires_grad_(not s.frozen_head)
     input_ids = torch.randint(3, min(s.vocab, 49152), (rows, s.tokens), device=device)  # SmolLM2-range ids
     input_ids[s.pairs:, :half] = input_ids[: s.pairs, :half]  # shared prompts
     gc.collect()
     with PeakDelta() as m:
-        if s.side == "trl":
-            loss = _trl_side(s, hidden, head, input_ids, half)
-        else:
-            loss = _ours_side(s, hidden, head, input_ids, half, s.chunk_size if s.side == "ours" else 0,
-                              s.side == "ours-fused")
+        loss = (_trl_side if s.side == "trl" else _ours_side)(s, hidden, head, input_ids, half)
         loss.backward()
     out = {"side": s.side, "loss": loss.item(), "seconds": m.seconds, "peak_delta_bytes": m.bytes,
            "grad_norm_hidden": hidden.grad.norm().item()}
@@ -175,22 +160,19 @@ def memory_markdown(result: dict) -> str:
             if "error" in r else
             [names[side], f"{r['peak_delta_bytes'] / 2**20:,.0f}", f"{r['peak_delta_bytes'] / trl:.2f}x" if trl
              else "-", f"{r['seconds']:.2f}", f"{r['loss']:.6f}"] for side, r in sides.items()]
-    return "\n".join([f"`{result['command']}`", "",
-                      f"Loss only (hidden states -> loss, forward + backward), vocab {s['vocab']:,}, "
-                      f"{2 * s['pairs']} rows x {s['tokens']} tokens, hidden {s['hidden']}, "
-                      f"{s.get('dtype', 'float32')} on {s['device']}, "
-                      f"{'frozen' if s.get('frozen_head') else 'trainable'} head; full logits would be "
-                      f"{logits_mib:,.0f} MiB.", ""]
-                     + table(["side", "peak memory delta MiB", "vs TRL", "seconds", "loss"], rows)) + "\n"
+    setup = (f"Loss only (hidden states -> loss, forward + backward), vocab {s['vocab']:,}, {2 * s['pairs']} rows x "
+             f"{s['tokens']} tokens, hidden {s['hidden']}, {s.get('dtype', 'float32')} on {s['device']}, "
+             f"{'frozen' if s.get('frozen_head') else 'trainable'} head; full logits would be {logits_mib:,.0f} MiB.")
+    columns = ["side", "peak memory delta MiB", "vs TRL", "seconds", "loss"]
+    return "\n".join([f"`{result['command']}`", "", setup, ""] + table(columns, rows)) + "\n"
 
 
 def memory_main(args) -> int:
     """Peak memory of the ORPO loss alone, TRL's full logits against ours, each side in a fresh process."""
-    settings, sides = {k: getattr(args, k) for k in (*SIZE, "frozen_head")}, {}
+    names = ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device", "dtype", "frozen_head")
+    settings, sides = {k: getattr(args, k) for k in names}, {}
     with tempfile.TemporaryDirectory(prefix="loss-memory-") as tmp:
-        for side in SIDES:
-            if side == "ours-fused" and args.frozen_head:  # fused only for a trained head
-                continue
+        for side in [n for n in SIDES if n != "ours-fused" or not args.frozen_head]:  # fused: trained head only
             sides[side] = spawn(dict(settings, subcommand="loss-memory", side=side, work_dir=f"{tmp}/{side}",
                                      result_path=f"{tmp}/{side}/result.json"), timeout=3600)
     result = publish(args, "loss-memory", {"settings": settings, "sides": sides}, args.device, memory_markdown,
@@ -214,34 +196,24 @@ def step_main(args) -> int:
     batch = collate(random_pairs(4, *lengths, args.vocab, seed=0, ids_seed=0), True, True)
     chunked = head.chunked_token_logps
 
-    def recomputing(*chunk_args, **chunk_kwargs):  # score_hidden passes `recompute` by position or name
-        bound = inspect.signature(chunked).bind(*chunk_args, **chunk_kwargs)
-        bound.arguments["recompute"] = True
-        return chunked(*bound.args, **bound.kwargs)
+    def recomputing(call, hidden, targets, chunk_size, postprocess, recompute, *rest):  # score_hidden's call order
+        return chunked(call, hidden, targets, chunk_size, postprocess, True, *rest)
 
     ways = {"default": (CHUNK, True, chunked), "checkpointed": (CHUNK, False, recomputing),
             "unchunked": (0, False, chunked)}
-    growth, times = {way: 0 for way in ways}, {way: [] for way in ways}
-
-    def step(way: str) -> float:
-        chunk, fused, score = ways[way]
-        with PeakDelta() as m, mock.patch.object(head, "chunked_token_logps", score):  # score_hidden's lookup
-            ours_loss(model, batch, chunk, fused=fused)[0].backward()
-        growth[way] = max(growth[way], m.bytes)
-        model.zero_grad(set_to_none=True)
-        return m.seconds
-
-    for way in ways:
-        step(way)
-    for _ in range(args.steps):
-        for way in ways:
-            times[way].append(step(way))
-    median = {way: round(statistics.median(t), 3) for way, t in times.items()}
-    settings = {k: getattr(args, k) for k in ("tune", "vocab", "prompt", "answer", "steps")}
-    publish(args, "loss-step", {"settings": settings, "threads": torch.get_num_threads(), "median_step_s": median,
-                                "peak_growth_mib": {way: round(b / 2**20) for way, b in growth.items()},
-                                "checkpointed_over_default": round(median["checkpointed"] / median["default"], 2)},
-            indent=None)
+    steps = {way: [] for way in ways}  # one PeakDelta a step, the first a warm-up
+    for _ in range(args.steps + 1):
+        for way, (chunk, fused, score) in ways.items():
+            with PeakDelta() as m, mock.patch.object(head, "chunked_token_logps", score):  # score_hidden's lookup
+                ours_loss(model, batch, chunk, fused=fused)[0].backward()
+            model.zero_grad(set_to_none=True)
+            steps[way].append(m)
+    median = {way: round(statistics.median(m.seconds for m in ms[1:]), 3) for way, ms in steps.items()}
+    growth = {way: round(max(m.bytes for m in ms) / 2**20) for way, ms in steps.items()}
+    result = {"settings": {k: getattr(args, k) for k in ("tune", "vocab", "prompt", "answer", "steps")},
+              "threads": torch.get_num_threads(), "median_step_s": median, "peak_growth_mib": growth,
+              "checkpointed_over_default": round(median["checkpointed"] / median["default"], 2)}
+    publish(args, "loss-step", result, indent=None)
     return 0
 
 

@@ -33,22 +33,17 @@ class Shape:
                 f"(~{unique} unique per pair, each length +/-{self.jitter:.0%} per row)")
 
 
-SHAPES = {
-    "ultrafeedback": {"gpu": Shape("ultrafeedback", 165, 264, 8), "cpu": Shape("ultrafeedback", 128, 128, 4),
-                      "smoke": Shape("ultrafeedback", 16, 16, 2)},
-    "long-prompt": {"gpu": Shape("long-prompt", 1250, 65, 4), "cpu": Shape("long-prompt", 320, 40, 4),
-                    "smoke": Shape("long-prompt", 32, 4, 2)},
-}
+#: shape -> scale -> (prompt tokens, answer tokens, pairs per step)
+_SHAPE_SIZES = {"ultrafeedback": dict(gpu=(165, 264, 8), cpu=(128, 128, 4), smoke=(16, 16, 2)),
+                "long-prompt": dict(gpu=(1250, 65, 4), cpu=(320, 40, 4), smoke=(32, 4, 2))}
+SHAPES = {name: {scale: Shape(name, *size) for scale, size in sizes.items()} for name, sizes in _SHAPE_SIZES.items()}
 
 
 def missing_inputs() -> list[str]:
     """What the benchmark needs from the repository and lacks, each with the command that makes it."""
-    missing = []
-    if not (TOKENIZER_DIR / "tokenizer.json").exists():
-        missing.append(f"{TOKENIZER_DIR.relative_to(REPO)}/ (run `make assets`)")
-    if not PAIRS.exists():
-        missing.append(f"{PAIRS.relative_to(REPO)} (part of the repository: check out a complete tree)")
-    return missing
+    needs = {TOKENIZER_DIR / "tokenizer.json": f"{TOKENIZER_DIR.relative_to(REPO)}/ (run `make assets`)",
+             PAIRS: f"{PAIRS.relative_to(REPO)} (part of the repository: check out a complete tree)"}
+    return [text for path, text in needs.items() if not path.exists()]
 
 
 def load_tokenizer(path: str | Path = TOKENIZER_DIR):
@@ -108,14 +103,10 @@ def random_pairs(n, prompt, chosen, rejected, vocab, seed, ids_seed=None) -> lis
             for _ in range(n)]
 
 
-SIZES = {
-    "smoke": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=4, tie_word_embeddings=False),
-    "cpu": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=4, tie_word_embeddings=False),
-    "gpu": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                num_key_value_heads=8, tie_word_embeddings=True, rope_theta=500000.0),
-}
+_WIDTHS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+SIZES = {"smoke": dict(zip(_WIDTHS, (64, 192, 2, 4, 4)), tie_word_embeddings=False),
+         "cpu": dict(zip(_WIDTHS, (256, 688, 4, 4, 4)), tie_word_embeddings=False),
+         "gpu": dict(zip(_WIDTHS, (2048, 8192, 16, 32, 8)), tie_word_embeddings=True, rope_theta=500000.0)}
 DEFAULT_VOCABS = {"smoke": (49152,), "cpu": (49152,), "gpu": (128256,)}
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", target_modules=PROJECTIONS)

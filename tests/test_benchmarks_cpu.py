@@ -172,3 +172,18 @@ def test_result_files_and_readmes_hold_no_absolute_path():
     found = [f"{f.name}:{n}: {m.group(0)}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
              for m in [ABSOLUTE_PATH.search(line)] if m]
     assert not found, "\n".join(found[:20])
+
+
+def test_loss_memory_every_side_has_trls_loss(tmp_path):
+    """`loss-memory` at vocab 512, 4 rows x 32 tokens, chunks of 16: each side in a fresh process, every loss TRL's."""
+    from benchmarks.__main__ import main
+
+    assert main(["loss-memory", "--vocab", "512", "--tokens", "32", "--hidden", "32", "--chunk-size", "16",
+                 "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*-loss-memory.json")
+    sides = json.loads(path.read_text())["sides"]
+    assert list(sides) == ["trl", "ours", "ours-fused", "ours-full"], sides
+    for side, r in sides.items():
+        assert abs(r["loss"] - sides["trl"]["loss"]) < 1e-5, (side, r)
+        assert {"seconds", "peak_delta_bytes", "grad_norm_hidden"} <= set(r), (side, r)
+    assert "| ours, chunked (16 tokens) |" in path.with_suffix(".md").read_text()
