@@ -125,10 +125,10 @@ def _pair_chunks(batch: ORPOBatch, run: ModelPass, chunk_size: int, pair_loss: P
 def whole_head(sharding: HeadSharding, backward_follows: bool):
     """Yield what to call as the head (``sharding.call``), with the FSDP2 units around it unsharded.
 
-    A head that is an FSDP2 unit is yielded wrapped (`model.head_sharding._WithoutUnitHooks`) and its unit unsharded
-    too; without FSDP2 the head itself is yielded. ``backward_follows``: a backward through the
-    head will run (training); FSDP reshards the units after it. Otherwise the units this call
-    unsharded are resharded when the body ends.
+    A head that is an FSDP2 unit is yielded wrapped (`model.head_sharding._WithoutUnitHooks`) and its
+    unit unsharded too; without FSDP2 the head itself is yielded. ``backward_follows``: a backward
+    through the head will run (training); FSDP reshards the units after it. Otherwise the units this
+    call unsharded are resharded when the body ends.
     """
     gathered = [unit for unit, own in sharding.units if _is_sharded(own)]
     for unit in gathered:

@@ -15,9 +15,10 @@ function here works on *mean* completion log-probs ``c = log P(y_w|x)``, ``r = l
 ``lambda`` is called ``beta`` (TRL's and Axolotl's name; Axolotl also reads ``orpo_alpha``).
 
 Nothing here touches trainer state or ``.item()``: per-example values are returned and the caller
-reduces them (`sequence_scores` only moves each token's owner index to the log-probs' device). `sequence_scores` sums the scored tokens' log-probs per sequence (`SequenceScores`);
-`orpo_terms` is the loss of a micro-batch (or of a chunk of whole pairs) from those sums;
-`compute.objective` calls both, in both of its modes.
+reduces them. `sequence_scores` sums the scored tokens' log-probs per sequence (`SequenceScores`; it
+moves each token's owner index to the log-probs' device, the one device move here); `orpo_terms` is
+the loss of a micro-batch (or of a chunk of whole pairs) from those sums; `compute.objective` calls
+both, in both of its modes.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ tied embeddings and DeepSpeed ZeRO-3's gathering on module calls apply; under FS
 `head_sharding` finds what `compute.head` must gather that the module hooks do not, how it calls a
 head that is an FSDP2 unit without that unit's hooks and whether every rank's head calls must be
 equal in number), reproduces the logit post-processing the model applies after its head, and says
-why the chunked loss cannot run on a model. Nothing here runs the model or a kernel: `compute.forward` and `compute.head` read the facts.
+why the chunked loss cannot run on a model. Nothing here runs the model or a kernel: `compute.forward`
+and `compute.head` read the facts.
 """
 
 from __future__ import annotations

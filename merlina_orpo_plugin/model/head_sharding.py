@@ -30,9 +30,9 @@ Three things then go wrong under parameter sharding, and this module fixes them:
   inside the head, e.g. its LoRA adapters), each chunk is a collective. Ranks score different
   numbers of tokens, so with fixed-size chunks they would make different numbers of calls and the
   collectives would pair up wrongly (gloo: "Received data size doesn't match expected size";
-  NCCL: a hang). `compute.head.equal_chunk_count` makes every rank use the same count. FSDP2 units inside the
-  head also register backward hooks on each call, so `gradients_in_forward_allowed` says no: the
-  chunks are checkpointed instead.
+  NCCL: a hang). `compute.head.equal_chunk_count` makes every rank use the same count. FSDP2 units
+  inside the head also register backward hooks on each call, so `gradients_in_forward_allowed` says
+  no: the chunks are checkpointed instead.
 
 This module finds what that needs to know about the model once per wrapped model (`find_head_sharding`,
 one walk of its modules when `model.adapter.ModelFacts` are built). `compute.head` runs the head with it;
