@@ -11,15 +11,13 @@ from pathlib import Path
 
 from .impls import OFFLINE
 
-#: subcommand -> (module with add_arguments and main, or COMMANDS; with run_job, the hidden --job), help
+#: subcommand -> (module with add_arguments and main; with run_job, the hidden --job), help
 SUBCOMMANDS = {
     "train": ("train", "one ORPO workload through TRL, TRL + Liger, Axolotl `rl: orpo` / `rl: orpo_standalone`, "
-                       "this trainer and the causal-LM limit; --max-batch: the largest micro-batch each fits"),
+                       "this trainer and the causal-LM limit"),
     "loss-memory": ("loss", "peak memory of the ORPO loss alone (hidden states -> head -> loss), TRL's against ours"),
-    "loss-step": ("loss", "step time of the ways our chunked loss runs (default, checkpointed, unchunked)"),
-    "preprocess": ("preprocess", "preprocessing throughput: prepare_preference_dataset against TRL's tokenize_row"),
-    "preprocess-scale": ("preprocess", "preprocessing at 10k-200k generated pairs, Python API and Axolotl path: "
-                                       "time, CPU time and peak RSS, each size in a fresh process"),
+    "preprocess-scale": ("preprocess", "preprocessing at 10k-200k generated pairs, the Python API, the Axolotl path "
+                                       "and TRL's: time, CPU time and peak RSS, each size in a fresh process"),
     "gpu-check": ("gpu_check", "correctness on a GPU: layout equivalence, the loss alone, the trainer end to end"),
 }
 
@@ -32,10 +30,9 @@ def parser(subcommand: str | None = None) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == subcommand:
             mod = importlib.import_module(f"benchmarks.{module}")
-            add_arguments, run = mod.COMMANDS[name] if hasattr(mod, "COMMANDS") else (mod.add_arguments, mod.main)
-            sp.description = run.__doc__ or mod.__doc__
-            add_arguments(sp)
-            sp.set_defaults(module=mod, run=run)
+            sp.description = mod.main.__doc__ or mod.__doc__
+            mod.add_arguments(sp)
+            sp.set_defaults(module=mod, run=mod.main)
             if hasattr(mod, "run_job"):
                 sp.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     return p

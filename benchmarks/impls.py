@@ -81,7 +81,7 @@ def write_config(job: dict, **cfg) -> Path:
                    plugins=[TIMING_PLUGIN], rl="orpo", datasets=[entry])
         if job["impl"] == "axolotl_merlina":
             cfg.update(plugins=[MERLINA_PLUGIN, TIMING_PLUGIN], rl="orpo_standalone",
-                       datasets=[{**entry, "type": "prompt_pairs"}], **job.get("merlina_yaml") or {})
+                       datasets=[{**entry, "type": "prompt_pairs"}])
     cfg = dict(FIXED, output_dir=str(work / "out"), dataset_prepared_path=str(work / "prepared"), **cfg)
     path = work / "config.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -111,7 +111,7 @@ def child_env(job_path: Path | None, device: str, **extra: str) -> dict[str, str
 
 
 def spawn(job: dict, timeout: int, command: list[str] | None = None, **env: str) -> dict:
-    """``job`` in a fresh process (``--job``, or ``command``): its result, else ``error``, ``log_tail``, ``partial``."""
+    """``job`` in a fresh process (``--job``, or ``command``): its result, else ``error`` and ``log_tail``."""
     work = Path(job["work_dir"])
     work.mkdir(parents=True, exist_ok=True)
     job_path, log_path, result_path = work / "job.json", work / "log.txt", Path(job["result_path"])
@@ -123,12 +123,10 @@ def spawn(job: dict, timeout: int, command: list[str] | None = None, **env: str)
                                   stderr=subprocess.STDOUT, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
         code = f"timeout after {timeout}s"
-    result = json.loads(result_path.read_text()) if result_path.exists() else None
-    if code == 0 and result is not None:
-        return result
+    if code == 0 and result_path.exists():
+        return json.loads(result_path.read_text())
     tail = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
-    return {"error": f"exit {code}" + ("; no result" if code == 0 else ""), "log_tail": tail,
-            **({"partial": result} if result is not None else {})}
+    return {"error": f"exit {code}" + ("; no result" if code == 0 else ""), "log_tail": tail}
 
 
 def run(impl: Impl, job: dict, timeout: int, inline: bool = False) -> dict:
@@ -145,8 +143,5 @@ def run(impl: Impl, job: dict, timeout: int, inline: bool = False) -> dict:
             result = {"error": "exception", "log_tail": traceback.format_exc()[-4000:]}
     else:  # `axolotl` resolves on the child's PATH, this venv's first
         result = spawn(job, timeout, ["axolotl", "train", str(write_config(job))] if impl.kind == "axolotl" else None)
-        partial = result.pop("partial", None)
-        if partial is not None and job.get("mode") == "max_batch":  # the trials before the cut
-            result = {**partial, "stopped": result["error"]}
         result = result if "error" in result else {**result, "isolation": "process"}
     return {**result, "process_seconds": time.perf_counter() - start, **loads}

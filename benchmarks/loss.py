@@ -1,19 +1,15 @@
-"""The ORPO loss alone, ours against TRL 1.9's: ``loss-memory``, ``loss-step`` and the paths `gpu_check` compares."""
+"""The ORPO loss alone, ours against TRL 1.9's: ``loss-memory``, and the paths `gpu_check` compares."""
 
 from __future__ import annotations
 
 import gc
-import statistics
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
-import peft
 import torch
-from transformers import LlamaForCausalLM
 
-import merlina_orpo_plugin.compute.head as head
 from merlina_orpo_plugin.batch.collator import ORPODataCollator
 from merlina_orpo_plugin.batch.packing import BatchLayout
 from merlina_orpo_plugin.compute.forward import ORPOForwardOutput
@@ -25,7 +21,7 @@ from merlina_orpo_plugin.model.adapter import find_model_facts
 from .impls import spawn
 from .measure import PeakDelta
 from .report import publish, table
-from .workload import BETA, CHUNK, PAD, PROJECTIONS, llama_config, random_pairs
+from .workload import BETA, CHUNK, PAD
 
 SIDES = ("trl", "ours", "ours-fused", "ours-full")
 
@@ -80,7 +76,7 @@ def trl_loss(trainer, model, batch):
     return loss, chosen, rejected, nll
 
 
-def memory_arguments(p) -> None:
+def add_arguments(p) -> None:
     for flag, default in (("--vocab", 128256), ("--tokens", 1024), ("--pairs", 2), ("--hidden", 1024),
                           ("--chunk-size", CHUNK)):
         p.add_argument(flag, type=int, default=default, help="default %(default)s")
@@ -167,7 +163,7 @@ def memory_markdown(result: dict) -> str:
     return "\n".join([f"`{result['command']}`", "", setup, ""] + table(columns, rows)) + "\n"
 
 
-def memory_main(args) -> int:
+def main(args) -> int:
     """Peak memory of the ORPO loss alone, TRL's full logits against ours, each side in a fresh process."""
     names = ("vocab", "tokens", "pairs", "hidden", "chunk_size", "device", "dtype", "frozen_head")
     settings, sides = {k: getattr(args, k) for k in names}, {}
@@ -178,43 +174,3 @@ def memory_main(args) -> int:
     result = publish(args, "loss-memory", {"settings": settings, "sides": sides}, args.device, memory_markdown,
                      suffix="loss-memory" + "-frozen-head" * args.frozen_head)
     return 0 if all("error" not in r for r in result["sides"].values()) else 1
-
-
-def step_arguments(p) -> None:
-    p.add_argument("--tune", choices=("lora", "full"), default="lora")
-    for flag, default in (("--vocab", 49152), ("--prompt", 320), ("--answer", 40), ("--steps", 5)):
-        p.add_argument(flag, type=int, default=default, help="default %(default)s")
-
-
-def step_main(args) -> int:
-    """Step time and peak growth of the ways our chunked loss runs, interleaved step by step; one line of JSON."""
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(llama_config("cpu", args.vocab))
-    if args.tune == "lora":
-        model = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules=PROJECTIONS[:4]))
-    lengths = [(n, n) for n in (args.prompt, args.answer, args.answer - 5)]
-    batch = collate(random_pairs(4, *lengths, args.vocab, seed=0, ids_seed=0), True, True)
-    chunked = head.chunked_token_logps
-
-    def recomputing(call, hidden, targets, chunk_size, postprocess, recompute, *rest):  # score_hidden's call order
-        return chunked(call, hidden, targets, chunk_size, postprocess, True, *rest)
-
-    ways = {"default": (CHUNK, True, chunked), "checkpointed": (CHUNK, False, recomputing),
-            "unchunked": (0, False, chunked)}
-    steps = {way: [] for way in ways}  # one PeakDelta a step, the first a warm-up
-    for _ in range(args.steps + 1):
-        for way, (chunk, fused, score) in ways.items():
-            with PeakDelta() as m, mock.patch.object(head, "chunked_token_logps", score):  # score_hidden's lookup
-                ours_loss(model, batch, chunk, fused=fused)[0].backward()
-            model.zero_grad(set_to_none=True)
-            steps[way].append(m)
-    median = {way: round(statistics.median(m.seconds for m in ms[1:]), 3) for way, ms in steps.items()}
-    growth = {way: round(max(m.bytes for m in ms) / 2**20) for way, ms in steps.items()}
-    result = {"settings": {k: getattr(args, k) for k in ("tune", "vocab", "prompt", "answer", "steps")},
-              "threads": torch.get_num_threads(), "median_step_s": median, "peak_growth_mib": growth,
-              "checkpointed_over_default": round(median["checkpointed"] / median["default"], 2)}
-    publish(args, "loss-step", result, indent=None)
-    return 0
-
-
-COMMANDS = {"loss-memory": (memory_arguments, memory_main), "loss-step": (step_arguments, step_main)}

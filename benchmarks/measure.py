@@ -125,23 +125,6 @@ class StepTimer(TrainerCallback):
             Path(self.result_path).write_text(json.dumps(self.result, indent=1, default=str))
 
 
-class MemoryCap(PeakDelta, TrainerCallback):
-    """Training's peak memory (``used``), checked every step; past ``cap_bytes`` (a smaller card), an OOM error."""
-
-    def __init__(self, cap_bytes: int | None = None):
-        self.cap, self.used = cap_bytes, 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        base = 0 if self.cuda else self.before  # CUDA: all allocated, weights too; CPU: growth over train begin
-        self.used = max(self.used, self.peak_bytes() - base)
-        if self.cap is not None and self.used > self.cap:
-            raise torch.OutOfMemoryError(f"memory cap: {self.used / 2**20:.0f} MiB used, "
-                                         f"cap {self.cap / 2**20:.0f} MiB")
-
-
 def matmul_peak_tflops(size: int = 8192, repeats: int = 10, warmup: int = 3) -> float:
     """bf16 TFLOP/s of a timed ``size``^3 matmul on the current GPU (mean of ``repeats`` after ``warmup``)."""
     a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))

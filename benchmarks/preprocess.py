@@ -1,196 +1,51 @@
-"""``preprocess``: throughput against TRL's ``tokenize_row``; ``preprocess-scale``: time, CPU time and memory
-at 10k-200k generated pairs. Both print JSON; README.md here describes every field."""
+"""``preprocess-scale``: ours (the Python API, Axolotl's path) against TRL's preprocessing at 10k-200k generated
+pairs, each run in a fresh process: time, CPU time and memory. JSON and Markdown; README.md here describes each field."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import random
 import re
 import resource
 import shutil
-import statistics
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from unittest import mock
 
 import datasets
 import numpy as np
-from tokenizers import Tokenizer, pre_tokenizers
 
-import merlina_orpo_plugin.data.pipeline as data  # the module whose `TextEncoder` the pipeline calls
 from merlina_orpo_plugin.data import prepare_preference_dataset
-from merlina_orpo_plugin.data.encoding import TextEncoder, _plan, encode_texts
-from merlina_orpo_plugin.data.formats import Layout, render_batch
 
 from .impls import MERLINA_PLUGIN, spawn, write_config
 from .measure import max_rss_kb, rss_kb
 from .report import publish, table
-from .workload import LIMITS, MAX_LENGTH, PAIRS, REPO, TOKENIZER_DIR, build_model_dir, load_tokenizer
+from .workload import LIMITS, MAX_LENGTH, PAIRS, build_model_dir, load_tokenizer
 
 DATASETS = {"llamafactory_en": PAIRS, "llamafactory_zh": PAIRS.with_name("sharegpt_zh.json")}
-ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # ShareGPT speakers, as LLaMA-Factory maps them
 
-
-def add_arguments(p) -> None:
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, help="also write <machine>-preprocess.json here")
-
-
-def load_rows(path: Path) -> list[dict]:
-    """LLaMA-Factory ShareGPT pairs -> conversational rows (history = prompt, gpt turns = answers)."""
-
-    def messages(turns: list[dict]) -> list[dict]:
-        return [{"role": ROLES[t["from"]], "content": t["value"]} for t in turns]
-
-    return [{"prompt": messages(r["conversations"]), "chosen": messages([r["chosen"]]),
-             "rejected": messages([r["rejected"]])} for r in json.loads(path.read_text())]
-
-
-def _times(fn, tokenizer, repeats: int) -> list[tuple[float, float]]:
-    """(wall, CPU) seconds of ``repeats`` calls of ``fn()``, each from an empty BPE cache (the Rust model keeps one)."""
-    model, times = tokenizer.backend_tokenizer.model, []
-    for _ in range(repeats):
-        if hasattr(model, "_clear_cache"):
-            model._clear_cache()
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        times.append((time.perf_counter() - wall, time.process_time() - cpu))
-    return times
-
-
-def _rates(name: str, pairs: int, times: list[tuple[float, float]]) -> dict[str, float]:
-    """``<name>_pairs_per_s`` of the best wall time and ``<name>_cpu_pairs_per_s`` of the best CPU time."""
-    return {f"{name}_pairs_per_s": round(pairs / min(wall for wall, _ in times), 1),
-            f"{name}_cpu_pairs_per_s": round(pairs / min(cpu for _, cpu in times), 1)}
-
-
-def _cold_and_warm(source, tokenizer) -> list[tuple[float, float]]:
-    """(cold, warm) `_times` of ``prepare_preference_dataset`` on a file-backed copy in a new directory."""
-    with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as tmp:
-        source.save_to_disk(f"{tmp}/raw")
-        raw = datasets.load_from_disk(f"{tmp}/raw")  # file-backed: `map` writes its cache file beside it
-        times = _times(lambda: prepare_preference_dataset(raw, tokenizer, **LIMITS), tokenizer, repeats=2)
-        assert len(list(Path(tmp, "raw").glob("cache-*.arrow"))) == 1  # the cold call wrote it, the warm one read it
-    return times
-
-
-def measure_ours(rows: list[dict], tokenizer, repeats: int) -> dict:
-    """Cold and warm ``prepare_preference_dataset``, and cold with a plain tokenizer call for ``TextEncoder``."""
-    source, pairs, runs = datasets.Dataset.from_list(rows), len(rows), []
-    for _ in range(repeats):
-        cold_warm = _cold_and_warm(source, tokenizer)
-        with mock.patch.object(data, "TextEncoder", lambda tok: functools.partial(encode_texts, tok)):
-            runs.append((*cold_warm, _cold_and_warm(source, tokenizer)[0]))
-    cold, warm, plain = zip(*runs)
-    walls = [wall for wall, _ in cold]
-    return {**_rates("ours_cold", pairs, cold), "ours_cold_seconds": [round(t, 4) for t in walls],
-            "ours_cold_median_pairs_per_s": round(pairs / statistics.median(walls), 1),
-            "ours_cold_first_call_pairs_per_s": round(pairs / walls[0], 1),
-            **_rates("ours_with_plain_tokenizer_call_cold", pairs, plain),
-            "ours_warm_cached_pairs_per_s": round(pairs / min(warm)[0], 1)}
-
-
-def measure_trl(rows: list[dict], tokenizer, repeats: int) -> dict:
-    """TRL's ``tokenize_row`` on every row (rendered before the clock starts), best of ``repeats``; rejects counted."""
-    from trl.data_utils import maybe_apply_chat_template
-    from trl.experimental.orpo import ORPOTrainer  # its notice silenced by TRL_EXPERIMENTAL_SILENCE (`impls.OFFLINE`)
-
-    features = [maybe_apply_chat_template(row, tokenizer) for row in rows]
-    trainer = object.__new__(ORPOTrainer)  # tokenize_row reads only these attributes
-    trainer.processing_class, trainer.is_encoder_decoder, trainer.max_length = tokenizer, False, LIMITS["max_length"]
-    rejected = set()
-
-    def run() -> None:
-        for i, feature in enumerate(features):
-            try:
-                trainer.tokenize_row(feature)
-            except ValueError:  # "Chosen and rejected prompt_input_ids might only differ on the last token"
-                rejected.add(i)
-
-    rates = _rates("trl_tokenize_row", len(rows), _times(run, tokenizer, repeats))
-    return {**rates, "trl_rows_rejected": len(rejected)}
-
-
-def measure_encode_step(rows: list[dict], tokenizer, repeats: int) -> dict:
-    """Tokenisation alone, a plain tokenizer call against ``TextEncoder``, and the floor any exact pipeline pays."""
-    batch = datasets.Dataset.from_list(rows)[:]
-    texts = [t for part in render_batch(batch, Layout.CONVERSATIONAL, tokenizer) for t in part]
-
-    def best(fn) -> float:
-        return min(_times(fn, tokenizer, repeats))[0]
-
-    plain = best(lambda: encode_texts(tokenizer, texts))
-    pieces = best(lambda: TextEncoder(tokenizer)(texts))  # a new encoder: no word cache
-    out = {"texts": len(texts), "chars": sum(map(len, texts)), "plain_tokenizer_call_s": round(plain, 4),
-           "text_encoder_s": round(pieces, 4), "speedup": round(plain / pieces, 2)}
-    plan = _plan(tokenizer)
-    if plan is None or plan.words is None:
-        return {**out, "floor": {"skipped": "the tokenizer is not plain byte-level BPE"}}
-    render = best(lambda: render_batch(batch, Layout.CONVERSATIONAL, tokenizer))
-    distinct = list({p for text in texts for p in plan.pieces(text)}.difference(plan.known))
-    split = best(lambda: [plan.words.split(p) for p in distinct])
-    words = list({w for p in distinct for w in plan.words.split(p) or ()})
-    bpe_only = Tokenizer(tokenizer.backend_tokenizer.model)  # the same model; bytes mapped, no split
-    bpe_only.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    bpe = best(lambda: bpe_only.encode(words, is_pretokenized=True, add_special_tokens=False))
-    return {**out, "floor": {"distinct_piece_chars": sum(map(len, distinct)), "distinct_words": len(words),
-                             "render_s": round(render, 4), "split_s": round(split, 4), "bpe_s": round(bpe, 4),
-                             "ceiling_pairs_per_s": round(len(texts) / 3 / (render + split + bpe), 1)}}
-
-
-def main(args) -> int:
-    """Preprocessing throughput of ours and of TRL's ``tokenize_row`` on the LLaMA-Factory pairs; JSON."""
-    datasets.disable_progress_bars()
-    load_at_start, results = round(os.getloadavg()[0], 2), {}
-    with contextlib.redirect_stdout(sys.stderr):  # libraries' log lines must not break the JSON on stdout
-        tokenizer = load_tokenizer()
-        for name, path in DATASETS.items():
-            rows = load_rows(path)
-            entry = {"pairs": len(rows), **measure_ours(rows, tokenizer, args.repeats),
-                     **measure_trl(rows, tokenizer, args.repeats)}
-            for suffix in ("", "_cpu"):
-                entry[f"speedup_cold_vs_trl{suffix}"] = round(
-                    entry[f"ours_cold{suffix}_pairs_per_s"] / entry[f"trl_tokenize_row{suffix}_pairs_per_s"], 2)
-            results[name] = {**entry, "encode_step": measure_encode_step(rows, tokenizer, args.repeats)}
-    publish(args, "preprocess", {
-        "tokenizer": str(TOKENIZER_DIR.relative_to(REPO)), "limits": LIMITS, "num_proc": None,
-        "repeats": args.repeats, "cpu_count": os.cpu_count(),
-        "rows": "every pair of each file, conversational layout (ShareGPT history -> prompt)",
-        "load_average_1m": {"start": load_at_start, "end": round(os.getloadavg()[0], 2)},
-        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"), "datasets": results,
-        "notes": [
-            "ours_cold*: nothing cached (new datasets cache dir each repeat); best repeat unless named otherwise",
-            "ours_warm_cached_pairs_per_s: the datasets cache file is reused; a cached number, not a throughput",
-            "trl_tokenize_row_pairs_per_s: TRL's rendering happens before the clock starts, ours is timed",
-            "*_cpu_*: from this process's CPU seconds, less skewed than wall time on a busy machine",
-        ]}, indent=2)
-    return 0
-
-
-# preprocess-scale
 
 LAYOUTS = {"text": "prompt_pairs", "messages": "chat_template"}  # layout -> the Axolotl `type:` reading it
+PATHS = ("api", "axolotl", "trl")  # `prepare_preference_dataset`, Axolotl's `load_orpo_datasets`, TRL's trainer
 SHORT, LONG, LONG_SHARE = ((5, 25), (5, 40)), ((60, 250), (30, 150)), 0.2  # (prompt, answer) words per row
 NEW_WORD_SHARE = 0.02
 LETTERS = str.maketrans("01234567", "aeioklmr")  # octal digits -> letters: pronounceable new names
 PSS = re.compile(r"^(Pss|Pss_Anon|Pss_File):\s+(\d+) kB$", re.M)  # the smaps_rollup lines `CallProbe` samples
 COLUMNS = {"seconds": "seconds", "pairs_per_s": "pairs/s", "cpu_us_per_pair": "CPU us/pair",  # of the Markdown
            "peak_rss_mib": "peak RSS MiB", "growth_mib": "growth in the call MiB",  # table: field -> heading
-           "anon_peak_mib": "peak anon MiB (PSS)", "file_peak_mib": "peak file MiB (PSS)"}
+           "anon_peak_mib": "peak anon MiB (PSS)", "file_peak_mib": "peak file MiB (PSS)",
+           "cpu_speed_vs_trl": "CPU speed vs TRL", "peak_rss_vs_trl": "peak RSS vs TRL"}
 
 
-def scale_arguments(p) -> None:
+def add_arguments(p) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
     p.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
-    p.add_argument("--paths", nargs="+", choices=("api", "axolotl"), default=["api", "axolotl"])
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parallel", type=int, default=1, help="runs side by side, the largest sizes first")
     p.add_argument("--out", type=Path, help="also write <machine>-preprocess-scale.{json,md} here")
@@ -292,16 +147,28 @@ class CallProbe(threading.Thread):
                 **{f"{k}_peak_kb": v for k, v in self.peak.items()}}
 
 
+def trl_prepare(raw, tokenizer):
+    """What TRL 1.9's ``ORPOTrainer.__init__`` runs on its train dataset (one process, no ``dataset_num_proc``)."""
+    from trl.data_utils import maybe_apply_chat_template, maybe_extract_prompt
+    from trl.experimental.orpo import ORPOTrainer  # its notice silenced by TRL_EXPERIMENTAL_SILENCE (`impls.OFFLINE`)
+
+    trainer = object.__new__(ORPOTrainer)  # tokenize_row reads only these attributes
+    trainer.processing_class, trainer.is_encoder_decoder, trainer.max_length = tokenizer, False, LIMITS["max_length"]
+    rendered = raw.map(maybe_extract_prompt).map(maybe_apply_chat_template, fn_kwargs={"processing_class": tokenizer})
+    return rendered.map(trainer.tokenize_row)
+
+
 def run_job(job: dict) -> dict:
     """One path on one file in this fresh process: time, CPU time and memory of the call."""
     datasets.disable_progress_bars()
-    if job["path"] == "api":
+    if job["path"] != "axolotl":
         tokenizer = load_tokenizer()
         probe = CallProbe()
         raw = datasets.load_dataset("json", data_files=job["data"], split="train",
                                     cache_dir=str(Path(job["work_dir"]) / "hf"))
         loaded = probe.since()
-        prepared, _ = prepare_preference_dataset(raw, tokenizer, **LIMITS, source=Path(job["data"]).name)
+        prepared = trl_prepare(raw, tokenizer) if job["path"] == "trl" else prepare_preference_dataset(
+            raw, tokenizer, **LIMITS, source=Path(job["data"]).name)[0]
     else:
         import axolotl.common.datasets  # noqa: F401  what `axolotl preprocess` has imported before it calls us
         from axolotl.cli.config import load_cfg
@@ -361,15 +228,15 @@ def scale_markdown(results: dict) -> str:
     lines = ["# Preprocessing at scale", "", f"- command: `{results['command']}`; date {env['date']}; git {env['git']}",
              f"- machine: {env['cpu']}, {env['cpu_count']} cores; {results['machine_load']}", ""]
     lines += table(["layout", "path", "pairs", *COLUMNS.values()],
-                   [[*key.split("/"), f"{int(n):,}", *([r[k] for k in COLUMNS] if "error" not in r else ["FAILED"])]
+                   [[*key.split("/"), f"{int(n):,}", *([r.get(k, "-") for k in COLUMNS] if "error" not in r else ["FAILED"])]
                     for key, group in runs.items() for n, r in group["sizes"].items()])
     lines += [""] + table(["layout / path", *(k.replace("_", " ") for k in checks)],
                           [[k, *(g["check"].get(c) for c in checks)] for k, g in runs.items()])
     return "\n".join(lines + ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]) + "\n"
 
 
-def scale_main(args) -> int:
-    """Generated pairs through the Python API and the Axolotl path, each size and path in a fresh process; JSON."""
+def main(args) -> int:
+    """Generated pairs through the Python API, the Axolotl path and TRL's, each size and path in a fresh process."""
     sizes, groups = sorted(args.sizes), [(layout, path) for layout in args.layouts for path in args.paths]
     with tempfile.TemporaryDirectory(prefix="preprocess-scale-") as tmp:
         model_dir = Path(tmp, "model")
@@ -380,11 +247,18 @@ def scale_main(args) -> int:
         with ThreadPoolExecutor(args.parallel) as pool:
             done = dict(zip(jobs, pool.map(lambda j: run_one(Path(tmp), model_dir, *j[:2], files[j[0]][j[2]]), jobs)))
     runs = {f"{layout}/{path}": {n: done[layout, path, n] for n in sizes} for layout, path in groups}
+    checks = {key: summarise(group) for key, group in runs.items()}
+    for key, group in runs.items():  # CPU time per pair and peak RSS against TRL's on the same file
+        trl = runs.get(key.split("/")[0] + "/trl", {})
+        for n, r in group.items():
+            if "cpu_us_per_pair" in r and "cpu_us_per_pair" in trl.get(n, {}):
+                r.update(cpu_speed_vs_trl=round(trl[n]["cpu_us_per_pair"] / r["cpu_us_per_pair"], 2),
+                         peak_rss_vs_trl=round(r["peak_rss_mib"] / trl[n]["peak_rss_mib"], 2))
     loads = [r["load_average_1m"]["start"] for group in runs.values() for r in group.values() if "error" not in r]
     result = publish(args, "preprocess-scale", {
         "limits": LIMITS, "rows": {"short": SHORT, "long": LONG, "long_share": LONG_SHARE,
                                    "new_word_share": NEW_WORD_SHARE, "seed": args.seed},
-        "runs": {key: {"sizes": group, "check": summarise(group)} for key, group in runs.items()},
+        "runs": {key: {"sizes": group, "check": checks[key]} for key, group in runs.items()},
         "machine_load": f"1-minute load average {min(loads, default=0):.2f}-{max(loads, default=0):.2f} when the runs "
                         "started (other jobs shared the cores: compare CPU time, not wall time)",
         "notes": [
@@ -395,6 +269,3 @@ def scale_main(args) -> int:
             f"--parallel {args.parallel}" + (": wall times include the runs' contention" if args.parallel > 1 else ""),
         ]}, markdown=scale_markdown, print_json=True)
     return 1 if any("error" in r for group in result["runs"].values() for r in group["sizes"].values()) else 0
-
-
-COMMANDS = {"preprocess": (add_arguments, main), "preprocess-scale": (scale_arguments, scale_main)}

@@ -178,7 +178,7 @@ def group_table(group: dict[str, dict], device: str, peaks: dict[str, float]) ->
 
 
 def markdown(report: dict) -> str:
-    """The training benchmark's Markdown: its settings, a table per group, the micro-batch searches, notes."""
+    """The training benchmark's Markdown: its settings, a table per group, notes."""
     lines = header(report)
     for group in report["groups"]:
         model, w = group["model"], group["workload"]
@@ -189,54 +189,22 @@ def markdown(report: dict) -> str:
                   f"{model['num_hidden_layers']} layers, {model['params'] / 1e6:,.0f}M parameters"
                   f"{', tied embeddings' if model['tie_word_embeddings'] else ''}.", ""]
         lines += group_table(group["impls"], report["settings"]["device"], report["peaks_tflops"])
-    for mb in report.get("max_batch") or ():
-        lines += max_batch_table(mb)
     lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
 
 
-def max_batch_table(mb: dict) -> list[str]:
-    rows = []
-    for name, r in mb["impls"].items():
-        if "max_pairs" not in r:
-            rows.append([IMPLS[name].label, r.get("skipped") or "FAILED: " + str(r.get("error")), ""])
-            continue
-        pairs = (f">= {r['max_pairs']} (the limit)" if r["limit_reached"] else str(r["max_pairs"]) if r.get("complete")
-                 else f">= {r['max_pairs']} (search cut short: {r.get('stopped', 'unfinished')})")
-        trials = ", ".join(f"{t['pairs']}: {t['peak_gib']:.1f} GiB" if t["fits"] else f"{t['pairs']}: OOM"
-                           for t in r["trials"])
-        rows.append([IMPLS[name].label, pairs, trials])
-    return ["", f"## Largest micro-batch: {mb['shape']}, {mb['tune']}, vocab {mb['vocab']:,}, max_length "
-                f"{mb['max_length']}", "", mb["method"], ""] + table(
-        ["implementation", "pairs", "trials (pairs: peak memory, or out of memory)"], rows)
-
-
 def header(report: dict) -> list[str]:
-    """The settings every table shares: command, machine, versions, training, timing, MFU, memory, limit."""
+    """The settings every table shares; benchmarks/README.md, "What is measured", defines each figure."""
     env, s = report["environment"], report["settings"]
-    cuda, inline = s["device"] == "cuda", s["isolation"] == "inline"
-    gpu = f"; GPU {env['gpu']}" if env.get("gpu") else ""
-    flex = "; ours runs its shared-prompt / packed rows on flex_attention, see each plan" if cuda else ""
+    cuda, gpu = s["device"] == "cuda", f"; GPU {env['gpu']}" if env.get("gpu") else ""
     threads = f", {s['cpu_threads']} CPU threads per run" if s.get("cpu_threads") else ""
-    shared = "; inline runs share one process, so RSS peaks are not per configuration" if inline else ""
-    memory = ("`torch.cuda.max_memory_allocated` during training" if cuda else
-              f"peak RSS of the training process during training (high-water mark reset at train begin){shared}")
-    lines = [
-        f"# ORPO benchmark: {report['name']}", "",
-        f"- command: `{s['command']}`; date {env['date']}; git {env['git']}",
-        f"- machine: {env['cpu']}, {env['cpu_count']} CPUs{gpu}; Python {env['python']}; CUDA {env['cuda']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-        f"- training: AdamW ({'fused' if cuda else 'adamw_torch'}), lr {s['learning_rate']} constant, max_grad_norm "
-        f"1.0, grad accumulation 1, beta {s['beta']}, max_length {s['max_length']}, max_prompt_length "
-        f"{s['max_prompt_length']}, {'bf16' if cuda else 'float32'}, models loaded with sdpa (transformers' default"
-        f"{flex}), no gradient checkpointing, sequential sampling, seed {s['seed']}{threads}",
-        f"- timing: {s['warmup']} warm-up step(s), then {s['steps']} timed steps; pairs/s = pairs per step / median "
-        f"step; unique tok/s = median of each step's unique tokens / its time; isolation: {s['isolation']}",
-        "- MFU = 6 x parameters in matmuls (all but the input embedding; a tied head once) x unique tok/s / peak ("
-        + ", ".join(f"{k}: {v:.0f} TFLOP/s" for k, v in report["peaks_tflops"].items())
-        + "); attention FLOPs not counted; LoRA counted the same way (its real FLOPs are about 2/3)",
-        f"- memory: {memory}",
-        "- of limit = unique tok/s over the causal-LM limit's (a plain causal-LM step over one pair's unique tokens)"]
-    if s.get("liger_compiled") is False:
-        lines.append("- TRL+Liger: `LigerFusedLinearORPOLoss(compiled=False)` here (compiling took minutes per shape)")
-    return lines
+    liger = ", TRL+Liger's loss not compiled" if s.get("liger_compiled") is False else ""
+    return [f"# ORPO benchmark: {report['name']}", "",
+            f"- command: `{s['command']}`; date {env['date']}; git {env['git']}",
+            f"- machine: {env['cpu']}, {env['cpu_count']} CPUs{gpu}; Python {env['python']}; CUDA {env['cuda']}",
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+            f"- training: lr {s['learning_rate']} constant, beta {s['beta']}, max_length {s['max_length']}, "
+            f"max_prompt_length {s['max_prompt_length']}, {'bf16' if cuda else 'float32'}, seed {s['seed']}{threads}"
+            f"{liger}; {s['warmup']} warm-up step(s), then {s['steps']} timed; isolation {s['isolation']}",
+            "- MFU peaks: " + (", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in report["peaks_tflops"].items()) or "-"),
+            "- how each figure is measured: benchmarks/README.md, \"What is measured\""]

@@ -1,5 +1,5 @@
-"""One ORPO workload through every implementation, shape, tuning and device (or, with ``--max-batch``, the largest
-micro-batch each fits), written after every configuration; exit status 1 when a configuration failed."""
+"""One ORPO workload through every implementation, shape, tuning and device, written after every configuration;
+exit status 1 when a configuration failed."""
 
 from __future__ import annotations
 
@@ -31,12 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, help="warm-up steps (default 2; smoke 1; cuda 3)")
     p.add_argument("--isolation", choices=("process", "inline"), default="process", help="a process per configuration")
     p.add_argument("--liger-compiled", choices=("auto", "on", "off"), default="auto", help="auto: on for CUDA only")
-    p.add_argument("--max-batch", action="store_true", help="find the largest micro-batch (pairs) per implementation")
-    p.add_argument("--max-length", type=int,
-                   help=f"default {MAX_LENGTH} (cpu, smoke: the package's), 2048 (gpu), 4096 with --max-batch")
-    p.add_argument("--max-batch-limit", type=int, default=256, help="largest micro-batch tried (default 256)")
-    p.add_argument("--memory-cap-mib", type=float, help="more than this is out of memory (the search on CPU)")
-    p.add_argument("--search-seconds", type=float, help="stop each implementation's search after this long (partial)")
+    p.add_argument("--max-length", type=int, help=f"default {MAX_LENGTH} (cpu, smoke: the package's), 2048 (gpu)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="default benchmarks/results")
     p.add_argument("--tag", help="added to the output name")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration (default 1800)")
@@ -66,16 +61,7 @@ def notes(groups: list[dict]) -> list[str]:
 
 def write(full: dict, args, root: Path, final: bool) -> None:
     """Write the JSON and Markdown (after every configuration, so a run cut short keeps what it measured)."""
-    out = dict(full, groups=[] if args.max_batch else full["groups"], notes=notes(full["groups"]), complete=final)
-    cap = f"; memory cap {args.memory_cap_mib:g} MiB (a stand-in for a smaller card)" if args.memory_cap_mib else ""
-    if args.max_batch:
-        out["max_batch"] = [{"shape": g["shape"]["name"], "tune": g["tune"], "vocab": g["model"]["vocab_size"],
-                             "max_length": args.max_length,
-                             "method": f"Micro-batches of the {g['shape']['name']} rows ({g['shape_text']}) at "
-                                       f"max_length {args.max_length}, two training steps each: 1, 2, 4, ... pairs up "
-                                       f"to {args.max_batch_limit}, then bisection; each out-of-memory freed{cap}",
-                             "impls": {n: e["result"] for n, e in g["impls"].items()}} for g in full["groups"]]
-    out = report.scrub(out, {str(root): "<work>"})
+    out = report.scrub(dict(full, notes=notes(full["groups"]), complete=final), {str(root): "<work>"})
     text = report.markdown(out)
     report.write_result(args.out / full["name"], out, text)
     if final:
@@ -85,8 +71,7 @@ def write(full: dict, args, root: Path, final: bool) -> None:
 def run_one(args, impl_name: str, job: dict, peaks: dict) -> dict:
     """One configuration (or why it is skipped) and its metrics, with a line of progress before and after."""
     impl, label = IMPLS[impl_name], f"[{job['shape']} / {job['tune']}] {IMPLS[impl_name].label}"
-    reason = skip_reason(impl, args.device, job["tune"]) or (
-        "the search drives Python trainers only" if args.max_batch and impl.kind != "python" else None)
+    reason = skip_reason(impl, args.device, job["tune"])
     print(f"{label}: skipped, {reason}" if reason else f"{label}: running ...", flush=True)
     if reason:
         return {"result": {"skipped": reason}}
@@ -94,8 +79,6 @@ def run_one(args, impl_name: str, job: dict, peaks: dict) -> dict:
     m = report.metrics(result, args.device, peaks)
     if "error" in result:
         done = f"FAILED ({result['error']})\n{result['log_tail'][-3000:]}"
-    elif args.max_batch:
-        done = f"largest micro-batch {result['max_pairs']} pairs"
     else:
         done = (f"{m['pairs_per_s']:.3g} pairs/s, {m['tokens_per_s']:.0f} unique tok/s, peak {m['peak_gib']:.2f} GiB, "
                 f"processed/unique {m['processed_unique_ratio']:.2f} ({result['process_seconds']:.0f} s)")
@@ -111,7 +94,7 @@ def run_groups(args, full: dict, root: Path, peaks: dict) -> None:
         model = build_model_dir(model_dir, args.scale, vocab, args.device, seed=settings["seed"])
         for shape_name in args.shapes:
             shape, data_path = SHAPES[shape_name][args.scale], root / f"{shape_name}.jsonl"
-            rows = 64 if args.max_batch else (args.warmup + args.steps) * shape.pairs_per_step
+            rows = (args.warmup + args.steps) * shape.pairs_per_step
             workload = write_workload(data_path, tokenizer, shape, rows, seed=settings["seed"])
             for tune in args.tunes:
                 group = {"shape": workload["shape"], "shape_text": shape.describe(), "tune": tune, "model": model,
@@ -120,9 +103,7 @@ def run_groups(args, full: dict, root: Path, peaks: dict) -> None:
                 for impl_name in args.impls:
                     job = dict(settings, model_dir=str(model_dir), data_path=str(data_path), shape=shape_name,
                                micro_batch=shape.pairs_per_step, tune=tune,
-                               work_dir=str(root / "runs" / f"{shape_name}-{tune}-{vocab}-{impl_name}"),
-                               mode="max_batch" if args.max_batch else "time", max_batch_limit=args.max_batch_limit,
-                               memory_cap_mib=args.memory_cap_mib, search_seconds=args.search_seconds)
+                               work_dir=str(root / "runs" / f"{shape_name}-{tune}-{vocab}-{impl_name}"))
                     group["impls"][impl_name] = run_one(args, impl_name, job, peaks)
                     report.add_ratios(group["impls"])
                     write(full, args, root, final=False)
@@ -131,26 +112,24 @@ def run_groups(args, full: dict, root: Path, peaks: dict) -> None:
 def main(args) -> int:
     cuda = args.device == "cuda"
     args.scale = args.scale or ("smoke" if args.smoke else "gpu" if cuda else "cpu")
-    args.shapes = args.shapes or (["long-prompt"] if args.max_batch else list(SHAPES))
-    args.impls = args.impls or [n for n in IMPLS if not (args.max_batch and IMPLS[n].kind == "axolotl")]
+    args.shapes, args.impls = args.shapes or list(SHAPES), args.impls or list(IMPLS)
     args.vocabs = args.vocabs or list(DEFAULT_VOCABS[args.scale])
     args.steps = args.steps or (2 if args.smoke else 8 if cuda else 6)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3 if cuda else 2)
-    args.max_length = args.max_length or (4096 if args.max_batch else 2048 if args.scale == "gpu" else MAX_LENGTH)
+    args.max_length = args.max_length or (2048 if args.scale == "gpu" else MAX_LENGTH)
     args.liger_compiled = cuda if args.liger_compiled == "auto" else args.liger_compiled == "on"
     missing = missing_inputs()
     if missing:
         print("benchmark inputs are absent: " + "; ".join(missing))
         return 2
     root = Path(tempfile.mkdtemp(prefix="merlina-bench-"))
-    name = "-".join([report.machine_slug(args.device)] + ["smoke"] * args.smoke + ["max-batch"] * args.max_batch
-                    + ([args.tag] if args.tag else []))
+    name = "-".join([report.machine_slug(args.device)] + ["smoke"] * args.smoke + ([args.tag] if args.tag else []))
     settings = dict(command=report.command("train", args.argv), device=args.device, scale=args.scale, steps=args.steps,
                     warmup=args.warmup, learning_rate=1e-5, beta=BETA, max_length=args.max_length,
                     max_prompt_length=args.max_length * 7 // 8, seed=0, isolation=args.isolation,
                     liger_compiled=args.liger_compiled, cpu_threads=cpu_threads() if args.device == "cpu" else None)
     peaks = {}
-    if cuda and not args.max_batch:  # the bf16 matmul peak, timed now (in a child process unless inline)
+    if cuda:  # the bf16 matmul peak, timed now (in a child process unless inline)
         code = "from benchmarks.measure import matmul_peak_tflops; print(matmul_peak_tflops())"
         measured = matmul_peak_tflops() if args.isolation == "inline" else float(subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout.split()[-1])

@@ -1,11 +1,8 @@
-"""One configuration of a Python-driven implementation: timed steps, or the largest micro-batch that fits."""
+"""One configuration of a Python-driven implementation, its steps timed."""
 
 from __future__ import annotations
 
 import functools
-import gc
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from merlina_orpo_plugin import MerlinaORPOTrainer
 from merlina_orpo_plugin import ORPOConfig as MerlinaConfig
 
-from .measure import MemoryCap, StepTimer, free
+from .measure import StepTimer, free
 from .workload import LORA, load_tokenizer, read_rows
 
 SPEED_OFF = {"prefix_sharing": False, "padding_free": False, "loss_chunk_size": 0}
@@ -26,16 +23,17 @@ LIGER_METRICS = ("logps/chosen", "logps/rejected", "logits/chosen", "logits/reje
                  "rewards/rejected", "log_odds_ratio", "log_odds_chosen")
 
 
-def training_kwargs(job: dict, micro_batch: int, max_steps: int) -> dict:
+def training_kwargs(job: dict) -> dict:
     """The `TrainingArguments` every implementation shares (Axolotl's: `impls.write_config`)."""
     cuda = job["device"] == "cuda"
     return dict(
-        output_dir=str(Path(job["work_dir"]) / "out"), per_device_train_batch_size=micro_batch,
+        output_dir=str(Path(job["work_dir"]) / "out"), per_device_train_batch_size=job["micro_batch"],
         gradient_accumulation_steps=1, learning_rate=job["learning_rate"], lr_scheduler_type="constant",
         optim="adamw_torch_fused" if cuda else "adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
-        max_steps=max_steps, logging_steps=1000, save_strategy="no", eval_strategy="no", report_to="none",
-        seed=job["seed"], bf16=cuda, use_cpu=not cuda, gradient_checkpointing=False, dataloader_num_workers=0,
-        dataloader_pin_memory=False, train_sampling_strategy="sequential", remove_unused_columns=False,
+        max_steps=job["warmup"] + job["steps"], logging_steps=1000, save_strategy="no", eval_strategy="no",
+        report_to="none", seed=job["seed"], bf16=cuda, use_cpu=not cuda, gradient_checkpointing=False,
+        dataloader_num_workers=0, dataloader_pin_memory=False, train_sampling_strategy="sequential",
+        remove_unused_columns=False,
     )
 
 
@@ -86,8 +84,8 @@ def liger_trainer(compiled: bool):
     return LigerORPOTrainer
 
 
-def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: int, max_steps: int, callbacks):
-    impl, kwargs = job["impl"], training_kwargs(job, micro_batch, max_steps)
+def build_trainer(job: dict, model, tokenizer, rows: list[dict], callbacks):
+    impl, kwargs = job["impl"], training_kwargs(job)
     if impl == "causal_lm":
         return Trainer(model=model, args=TrainingArguments(**kwargs), callbacks=callbacks,
                        train_dataset=Dataset.from_list(causal_lm_rows(tokenizer, rows)),
@@ -106,66 +104,19 @@ def build_trainer(job: dict, model, tokenizer, rows: list[dict], micro_batch: in
 tokenizer_for = functools.lru_cache(maxsize=4)(load_tokenizer)
 
 
-def load(job: dict):
+def run_job(job: dict) -> dict:
+    """Train ``warmup + steps`` steps, the steps after the warm-up timed (`--job`: in a child process)."""
+    torch._dynamo.reset()  # inline runs: every configuration compiles (Liger's loss) as a fresh process would
     torch.manual_seed(job["seed"])
     cuda = job["device"] == "cuda"
     model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.bfloat16 if cuda else torch.float32)
     model = model.to("cuda" if cuda else "cpu")
     if job["tune"] == "lora":
         model = peft.get_peft_model(model, peft.LoraConfig(**LORA))
-    return model, tokenizer_for(job["model_dir"])
-
-
-def time_steps(job: dict) -> dict:
-    torch._dynamo.reset()  # inline runs: every configuration compiles (Liger's loss) as a fresh process would
-    model, tokenizer = load(job)
     timer = StepTimer(job["warmup"], job["steps"], extra={"impl": job["impl"], "tune": job["tune"]})
-    trainer = build_trainer(job, model, tokenizer, read_rows(job["data_path"]), job["micro_batch"],
-                            job["warmup"] + job["steps"], [timer])
+    trainer = build_trainer(job, model, tokenizer_for(job["model_dir"]), read_rows(job["data_path"]), [timer])
     timer.attach(trainer, job["micro_batch"])
     trainer.train()
     del trainer, model
     free()
     return timer.result
-
-
-def fits(job: dict, model, tokenizer, rows: list[dict], pairs: int) -> dict:
-    """Two training steps of ``pairs`` pairs each (the second holds the optimizer state), or OOM."""
-    cap = job.get("memory_cap_mib")
-    watch, trial = MemoryCap(int(cap * 2**20) if cap else None), {"pairs": pairs, "fits": True}
-    try:
-        build_trainer(job, model, tokenizer, [rows[i % len(rows)] for i in range(2 * pairs)], pairs, 2, [watch]).train()
-    except torch.OutOfMemoryError as error:
-        trial.update(fits=False, error=str(error).splitlines()[0][:200])
-    model.zero_grad(set_to_none=True)
-    gc.collect()
-    free()
-    return {**trial, "peak_gib": round(watch.used / 2**30, 3)}
-
-
-def max_batch(job: dict) -> dict:
-    """Largest micro-batch in [1, max_batch_limit] that fits: double, then bisect, within search_seconds."""
-    (model, tokenizer), rows, start = load(job), read_rows(job["data_path"]), time.perf_counter()
-    trials, fit, fail, pairs, budget = [], 0, None, 1, job.get("search_seconds")
-    result = {"impl": job["impl"], "tune": job["tune"], "max_pairs": fit, "limit_reached": False,
-              "limit": job["max_batch_limit"], "trials": trials, "complete": False}
-    while pairs and pairs not in [t["pairs"] for t in trials]:  # a size tried: the bracket is closed
-        if budget and time.perf_counter() - start > budget:
-            result["stopped"] = f"{budget:.0f} s search budget spent before trying {pairs} pairs"
-            break
-        trials.append(fits(job, model, tokenizer, rows, pairs))
-        ok = trials[-1]["fits"]
-        print(f"    {job['impl']}: {pairs} pairs {'fit' if ok else 'out of memory'} ({trials[-1]['peak_gib']} GiB)",
-              flush=True)
-        fit, fail = (pairs, fail) if ok else (fit, pairs)
-        result["max_pairs"] = fit
-        Path(job["result_path"]).write_text(json.dumps(result, indent=1))  # what a timeout leaves behind
-        pairs = min(2 * pairs, job["max_batch_limit"]) if fail is None else (fit + fail) // 2
-    model = None
-    free()
-    complete = "stopped" not in result
-    return {**result, "limit_reached": fail is None and complete, "complete": complete}
-
-
-def run_job(job: dict) -> dict:
-    return max_batch(job) if job.get("mode") == "max_batch" else time_steps(job)

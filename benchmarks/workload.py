@@ -90,11 +90,11 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def random_pairs(n, prompt, chosen, rejected, vocab, seed, ids_seed=None) -> list[dict]:
-    """``n`` tokenised pairs, lengths uniform in the (lo, hi) ranges, ids seeded ``ids_seed`` (default ``seed + 1``)."""
+def random_pairs(n, prompt, chosen, rejected, vocab, seed) -> list[dict]:
+    """``n`` tokenised pairs, lengths uniform in the (lo, hi) ranges, ids seeded ``seed + 1``."""
     import torch
 
-    lengths, ids = random.Random(seed), torch.Generator().manual_seed(seed + 1 if ids_seed is None else ids_seed)
+    lengths, ids = random.Random(seed), torch.Generator().manual_seed(seed + 1)
 
     def seq(lo_hi):
         return torch.randint(3, vocab, (lengths.randint(*lo_hi),), generator=ids).tolist()

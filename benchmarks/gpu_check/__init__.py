@@ -1,5 +1,5 @@
-"""Correctness on the card: 1. layout equivalence, 2. the loss alone, ``--trainer`` ("On a GPU" in README.md here);
-results written after every measurement."""
+"""Correctness on the card: 1. layout equivalence, ``--trainer`` ("On a GPU" in README.md here); results written
+after every measurement. The loss alone on the card is ``loss-memory --device cuda``."""
 
 from __future__ import annotations
 
@@ -12,24 +12,19 @@ from pathlib import Path
 
 import torch
 
-from ..loss import SIDES, memory_markdown, run_job
 from ..measure import free
-from ..report import environment, fmt, machine_slug, scrub, write_result
-from ..workload import CHUNK, REPO
+from ..report import environment, machine_slug, scrub, write_result
+from ..workload import REPO
 from .equivalence import section1, section1_lines
 from .trainer_check import run_trainer_check, trainer_lines
-
-MEMORY = "max_memory_allocated during loss+backward minus allocated before (CUDA); RSS high-water mark on CPU, " \
-         "not per side in one process"
-
 
 class Check:
     """The options, the results so far and the clock the sections share."""
 
     def __init__(self, args):
         self.args, self.start = args, time.perf_counter()
-        self.results = {"env": {}, "section1": {}, "section2": {}, "trainer": {}, "errors": []}
-        kind = "trainer-check" if args.trainer and not args.sections else "gpu-check"
+        self.results = {"env": {}, "section1": {}, "trainer": {}, "errors": []}
+        kind = "trainer-check" if args.trainer and not args.equivalence else "gpu-check"
         out = Path(args.out or os.environ.get("OUT") or REPO / "benchmarks" / "results")
         self.stem = out / f"{machine_slug(args.device)}-{kind}{'-quick' if args.quick else ''}"
 
@@ -70,46 +65,11 @@ class Check:
 def add_arguments(p) -> None:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--quick", action="store_true", help="small sizes (CPU validation of the code paths)")
-    p.add_argument("--sections", help="comma-separated subset of 1,2 (default 1,2; none with --trainer)")
+    p.add_argument("--equivalence", action="store_true", help="section 1 (the default without --trainer)")
     p.add_argument("--trainer", action="store_true",
-                   help="the trainer-level check (train, evaluate, save, resume; on CUDA also `axolotl train`)")
+                   help="the trainer-level check (train, evaluate, save, resume)")
     p.add_argument("--budget-s", type=float, default=330.0, help="wall-clock budget; section 1 skips what won't fit")
     p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results)")
-
-
-def section2(check: Check) -> None:
-    """The sides of ``loss-memory``, each run in this process (there: each in a fresh one)."""
-    res, args, cuda = check.results["section2"], check.args, check.args.device == "cuda"
-    vocab, tokens, hidden = (32000, 256, 256) if args.quick else (128256, 1024, 2048)
-    settings = dict(vocab=vocab, tokens=tokens, pairs=2, hidden=hidden, chunk_size=CHUNK, device=args.device,
-                    dtype="bfloat16" if cuda else "float32", frozen_head=False)
-    res.update(setup=dict(settings, memory=MEMORY), sides={})
-    for side in SIDES:
-        check.log(f"section 2: {side}")
-        try:
-            res["sides"][side] = run_job(dict(settings, side=side))
-        except Exception:  # as `impls.spawn` reports a side that failed
-            res["sides"][side] = {"error": "exception", "log_tail": check.error(f"section2 {side}")}
-        free(collect=True)
-        check.save()
-    trl, ours = res["sides"]["trl"], res["sides"]["ours"]
-    if "loss" in trl and "loss" in ours:
-        res["loss_rel_diff"] = abs(ours["loss"] - trl["loss"]) / abs(trl["loss"])
-        if cuda:
-            res["memory_ratio_trl_over_ours"] = trl["peak_delta_bytes"] / ours["peak_delta_bytes"]
-
-
-def section2_lines(s2: dict) -> list[str]:
-    """``loss-memory``'s table of the sides, then how far our loss is from TRL's."""
-    if not s2.get("sides"):
-        return []
-    settings = {k: v for k, v in s2["setup"].items() if k != "memory"}
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k != "frozen_head")
-    sides = memory_markdown({"command": f"python -m benchmarks loss-memory {flags}", "settings": settings,
-                             "sides": s2["sides"]})
-    return ["## 2. The loss alone: the sides of `loss-memory`, in one process", "", sides,
-            f"Memory: {MEMORY}. Loss relative difference, ours chunked vs TRL: {fmt(s2.get('loss_rel_diff'), '.2e')}",
-            ""]
 
 
 def markdown(check: Check) -> str:
@@ -119,7 +79,7 @@ def markdown(check: Check) -> str:
              f"- command: `python -m benchmarks gpu-check {' '.join(env.get('argv') or [])}`; date "
              f"{env.get('date')}; git {env.get('git')}",
              f"- versions: {versions}; CUDA {env.get('cuda')}; Python {env.get('python')}", ""]
-    lines += section1_lines(check) + section2_lines(res["section2"]) + trainer_lines(res["trainer"])
+    lines += section1_lines(check) + trainer_lines(res["trainer"])
     if res["errors"]:
         lines += ["## Errors", ""] + [f"- {e['where']}: {e['traceback'].strip().splitlines()[-1]}"
                                       for e in res["errors"]]
@@ -128,7 +88,7 @@ def markdown(check: Check) -> str:
 
 
 def main(args) -> int:
-    args.sections = {s.strip() for s in (args.sections or ("" if args.trainer else "1,2")).split(",") if s.strip()}
+    args.equivalence = args.equivalence or not args.trainer
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available: run with --device cpu", flush=True)
         return 2
@@ -140,7 +100,7 @@ def main(args) -> int:
     check.results["env"].update(environment(args.device), quick=args.quick, argv=args.argv,
                                 tf32=torch.backends.cuda.matmul.allow_tf32)
     check.log(f"environment: {json.dumps(check.results['env'])}")
-    parts = [(f"section {n}", fn) for n, fn in (("1", section1), ("2", section2)) if n in args.sections]
+    parts = [("section 1", section1)] if args.equivalence else []
     parts += [("trainer check", run_trainer_check)] if args.trainer else []
     deterministic, dynamo = torch.are_deterministic_algorithms_enabled(), torch._dynamo.config
     try:  # section 1 changes dynamo's settings for flex_attention, the trainer check determinism: both restored

@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Everything the GPU machine checks, in one call (see benchmarks/README.md, "On a GPU", for the exact
 # `run` call): installs the carried wheels (.whl/, made by fetch_wheels.sh), then
-#   1. python -m benchmarks gpu-check --sections 1,2 --trainer   equivalence, loss memory, and the trainer
-#      check (train/evaluate/save/resume; full, LoRA, QLoRA; `axolotl train` where carried)
-#   2. python -m benchmarks train --device cuda --tunes full lora  the benchmark, both shapes, every peer
-#   3. python -m benchmarks train --device cuda --max-batch        the largest micro-batch, in the time left
-# `device_run.sh max-batch` runs step 3 alone, with the whole deadline. Each step has its own time limit
-# inside a total of DEADLINE_S (default 540) seconds, so a 600 s call returns with whatever was
-# measured. Results go to $OUT (7 files at most: 3 json/md pairs and device_run.log).
+#   1. python -m benchmarks gpu-check --equivalence --trainer   layout equivalence, and the trainer check
+#      (train/evaluate/save/resume; full, LoRA, QLoRA)
+#   2. python -m benchmarks loss-memory --device cuda            the loss alone: TRL's full logits against ours
+#   3. python -m benchmarks train --device cuda --tunes full lora  the benchmark, both shapes, every peer
+# Each step has its own time limit inside a total of DEADLINE_S (default 540) seconds, so a 600 s call
+# returns with whatever was measured. Results go to $OUT (7 files: 3 json/md pairs and device_run.log).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?set OUT to the output folder}"
@@ -36,17 +35,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 
-search() {  # the max-batch search, inline, each implementation's share of the time left
-  local share=$((($(left) - 60) / 4))
-  [ "$share" -ge 30 ] || { echo "=== max-batch: not run, $(left)s left"; return; }
-  step "max-batch" 600 python3 -m benchmarks train --device cuda --max-batch --isolation inline \
-    --impls trl trl_liger merlina causal_lm --search-seconds "$share" --out "$OUT"
-}
-if [ "${1:-}" = max-batch ]; then
-  search
-else
-  step "gpu_check" 200 python3 -m benchmarks gpu-check --device cuda --sections 1,2 --trainer --budget-s 150 --out "$OUT"
-  step "benchmark" 330 python3 -m benchmarks train --device cuda --tunes full lora --isolation inline --out "$OUT"
-  search
-fi
+step "gpu_check" 180 python3 -m benchmarks gpu-check --device cuda --equivalence --trainer --budget-s 150 --out "$OUT"
+step "loss-memory" 60 python3 -m benchmarks loss-memory --device cuda --dtype bfloat16 --hidden 2048 --out "$OUT"
+step "benchmark" 330 python3 -m benchmarks train --device cuda --tunes full lora --isolation inline --out "$OUT"
 echo "done in $(($(date +%s) - START))s; files: $(ls "$OUT" | tr '\n' ' ')"

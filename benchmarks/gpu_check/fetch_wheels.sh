@@ -10,8 +10,8 @@
 #   trainer  the trainer check and the benchmark of ours: datasets and what it needs beyond the image
 #   peers    the benchmark's TRL 1.9 and TRL + Liger-Kernel peers
 #   qlora    the trainer check's QLoRA: bitsandbytes
-#   axolotl  the trainer check's `axolotl train`: Axolotl and what `axolotl train` with the plugin
-#            imported on CPU beyond the image (traced; bitsandbytes and wandb are imported at start-up)
+# (Axolotl does not travel: with what `axolotl train` imports beyond the image, wandb 19 MiB among them,
+# and bitsandbytes, which it imports at start-up, it is over 80 MiB; tests/ runs `axolotl train` on CPU.)
 # A group that does not fit is left out and its reason written to .whl/SKIPPED.json (module -> reason),
 # which the checks quote when they skip the part; .whl/MANIFEST.json lists what went in, with sizes.
 set -euo pipefail
@@ -26,19 +26,8 @@ declare -A GROUP=(
   [trainer]="datasets==4.8.4 dill==0.4.1 multiprocess==0.70.19"
   [peers]="trl==1.9.0 liger-kernel==0.8.1"
   [qlora]="bitsandbytes==0.50.2"
-  [axolotl]="axolotl==0.19.0 addict==2.4.0 annotated-types==0.8.0 backoff==2.2.1 brotli==1.2.1 chardet==6.0.0.post1
-    defusedxml==0.7.1 distro==1.9.0 evaluate==0.4.1 fastcore==2.2.41 fire==0.7.1 google-api-core==2.44.0
-    google-auth==2.63.0 google-cloud-core==2.8.0 google-cloud-storage==3.17.1 google-resumable-media==2.11.0
-    googleapis-common-protos==1.76.0 h2==4.4.1 hjson==3.1.0 hpack==4.2.0 hyperframe==6.1.0 more-itertools==11.2.1
-    opentelemetry-api==1.45.2 opentelemetry-exporter-http-transport==0.66b2 opentelemetry-exporter-otlp-common==0.66b2
-    opentelemetry-exporter-otlp-proto-common==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2
-    opentelemetry-proto==1.45.2 opentelemetry-sdk==1.45.2 opentelemetry-semantic-conventions==0.66b2
-    platformdirs==4.14.9 posthog==6.7.11 pydantic==2.12.5 pydantic-extra-types==2.11.1 pydantic_core==2.41.5
-    pytz==2026.6 sniffio==1.3.1 termcolor==3.3.0 typing-inspection==0.4.5 wandb==0.31.0 zstandard==0.22.0"
 )
-ORDER="trainer peers qlora axolotl"
-# sdist-only on PyPI, pure Python: built into wheels here
-SDIST_AXOLOTL="axolotl-contribs-lgpl==0.0.7 axolotl-contribs-mit==0.0.6"
+ORDER="trainer peers qlora"
 PLATFORMS=""
 for n in 28 27 24 17 5 31 34 35; do PLATFORMS+=" --platform manylinux_2_${n}_x86_64"; done
 PLATFORMS+=" --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
@@ -50,11 +39,6 @@ for group in $ORDER; do
   # shellcheck disable=SC2086
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     $PLATFORMS -d "$dir" ${GROUP[$group]}
-  if [ "$group" = axolotl ]; then
-    # shellcheck disable=SC2086
-    "$PYTHON" -m pip download -q --no-deps --no-binary=:all: -d .whl-cache/sdist $SDIST_AXOLOTL
-    "$PYTHON" -m pip wheel -q --no-deps -w "$dir" .whl-cache/sdist/*.tar.gz
-  fi
 done
 
 "$PYTHON" - "$LIMIT_MIB" "$ORDER" <<'PY'
@@ -63,8 +47,8 @@ import json, shutil, subprocess, sys
 from pathlib import Path
 
 limit, order = float(sys.argv[1]) * 2**20, sys.argv[2].split()
-MODULES = {"trainer": ["datasets"], "peers": ["trl", "liger_kernel"], "qlora": ["bitsandbytes"], "axolotl": ["axolotl"]}
-NEEDS = {"peers": ["trainer"], "axolotl": ["trainer", "peers", "qlora"]}  # TRL needs datasets; `axolotl train`, TRL and bitsandbytes
+MODULES = {"trainer": ["datasets"], "peers": ["trl", "liger_kernel"], "qlora": ["bitsandbytes"]}
+NEEDS = {"peers": ["trainer"]}  # TRL needs datasets
 tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True,
                          check=True).stdout.split(b"\0")
 tree = sum(Path(p.decode()).stat().st_size for p in tracked if p and Path(p.decode()).is_file())

@@ -1,12 +1,9 @@
-"""The trainer as a user runs it, per tuning: train, evaluate, save and reload, resume; then ``axolotl train``."""
+"""The trainer as a user runs it, per tuning: train, evaluate, save and reload, resume."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from functools import partial
@@ -19,13 +16,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from merlina_orpo_plugin import MerlinaORPOTrainer, ORPOConfig
 
-from ..impls import absent_reason, child_env, write_config
+from ..impls import absent_reason
 from ..measure import free, speed_plan
 from ..report import fmt, table
 from ..workload import BETA, LORA, MAX_LENGTH, Shape, build_model_dir, build_rows, load_tokenizer
 
 RESUME_TOL = 1e-6  # resumed steps 3-4: the largest relative difference of a logged value
-AXOLOTL_TIMEOUT_S = 300
 STEPS = [1, 2, 3, 4]  # every run: 4 optimizer steps, each logged, checkpoints at 2 and 4
 NOT_COMPARED = {"epoch", "step", "learning_rate", "train_runtime", "train_samples_per_second",
                 "train_steps_per_second", "train_loss", "total_flos"}
@@ -127,29 +123,6 @@ def check_tune(check, tune: str, work: Path, model_dir: Path, train_rows, eval_r
     return dict(entry, problems=problems, passed=not problems, seconds=round(time.perf_counter() - start, 1))
 
 
-def check_axolotl(check, work: Path, model_dir: Path, train_rows) -> dict:
-    """``axolotl train`` with the plugin, bf16 (float32 on CPU), logging every step, saving at steps 2 and 4."""
-    work, device = work / "axolotl", check.args.device
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
-    overrides = dict(gradient_accumulation_steps=2, logging_steps=1, save_strategy="steps", save_steps=2,
-                     bf16=device == "cuda", max_steps=4, micro_batch_size=2, learning_rate=1e-4)  # CPU: no bf16
-    config = write_config(dict(impl="axolotl_merlina", device=device, model_dir=str(model_dir), seed=0, beta=BETA,
-                               data_path=str(work / "pairs.jsonl"), max_length=MAX_LENGTH, micro_batch=2, warmup=0,
-                               steps=4, learning_rate=1e-4, work_dir=str(work), merlina_yaml=overrides))
-    start = time.perf_counter()
-    # `python -m axolotl.cli.main`: wheels installed with `pip --target` bring no console script
-    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.main", "train", str(config)], cwd=work,
-                          env=child_env(None, device), capture_output=True, text=True, timeout=AXOLOTL_TIMEOUT_S)
-    entry = {"returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 1)}
-    state = work / "out" / "checkpoint-4" / "trainer_state.json"
-    if proc.returncode != 0 or not state.exists():
-        return dict(entry, passed=False, problems=[f"exit {proc.returncode}; {state.name} present: {state.exists()}"],
-                    output_tail=(proc.stdout + proc.stderr)[-3000:])
-    run, problems = logged_run(step_logs(json.loads(state.read_text())["log_history"]))
-    return dict(entry, **run, problems=problems, passed=not problems)
-
-
 def verdict(r: dict) -> str:
     """One check's outcome: PASS, FAIL and its problems, skipped and why, or ERROR and the exception."""
     if "skipped" in r or "error" in r:
@@ -180,10 +153,7 @@ def run_trainer_check(check) -> None:
                 check, f"{tune}: train 4 steps (save at 2, 4), evaluate, save_model, resume from 2",
                 absent_reason("bitsandbytes") if tune == "qlora" else None,
                 partial(check_tune, check, tune, Path(tmp), *inputs))}
-        if device == "cuda":
-            res["axolotl"] = run_part(check, "axolotl: axolotl train with the plugin", absent_reason("axolotl"),
-                                      partial(check_axolotl, check, Path(tmp), *inputs[:2]))
-    ran = [r for r in [*res["tunes"].values(), res.get("axolotl") or {}] if "passed" in r]
+    ran = [r for r in res["tunes"].values() if "passed" in r]
     res["all_passed"] = bool(ran) and all(r["passed"] for r in ran)
 
 
@@ -204,8 +174,4 @@ def trainer_lines(tr: dict) -> list[str]:
              f"{RESUME_TOL:g} relative" + (f"; {tr['deterministic']}" if tr.get("deterministic") else ""), ""]
     lines += table(["tuning", "result", "losses, steps 1-4", "eval_loss", "saved = trained",
                     "resumed steps 3-4, max rel diff", "speed plan", "s"], rows)
-    ax = tr.get("axolotl")
-    if ax:
-        text = verdict(ax) + (f", losses {ax.get('losses')}, {ax['seconds']} s" if "seconds" in ax else "")
-        lines.append(f"\n`axolotl train` with the plugin (bf16 on CUDA, accumulation 2, logging every step): {text}")
     return lines + [f"\nAll trainer checks passed: {tr.get('all_passed')}", ""]
