@@ -18,7 +18,7 @@ SUBCOMMANDS = {
     "loss-memory": ("loss", "peak memory of the ORPO loss alone (hidden states -> head -> loss), TRL's against ours"),
     "preprocess-scale": ("preprocess", "preprocessing at 10k-200k generated pairs, the Python API, the Axolotl path "
                                        "and TRL's: time, CPU time and peak RSS, each size in a fresh process"),
-    "gpu-check": ("gpu_check", "correctness on a GPU: layout equivalence, the loss alone, the trainer end to end"),
+    "gpu-check": ("gpu_check", "correctness on a GPU: layout equivalence, the trainer end to end"),
 }
 
 
