@@ -54,10 +54,10 @@ def trl_trainer(device):
     return trainer
 
 
-def ours_loss(model, batch, chunk, fused=False):
-    """(loss, chosen logps, rejected logps, nll) of `orpo_objective` (its fused mode with ``fused``)."""
+def ours_loss(model, batch, chunk):
+    """(loss, chosen logps, rejected logps, nll) of `orpo_objective`'s plain mode."""
     facts = find_model_facts(model, chunked=chunk > 0)
-    step = orpo_objective(model, batch, LossSpec(BETA, loss_chunk_size=chunk, fused=fused), facts=facts)
+    step = orpo_objective(model, batch, LossSpec(BETA, loss_chunk_size=chunk), facts=facts)
     out = ORPOForwardOutput.of(step.scores)
     return step.loss, out.chosen_logps, out.rejected_logps, out.nll_loss
 

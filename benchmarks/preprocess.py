@@ -1,5 +1,6 @@
 """``preprocess-scale``: ours (the Python API, Axolotl's path) against TRL's preprocessing at 10k-200k generated
-pairs, each run in a fresh process: time, CPU time and memory. JSON and Markdown; README.md here describes each field."""
+pairs, each run in a fresh process: time, CPU time and memory. JSON and Markdown; README.md here describes each
+field."""
 
 from __future__ import annotations
 
@@ -227,9 +228,9 @@ def scale_markdown(results: dict) -> str:
     checks = list(dict.fromkeys(key for group in runs.values() for key in group["check"]))
     lines = ["# Preprocessing at scale", "", f"- command: `{results['command']}`; date {env['date']}; git {env['git']}",
              f"- machine: {env['cpu']}, {env['cpu_count']} cores; {results['machine_load']}", ""]
-    lines += table(["layout", "path", "pairs", *COLUMNS.values()],
-                   [[*key.split("/"), f"{int(n):,}", *([r.get(k, "-") for k in COLUMNS] if "error" not in r else ["FAILED"])]
-                    for key, group in runs.items() for n, r in group["sizes"].items()])
+    cells = [[*key.split("/"), f"{int(n):,}", *(["FAILED"] if "error" in r else [r.get(k, "-") for k in COLUMNS])]
+             for key, group in runs.items() for n, r in group["sizes"].items()]
+    lines += table(["layout", "path", "pairs", *COLUMNS.values()], cells)
     lines += [""] + table(["layout / path", *(k.replace("_", " ") for k in checks)],
                           [[k, *(g["check"].get(c) for c in checks)] for k, g in runs.items()])
     return "\n".join(lines + ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]) + "\n"
@@ -247,13 +248,12 @@ def main(args) -> int:
         with ThreadPoolExecutor(args.parallel) as pool:
             done = dict(zip(jobs, pool.map(lambda j: run_one(Path(tmp), model_dir, *j[:2], files[j[0]][j[2]]), jobs)))
     runs = {f"{layout}/{path}": {n: done[layout, path, n] for n in sizes} for layout, path in groups}
-    checks = {key: summarise(group) for key, group in runs.items()}
-    for key, group in runs.items():  # CPU time per pair and peak RSS against TRL's on the same file
-        trl = runs.get(key.split("/")[0] + "/trl", {})
-        for n, r in group.items():
-            if "cpu_us_per_pair" in r and "cpu_us_per_pair" in trl.get(n, {}):
-                r.update(cpu_speed_vs_trl=round(trl[n]["cpu_us_per_pair"] / r["cpu_us_per_pair"], 2),
-                         peak_rss_vs_trl=round(r["peak_rss_mib"] / trl[n]["peak_rss_mib"], 2))
+    checks = {key: summarise(group) for key, group in runs.items()}  # adds each run's per-pair figures
+    for (layout, _, n), r in done.items():  # CPU time per pair and peak RSS against TRL's run on the same file
+        trl = done.get((layout, "trl", n), {})
+        if "cpu_us_per_pair" in r and "cpu_us_per_pair" in trl:
+            r.update(cpu_speed_vs_trl=round(trl["cpu_us_per_pair"] / r["cpu_us_per_pair"], 2),
+                     peak_rss_vs_trl=round(r["peak_rss_mib"] / trl["peak_rss_mib"], 2))
     loads = [r["load_average_1m"]["start"] for group in runs.values() for r in group.values() if "error" not in r]
     result = publish(args, "preprocess-scale", {
         "limits": LIMITS, "rows": {"short": SHORT, "long": LONG, "long_share": LONG_SHARE,

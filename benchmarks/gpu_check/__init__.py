@@ -18,6 +18,7 @@ from ..workload import REPO
 from .equivalence import section1, section1_lines
 from .trainer_check import run_trainer_check, trainer_lines
 
+
 class Check:
     """The options, the results so far and the clock the sections share."""
 
